@@ -1,0 +1,57 @@
+# kmsnode — two set-up commands on a fresh Debian 12 machine: `make demo` and `make test`.
+# Each target installs what it needs by itself (apt packages when missing, a virtualenv, pinned
+# Python dependencies).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+APT_PACKAGES := softhsm2 opensc tshark umockdev gir1.2-umockdev-1.0 python3-gi python3-pyudev libsrtp2-1
+
+.PHONY: all deps apt demo test test-fast test-image lint proto proto-check bench clean
+
+all: test
+
+apt: .stamp-apt
+.stamp-apt:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing apt packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@touch $@
+
+deps: $(VENV)/.stamp-deps
+$(VENV)/.stamp-deps: pyproject.toml constraints.txt .stamp-apt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	@touch $@
+
+proto: deps
+	$(PY) scripts/gen_proto.py
+
+proto-check: deps
+	$(PY) scripts/gen_proto.py --check
+
+lint: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: deps lint
+	$(VENV)/bin/pytest -m "not slow"
+
+test-image: deps
+	$(VENV)/bin/pytest -m slow tests/image
+
+demo: deps
+	$(PY) -m firmware.demo
+
+bench: deps
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .stamp-apt build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

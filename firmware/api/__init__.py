@@ -1,0 +1,1 @@
+"""gRPC adapters: servicers, role interceptor, the one error->status table, the server."""

@@ -1,0 +1,1 @@
+"""Durable state behind the core's store port; SQLite (WAL, synchronous=FULL) is the default."""

@@ -1,0 +1,1 @@
+"""PKCS#11 adapter (python-pkcs11) implementing the core's KeyVault port."""

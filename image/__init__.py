@@ -1,0 +1,1 @@
+"""Appliance image: recipe, systemd units, udev rules, builder, signer, flasher."""
