@@ -100,3 +100,103 @@ class KeyVault(Protocol):
     def available(self) -> bool:
         """True when the last call or probe reached the token."""
         ...
+
+
+# --- state store ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class User:
+    """A subscriber known to the KMS.
+
+    Invariants: `identity` and `aliases` are canonical (firmware.core.identity); `psk_id` is the
+    IDRpsk value that finds this user (the identity's UTF-8 bytes when none was provisioned).
+    """
+
+    identity: str
+    aliases: tuple[str, ...]
+    psk_id: bytes
+    wrapped_psk: WrappedKey
+
+    @property
+    def identities(self) -> frozenset[str]:
+        """Every public identity of the user: the identity and its aliases."""
+        return frozenset((self.identity, *self.aliases))
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """A ticket resolved by a responder; Xk binds a RESPONDER target through it."""
+
+    ticket_id: bytes
+    responder: str  # canonical identity that resolved the ticket
+    randr_kms: bytes  # RANDRkms given with key forking; empty without
+    resolved_at: float  # unix seconds
+
+
+@dataclass(frozen=True)
+class Warrant:
+    """A lawful-interception warrant: which DF2s may fetch keys of which target, and when."""
+
+    liid: str
+    target: str  # canonical identity
+    valid_from: float  # unix seconds
+    valid_until: float
+    df2_identities: tuple[str, ...]
+
+    def active_at(self, now: float) -> bool:
+        return self.valid_from <= now < self.valid_until
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """What the store remembers of a key version (the token is the truth for existence)."""
+
+    name: KeyName
+    version: int
+    created: float
+    retired: float | None  # when a newer version took over; None while active
+    destroyed: float | None
+
+
+class StoreConflict(Exception):
+    """A write would break a uniqueness rule (an identity or PSK id owned by another user)."""
+
+
+class Store(Protocol):
+    """Durable state. Every write is one transaction: it is wholly done or not at all."""
+
+    def put_user(self, user: User) -> None:
+        """Create or replace the user with `user.identity`; StoreConflict when another user
+        already owns one of its identities or its psk_id."""
+        ...
+
+    def delete_user(self, identity: str) -> bool: ...
+
+    def user_by_psk_id(self, psk_id: bytes) -> User | None: ...
+
+    def user_by_identity(self, identity: str) -> User | None:
+        """The user owning `identity` (canonical) as identity or alias."""
+        ...
+
+    def list_users(self) -> list[User]: ...
+
+    def count_users(self) -> int: ...
+
+    def add_resolution(self, resolution: Resolution) -> None: ...
+
+    def resolutions(self, ticket_id: bytes) -> list[Resolution]: ...
+
+    def put_warrant(self, warrant: Warrant) -> None: ...
+
+    def delete_warrant(self, liid: str) -> bool: ...
+
+    def list_warrants(self) -> list[Warrant]: ...
+
+    def warrants_for(self, target: str) -> list[Warrant]: ...
+
+    def record_key(self, record: KeyRecord) -> None:
+        """Insert or replace the record of one key version."""
+        ...
+
+    def key_records(self, name: KeyName) -> list[KeyRecord]: ...

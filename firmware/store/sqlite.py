@@ -1,0 +1,271 @@
+"""SQLite implementation of the core's Store port (the embedded default).
+
+Rules:
+- WAL journal, synchronous=FULL: a write that returned is on disk.
+- Every write is one transaction (`with self._tx()`): on any error nothing of it remains.
+- One connection guarded by one lock: sqlite3 objects are not shared across threads unguarded.
+- The schema is versioned with PRAGMA user_version; MIGRATIONS[i] moves version i to i + 1 and is
+  applied in the same transaction as the version bump. A database newer than this code is refused.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from firmware.core.ports import (
+    KeyName,
+    KeyRecord,
+    Resolution,
+    StoreConflict,
+    User,
+    Warrant,
+    WrappedKey,
+)
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        identity TEXT NOT NULL UNIQUE,
+        psk_id BLOB NOT NULL UNIQUE,
+        kek_version INTEGER NOT NULL,
+        wrapped_psk BLOB NOT NULL
+    );
+    CREATE TABLE identities (
+        identity TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        is_alias INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX identities_user ON identities(user_id);
+    CREATE TABLE resolutions (
+        ticket_id BLOB NOT NULL,
+        responder TEXT NOT NULL,
+        randr_kms BLOB NOT NULL,
+        resolved_at REAL NOT NULL
+    );
+    CREATE INDEX resolutions_ticket ON resolutions(ticket_id);
+    CREATE TABLE warrants (
+        liid TEXT PRIMARY KEY,
+        target TEXT NOT NULL,
+        valid_from REAL NOT NULL,
+        valid_until REAL NOT NULL,
+        df2_identities TEXT NOT NULL
+    );
+    CREATE INDEX warrants_target ON warrants(target);
+    CREATE TABLE key_versions (
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        created REAL NOT NULL,
+        retired REAL,
+        destroyed REAL,
+        PRIMARY KEY (name, version)
+    );
+    """,
+)
+
+
+class SqliteStore:
+    """Store port on one SQLite file."""
+
+    def __init__(self, path: Path | str) -> None:
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            str(path), check_same_thread=False, isolation_level=None, timeout=30.0
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def _migrate(self) -> None:
+        with self._tx() as db:
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version > len(MIGRATIONS):
+                raise RuntimeError(
+                    f"state database schema {version} is newer than this node ({len(MIGRATIONS)})"
+                )
+            for target in range(version, len(MIGRATIONS)):
+                for statement in MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version={target + 1}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._query("PRAGMA user_version")[0][0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- users ------------------------------------------------------------------------------
+
+    def put_user(self, user: User) -> None:
+        with self._tx() as db:
+            for identity in user.identities:
+                row = db.execute(
+                    "SELECT u.identity FROM identities i JOIN users u ON u.id = i.user_id"
+                    " WHERE i.identity = ?",
+                    (identity,),
+                ).fetchone()
+                if row and row[0] != user.identity:
+                    raise StoreConflict(f"identity {identity} belongs to another user")
+            row = db.execute(
+                "SELECT identity FROM users WHERE psk_id = ?", (user.psk_id,)
+            ).fetchone()
+            if row and row[0] != user.identity:
+                raise StoreConflict("the PSK id belongs to another user")
+            db.execute("DELETE FROM users WHERE identity = ?", (user.identity,))
+            cursor = db.execute(
+                "INSERT INTO users (identity, psk_id, kek_version, wrapped_psk) VALUES (?,?,?,?)",
+                (user.identity, user.psk_id, user.wrapped_psk.kek_version, user.wrapped_psk.blob),
+            )
+            user_id = cursor.lastrowid
+            db.executemany(
+                "INSERT INTO identities (identity, user_id, is_alias) VALUES (?,?,?)",
+                [(user.identity, user_id, 0)] + [(a, user_id, 1) for a in user.aliases],
+            )
+
+    def delete_user(self, identity: str) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM users WHERE identity = ?", (identity,)).rowcount > 0
+
+    def _load_user(self, where: str, arg: object) -> User | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, identity, psk_id, kek_version, wrapped_psk FROM users " + where, (arg,)
+            ).fetchone()
+            if row is None:
+                return None
+            aliases = self._db.execute(
+                "SELECT identity FROM identities WHERE user_id = ? AND is_alias = 1"
+                " ORDER BY identity",
+                (row[0],),
+            ).fetchall()
+        return User(
+            identity=row[1],
+            aliases=tuple(a[0] for a in aliases),
+            psk_id=bytes(row[2]),
+            wrapped_psk=WrappedKey(kek_version=row[3], blob=bytes(row[4])),
+        )
+
+    def user_by_psk_id(self, psk_id: bytes) -> User | None:
+        return self._load_user("WHERE psk_id = ?", psk_id)
+
+    def user_by_identity(self, identity: str) -> User | None:
+        return self._load_user(
+            "WHERE id = (SELECT user_id FROM identities WHERE identity = ?)", identity
+        )
+
+    def list_users(self) -> list[User]:
+        names = self._query("SELECT identity FROM users ORDER BY identity")
+        users = [self.user_by_identity(str(n[0])) for n in names]
+        return [u for u in users if u is not None]
+
+    def count_users(self) -> int:
+        return int(self._query("SELECT count(*) FROM users")[0][0])
+
+    # --- resolutions ------------------------------------------------------------------------
+
+    def add_resolution(self, resolution: Resolution) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO resolutions (ticket_id, responder, randr_kms, resolved_at)"
+                " VALUES (?,?,?,?)",
+                (
+                    resolution.ticket_id,
+                    resolution.responder,
+                    resolution.randr_kms,
+                    resolution.resolved_at,
+                ),
+            )
+
+    def resolutions(self, ticket_id: bytes) -> list[Resolution]:
+        rows = self._query(
+            "SELECT responder, randr_kms, resolved_at FROM resolutions WHERE ticket_id = ?"
+            " ORDER BY resolved_at",
+            (ticket_id,),
+        )
+        return [Resolution(ticket_id, str(r[0]), bytes(r[1]), float(r[2])) for r in rows]
+
+    # --- warrants ---------------------------------------------------------------------------
+
+    def put_warrant(self, warrant: Warrant) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO warrants VALUES (?,?,?,?,?)",
+                (
+                    warrant.liid,
+                    warrant.target,
+                    warrant.valid_from,
+                    warrant.valid_until,
+                    "\n".join(warrant.df2_identities),
+                ),
+            )
+
+    def delete_warrant(self, liid: str) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM warrants WHERE liid = ?", (liid,)).rowcount > 0
+
+    @staticmethod
+    def _warrant(row: tuple[Any, ...]) -> Warrant:
+        df2 = str(row[4])
+        return Warrant(
+            liid=str(row[0]),
+            target=str(row[1]),
+            valid_from=float(row[2]),
+            valid_until=float(row[3]),
+            df2_identities=tuple(df2.split("\n")) if df2 else (),
+        )
+
+    def list_warrants(self) -> list[Warrant]:
+        return [self._warrant(r) for r in self._query("SELECT * FROM warrants ORDER BY liid")]
+
+    def warrants_for(self, target: str) -> list[Warrant]:
+        rows = self._query("SELECT * FROM warrants WHERE target = ? ORDER BY liid", (target,))
+        return [self._warrant(r) for r in rows]
+
+    # --- key versions -----------------------------------------------------------------------
+
+    def record_key(self, record: KeyRecord) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO key_versions VALUES (?,?,?,?,?)",
+                (
+                    record.name.value,
+                    record.version,
+                    record.created,
+                    record.retired,
+                    record.destroyed,
+                ),
+            )
+
+    def key_records(self, name: KeyName) -> list[KeyRecord]:
+        rows = self._query(
+            "SELECT version, created, retired, destroyed FROM key_versions WHERE name = ?"
+            " ORDER BY version",
+            (name.value,),
+        )
+        return [KeyRecord(name, int(r[0]), float(r[1]), r[2], r[3]) for r in rows]
