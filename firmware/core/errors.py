@@ -39,3 +39,70 @@ class AuditUnavailable(KmsError):
 
 class ConfigError(KmsError):
     """The node's configuration is invalid; the message names the setting."""
+
+
+# --- the caller's side ------------------------------------------------------------------------
+
+
+class CallerError(KmsError):
+    """The request is at fault; nothing was changed."""
+
+
+class MalformedMessage(CallerError):
+    """A MIKEY message cannot be parsed or is not one this node serves.
+
+    `mikey_error` is the RFC 3830 / RFC 6043 ERR number to report (trailing metadata on
+    TicketService, never a MIKEY answer).
+    """
+
+    def __init__(self, message: str, mikey_error: int = 12) -> None:
+        super().__init__(message)
+        self.mikey_error = mikey_error
+
+
+class NotAuthenticated(CallerError):
+    """A MIKEY request did not authenticate: unknown user, wrong PSK, stale or replayed T."""
+
+    def __init__(self, message: str, mikey_error: int = 0) -> None:
+        super().__init__(message)
+        self.mikey_error = mikey_error
+
+
+class InvalidRequest(CallerError):
+    """An administrative or Xk request has a missing or invalid field."""
+
+
+class NotFound(CallerError):
+    """The named user or warrant does not exist."""
+
+
+class Conflict(CallerError):
+    """The request would take an identity or PSK id that belongs to another user."""
+
+
+class PermissionDenied(CallerError):
+    """Xk refusals. Each raises an alarm, writes an audit record and releases nothing."""
+
+
+class RoleNotAllowed(PermissionDenied):
+    """The caller's certificate does not hold the role the RPC needs."""
+
+
+class NoActiveWarrant(PermissionDenied):
+    """No active warrant for (liid, target) names this DF2."""
+
+
+class TicketInvalid(PermissionDenied):
+    """Not a ticket of this KMS: wrong type, MAC fails, or unknown key version."""
+
+
+class TicketExpired(PermissionDenied):
+    """Outside the ticket's validity window."""
+
+
+class MessageAuthFailed(PermissionDenied):
+    """TRANSFER_INIT or TRANSFER_RESP MAC does not verify."""
+
+
+class TargetMismatch(PermissionDenied):
+    """The target is not the ticket's party in the named role."""

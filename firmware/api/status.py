@@ -1,0 +1,87 @@
+"""The one table from core errors to gRPC status codes and ErrorInfo reasons.
+
+Rules:
+- Every KmsError subclass resolves to exactly one entry through its MRO (a test proves every class
+  defined in firmware.core.errors resolves to an entry of its own or of a named parent).
+- The status message is the error's text, which by the errors module's rule holds no secret.
+- ErrorInfo carries domain "kms.v1" and the reason from the contract; MIKEY errors add the
+  trailing metadata key "mikey-error" with the RFC 3830 / RFC 6043 ERR number.
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from firmware.core import errors
+
+DOMAIN = "kms.v1"
+
+TABLE: dict[type[errors.KmsError], tuple[grpc.StatusCode, str]] = {
+    errors.KmsError: (grpc.StatusCode.INTERNAL, "INTERNAL"),
+    errors.HsmUnavailable: (grpc.StatusCode.UNAVAILABLE, "HSM_UNAVAILABLE"),
+    errors.HsmConfigurationError: (grpc.StatusCode.UNAVAILABLE, "HSM_UNAVAILABLE"),
+    errors.KeyVersionNotFound: (grpc.StatusCode.PERMISSION_DENIED, "TICKET_INVALID"),
+    errors.AuditUnavailable: (grpc.StatusCode.UNAVAILABLE, "AUDIT_UNAVAILABLE"),
+    errors.ConfigError: (grpc.StatusCode.FAILED_PRECONDITION, "CONFIG_ERROR"),
+    errors.CallerError: (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST"),
+    errors.MalformedMessage: (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE"),
+    errors.NotAuthenticated: (grpc.StatusCode.UNAUTHENTICATED, "AUTHENTICATION_FAILED"),
+    errors.InvalidRequest: (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST"),
+    errors.NotFound: (grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
+    errors.Conflict: (grpc.StatusCode.ALREADY_EXISTS, "CONFLICT"),
+    errors.PermissionDenied: (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
+    errors.RoleNotAllowed: (grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_ALLOWED"),
+    errors.NoActiveWarrant: (grpc.StatusCode.PERMISSION_DENIED, "NO_ACTIVE_WARRANT"),
+    errors.TicketInvalid: (grpc.StatusCode.PERMISSION_DENIED, "TICKET_INVALID"),
+    errors.TicketExpired: (grpc.StatusCode.PERMISSION_DENIED, "TICKET_EXPIRED"),
+    errors.MessageAuthFailed: (grpc.StatusCode.PERMISSION_DENIED, "MESSAGE_AUTH_FAILED"),
+    errors.TargetMismatch: (grpc.StatusCode.PERMISSION_DENIED, "TARGET_MISMATCH"),
+}
+
+
+def lookup(error: errors.KmsError) -> tuple[grpc.StatusCode, str]:
+    """The status code and reason of `error` (the nearest class in its MRO with an entry)."""
+    for cls in type(error).__mro__:
+        entry = TABLE.get(cls)
+        if entry is not None:
+            return entry
+    raise LookupError(type(error).__name__)  # unreachable: KmsError itself is in the table
+
+
+def reason_of(error: errors.KmsError) -> str:
+    return lookup(error)[1]
+
+
+def to_status(error: errors.KmsError) -> grpc.Status:
+    code, reason = lookup(error)
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN))
+    status = status_pb2.Status(code=code.value[0], message=str(error), details=[info])
+    converted: grpc.Status = rpc_status.to_status(status)
+    mikey_error = getattr(error, "mikey_error", None)
+    if mikey_error is not None:
+        converted = _with_mikey_error(converted, mikey_error)
+    return converted
+
+
+class _Status(grpc.Status):  # type: ignore[misc]
+    def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata: object) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing_metadata
+
+
+def _with_mikey_error(status: grpc.Status, mikey_error: int) -> grpc.Status:
+    metadata = (*tuple(status.trailing_metadata or ()), ("mikey-error", str(mikey_error)))
+    return _Status(status.code, status.details, metadata)
+
+
+def abort(context: grpc.ServicerContext, error: errors.KmsError) -> NoReturn:
+    """End the RPC with the status of `error`."""
+    context.abort_with_status(to_status(error))
+    raise AssertionError("abort_with_status returned")  # pragma: no cover

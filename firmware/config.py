@@ -1,0 +1,229 @@
+"""The node's TOML configuration, validated once at start into frozen dataclasses.
+
+Rules:
+- Unknown sections and keys are refused (a typo must not silently fall back to a default).
+- Secrets never appear in the config text: the HSM PIN is named by a file (`pin_file`) or a
+  systemd credential (`pin_credential`); a `pin` key is refused.
+- Relative paths are resolved against the config file's directory.
+- Every error is a ConfigError naming the setting, never echoing a value that could be secret.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from firmware.core.errors import ConfigError
+from firmware.core.identity import IdentityError, canonical
+
+
+@dataclass(frozen=True)
+class HsmConfig:
+    module: Path
+    token_uri: str
+    pin_file: Path | None
+    pin_credential: str | None
+    probe_interval: float = 2.0
+    session_copies: bool = True
+    device_match: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    host: str
+    port: int
+    cert: Path
+    key: Path
+    client_ca: Path | None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    clock_skew: float = 60.0
+    ticket_lifetime: float = 3600.0
+    max_ticket_lifetime: float = 86400.0
+    key_forking: bool = True
+    replay_cache_capacity: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    kms_identity: str
+    data_dir: Path
+    state_db: Path
+    audit_log: Path
+    hsm: HsmConfig
+    ue_listener: ListenerConfig
+    li_listener: ListenerConfig
+    roles: dict[str, tuple[str, ...]]  # role name -> certificate identities (SAN URI or DNS)
+    policy: PolicyConfig
+    metrics_address: str | None
+    grace_period: float = 10.0
+    workers: int = 16
+
+
+_SECTIONS = {"node", "hsm", "ue_listener", "li_listener", "roles", "policy", "metrics"}
+
+
+class _Section:
+    def __init__(self, name: str, data: Any, base: Path) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"[{name}] must be a table")
+        self.name, self.data, self.base, self.used = name, data, base, set[str]()
+
+    def _get(self, key: str, kind: type | tuple[type, ...], default: Any, required: bool) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            if required:
+                raise ConfigError(f"{self.name}.{key} is required")
+            return default
+        value = self.data[key]
+        if isinstance(value, bool) and kind in (int, float, (int, float)):
+            raise ConfigError(f"{self.name}.{key} must be a number")
+        if not isinstance(value, kind):
+            raise ConfigError(f"{self.name}.{key} has the wrong type")
+        return value
+
+    def text(self, key: str, default: str | None = None, required: bool = False) -> Any:
+        return self._get(key, str, default, required)
+
+    def number(self, key: str, default: float, positive: bool = True) -> float:
+        value = float(self._get(key, (int, float), default, False))
+        if positive and value <= 0:
+            raise ConfigError(f"{self.name}.{key} must be positive")
+        return value
+
+    def flag(self, key: str, default: bool) -> bool:
+        return bool(self._get(key, bool, default, False))
+
+    def path(self, key: str, default: str | None = None, required: bool = False) -> Path | None:
+        value = self.text(key, default, required)
+        if value is None:
+            return None
+        path = Path(value)
+        return path if path.is_absolute() else (self.base / path)
+
+    def done(self) -> None:
+        unknown = set(self.data) - self.used
+        if unknown:
+            raise ConfigError(f"unknown setting(s) in [{self.name}]: {', '.join(sorted(unknown))}")
+
+
+def _listener(section: _Section, default_port: int) -> ListenerConfig:
+    host = section.text("host", "127.0.0.1")
+    port = int(section.number("port", default_port, positive=False))
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{section.name}.port is out of range")
+    cert = section.path("cert", required=True)
+    key = section.path("key", required=True)
+    client_ca = section.path("client_ca")
+    section.done()
+    assert cert is not None and key is not None
+    return ListenerConfig(host, port, cert, key, client_ca)
+
+
+def load(path: Path | str) -> Config:
+    """Read and validate the config file at `path`."""
+    path = Path(path).resolve()
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+    unknown = set(raw) - _SECTIONS
+    if unknown:
+        raise ConfigError(f"unknown section(s): {', '.join(sorted(unknown))}")
+    base = path.parent
+
+    node = _Section("node", raw.get("node", {}), base)
+    try:
+        kms_identity = canonical(node.text("kms_identity", required=True))
+    except IdentityError as exc:
+        raise ConfigError(f"node.kms_identity is not a SIP/TEL URI: {exc}") from None
+    data_dir = node.path("data_dir", ".")
+    assert data_dir is not None
+    state_db = Path(node.text("state_db", "state.sqlite"))
+    audit_log = Path(node.text("audit_log", "audit.log"))
+    grace = node.number("grace_period", 10.0)
+    workers = int(node.number("workers", 16))
+    node.done()
+
+    hsm = _Section("hsm", raw.get("hsm", {}), base)
+    if "pin" in hsm.data or "pin_value" in hsm.data:
+        raise ConfigError(
+            "hsm: a PIN must not be written in the config; use pin_file or pin_credential"
+        )
+    device = hsm.data.get("device", {})
+    hsm.used.add("device")
+    if not isinstance(device, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in device.items()
+    ):
+        raise ConfigError("hsm.device must be a table of udev property names to strings")
+    hsm_config = HsmConfig(
+        module=hsm.path("module", "/usr/lib/softhsm/libsofthsm2.so") or Path(),
+        token_uri=hsm.text("token_uri", required=True),
+        pin_file=hsm.path("pin_file"),
+        pin_credential=hsm.text("pin_credential"),
+        probe_interval=hsm.number("probe_interval", 2.0),
+        session_copies=hsm.flag("session_copies", True),
+        device_match=dict(device),
+    )
+    hsm.done()
+    if (hsm_config.pin_file is None) == (hsm_config.pin_credential is None):
+        raise ConfigError("hsm: exactly one of pin_file and pin_credential is required")
+
+    ue = _listener(_Section("ue_listener", raw.get("ue_listener", {}), base), 7443)
+    li = _listener(_Section("li_listener", raw.get("li_listener", {}), base), 7444)
+    if li.client_ca is None:
+        raise ConfigError("li_listener.client_ca is required (Xk needs client certificates)")
+
+    roles_section = raw.get("roles", {})
+    if not isinstance(roles_section, dict):
+        raise ConfigError("[roles] must be a table")
+    roles: dict[str, tuple[str, ...]] = {}
+    for role, members in roles_section.items():
+        if role not in ("df2", "admin", "ue"):
+            raise ConfigError(f"roles.{role}: unknown role (df2, admin, ue)")
+        if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+            raise ConfigError(f"roles.{role} must be a list of certificate identities")
+        roles[role] = tuple(members)
+
+    pol = _Section("policy", raw.get("policy", {}), base)
+    policy = PolicyConfig(
+        clock_skew=pol.number("clock_skew", 60.0),
+        ticket_lifetime=pol.number("ticket_lifetime", 3600.0),
+        max_ticket_lifetime=pol.number("max_ticket_lifetime", 86400.0),
+        key_forking=pol.flag("key_forking", True),
+        replay_cache_capacity=int(pol.number("replay_cache_capacity", 1_000_000)),
+    )
+    pol.done()
+    if policy.ticket_lifetime > policy.max_ticket_lifetime:
+        raise ConfigError("policy.ticket_lifetime exceeds policy.max_ticket_lifetime")
+
+    metrics = _Section("metrics", raw.get("metrics", {}), base)
+    metrics_address = metrics.text("address")
+    metrics.done()
+
+    return Config(
+        path=path,
+        kms_identity=kms_identity,
+        data_dir=data_dir,
+        state_db=state_db if state_db.is_absolute() else data_dir / state_db,
+        audit_log=audit_log if audit_log.is_absolute() else data_dir / audit_log,
+        hsm=hsm_config,
+        ue_listener=ue,
+        li_listener=li,
+        roles=roles,
+        policy=policy,
+        metrics_address=metrics_address,
+        grace_period=grace,
+        workers=workers,
+    )
