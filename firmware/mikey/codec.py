@@ -1,0 +1,1026 @@
+"""Bounds-checked reader/writer and every MIKEY payload (RFC 3830 section 6, RFC 6043 section 6).
+
+Rules and invariants:
+- One frozen dataclass per payload, with a symmetric ``_parse_x(reader)`` / ``_serialize_x(out, p)``
+  pair; ``PAYLOAD_TYPES`` maps each payload class to its Next Payload value and ``_PARSERS`` /
+  ``_SERIALIZERS`` map payload types to the pair (aioquic tls.py / hyperframe frame.py style).
+- Payload dataclasses never store their own Next Payload byte: chains are serialized from the
+  payload order, so encode(decode(b)) == b for every valid message and decode(encode(m)) == m.
+- All reads go through ``Reader``, which checks bounds before every read; any problem raises
+  MikeyError(message, absolute offset, ERR number).  struct.error, IndexError and ValueError cannot
+  escape: ``Reader`` only unpacks after checking lengths, and enum conversions go through
+  ``_enum``.
+- Unknown Next Payload values are refused (the payload's length cannot be known, so it cannot be
+  skipped); payloads of a known type in an unexpected place are kept, so callers may ignore them
+  as RFC 6043 asks.  TP Data and Initiator Data may not contain TP/TICKET (bounds recursion) nor
+  key-data sub-payloads (those live only in KEMAC Encr data, see ``parse_key_data``).
+- Fields whose registry changes the layout are IntEnums and unknown values are refused; open
+  registries that do not (Prot type, SP parameter type, General Extension type, Ticket Type) are
+  plain ints.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import ClassVar, TypeVar
+
+from firmware.mikey.constants import (
+    MIKEY_VERSION,
+    CertType,
+    CsIdMapType,
+    DataType,
+    DhGroup,
+    EncrAlg,
+    ErrNo,
+    HashFunc,
+    IdRole,
+    IdType,
+    KeyDataType,
+    KvType,
+    MacAlg,
+    PayloadType,
+    PkeCache,
+    RandRole,
+    SignType,
+    TsRole,
+    TsType,
+)
+from firmware.mikey.errors import MikeyError
+from firmware.mikey.prf import PrfFunc
+
+_E = TypeVar("_E", bound=enum.IntEnum)
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+_U64 = struct.Struct("!Q")
+
+
+# --- reader / writer ----------------------------------------------------------------------------
+
+
+class Reader:
+    """Bounds-checked cursor over ``buf[pos:end]``; offsets in errors are absolute (+ ``base``)."""
+
+    __slots__ = ("base", "buf", "end", "pos")
+
+    def __init__(self, buf: bytes, pos: int = 0, end: int | None = None, base: int = 0) -> None:
+        self.buf = buf
+        self.pos = pos
+        self.end = len(buf) if end is None else end
+        self.base = base
+
+    def fail(self, message: str, err: ErrNo = ErrNo.UNSPECIFIED, at: int | None = None) -> MikeyError:
+        return MikeyError(message, self.base + (self.pos if at is None else at), err)
+
+    def need(self, n: int, what: str) -> None:
+        if self.pos + n > self.end:
+            raise self.fail(f"truncated {what}: need {n} bytes, have {self.end - self.pos}")
+
+    def u8(self, what: str) -> int:
+        if self.pos >= self.end:
+            raise self.fail(f"truncated {what}: need 1 byte, have 0")
+        v = self.buf[self.pos]
+        self.pos += 1
+        return v
+
+    def u16(self, what: str) -> int:
+        self.need(2, what)
+        v: int = _U16.unpack_from(self.buf, self.pos)[0]
+        self.pos += 2
+        return v
+
+    def u32(self, what: str) -> int:
+        self.need(4, what)
+        v: int = _U32.unpack_from(self.buf, self.pos)[0]
+        self.pos += 4
+        return v
+
+    def take(self, n: int, what: str) -> bytes:
+        self.need(n, what)
+        v = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        return v
+
+    def sub(self, n: int, what: str) -> Reader:
+        """A reader over the next ``n`` bytes (for nested TP Data / Initiator Data)."""
+        self.need(n, what)
+        r = Reader(self.buf, self.pos, self.pos + n, self.base)
+        self.pos += n
+        return r
+
+
+def _enum(cls: type[_E], value: int, r: Reader, err: ErrNo, back: int) -> _E:
+    try:
+        return cls(value)
+    except ValueError:
+        raise r.fail(f"unknown {cls.__name__} value {value}", err, r.pos - back) from None
+
+
+def _check(cond: bool, message: str) -> None:
+    """Encode-side validation: refuse values that could not be decoded back."""
+    if not cond:
+        raise MikeyError(message, -1, ErrNo.UNSPECIFIED)
+
+
+def _u8(v: int, what: str) -> int:
+    _check(0 <= v <= 0xFF, f"{what} does not fit in 8 bits")
+    return v
+
+
+def _len16(data: bytes, what: str) -> bytes:
+    _check(len(data) <= 0xFFFF, f"{what} longer than 65535 bytes")
+    return _U16.pack(len(data))
+
+
+def _len8(data: bytes, what: str) -> bytes:
+    _check(len(data) <= 0xFF, f"{what} longer than 255 bytes")
+    return bytes((len(data),))
+
+
+# --- HDR and CS ID maps (RFC 3830 6.1, RFC 4563 5, RFC 6043 6.1.1) ------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SrtpIdEntry:
+    """One SRTP-ID map entry; its CS ID is its 1-based position."""
+
+    policy_no: int
+    ssrc: int
+    roc: int
+
+
+@dataclass(frozen=True, slots=True)
+class SrtpIdMap:
+    entries: tuple[SrtpIdEntry, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EmptyMap:
+    """RFC 4563 Empty map: no map info; ``cs_count`` is the HDR #CS (0 in MIKEY-TICKET)."""
+
+    cs_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GenericIdEntry:
+    """One GENERIC-ID block (RFC 6043 6.1.1).  For Prot type SRTP, session_data is
+    SSRC(4) [|| ROC(4) || SEQ(2) when ``s_flag``]; use ``srtp()`` to build one."""
+
+    cs_id: int
+    prot_type: int = 0
+    s_flag: bool = False
+    policy_nos: tuple[int, ...] = ()
+    session_data: bytes = b""
+    spi: bytes = b""
+
+    @classmethod
+    def srtp(
+        cls,
+        cs_id: int,
+        ssrc: int,
+        *,
+        roc: int | None = None,
+        seq: int | None = None,
+        policy_nos: tuple[int, ...] = (),
+        spi: bytes = b"",
+    ) -> GenericIdEntry:
+        data = _U32.pack(ssrc)
+        if roc is not None or seq is not None:
+            data += _U32.pack(roc or 0) + _U16.pack(seq or 0)
+        return cls(cs_id, 0, roc is not None or seq is not None, policy_nos, data, spi)
+
+    @property
+    def ssrc(self) -> int | None:
+        if len(self.session_data) < 4:
+            return None
+        v: int = _U32.unpack_from(self.session_data)[0]
+        return v
+
+
+@dataclass(frozen=True, slots=True)
+class GenericIdMap:
+    entries: tuple[GenericIdEntry, ...] = ()
+
+
+CsIdMap = SrtpIdMap | EmptyMap | GenericIdMap
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """Common header HDR (RFC 3830 6.1); always first, no payload type of its own."""
+
+    data_type: DataType
+    csb_id: int
+    cs_map: CsIdMap = EmptyMap()
+    prf_func: PrfFunc = PrfFunc.MIKEY_1
+    v_flag: bool = False
+    version: int = MIKEY_VERSION
+
+    @property
+    def cs_ids(self) -> tuple[int, ...]:
+        """The CS IDs of the map: 1..#CS for SRTP-ID, the CS ID fields for GENERIC-ID."""
+        m = self.cs_map
+        if isinstance(m, SrtpIdMap):
+            return tuple(range(1, len(m.entries) + 1))
+        if isinstance(m, GenericIdMap):
+            return tuple(e.cs_id for e in m.entries)
+        return ()
+
+
+def _parse_header(r: Reader) -> tuple[Header, int]:
+    r.need(10, "HDR")
+    buf, p = r.buf, r.pos
+    version, dt, np, vp = buf[p], buf[p + 1], buf[p + 2], buf[p + 3]
+    csb_id: int = _U32.unpack_from(buf, p + 4)[0]
+    ncs, map_type = buf[p + 8], buf[p + 9]
+    if version != MIKEY_VERSION:
+        raise r.fail(f"unsupported MIKEY version {version}", ErrNo.UNSPECIFIED)
+    r.pos = p + 2
+    data_type = _enum(DataType, dt, r, ErrNo.INVALID_DT, 1)
+    r.pos = p + 4
+    prf_func = _enum(PrfFunc, vp & 0x7F, r, ErrNo.INVALID_PRF, 1)
+    r.pos = p + 10
+    mtype = _enum(CsIdMapType, map_type, r, ErrNo.UNSPECIFIED, 1)
+    cs_map: SrtpIdMap | EmptyMap | GenericIdMap
+    if mtype is CsIdMapType.SRTP_ID:
+        r.need(9 * ncs, "SRTP-ID map")
+        entries = []
+        for _ in range(ncs):
+            q = r.pos
+            entries.append(
+                SrtpIdEntry(buf[q], _U32.unpack_from(buf, q + 1)[0], _U32.unpack_from(buf, q + 5)[0])
+            )
+            r.pos = q + 9
+        cs_map = SrtpIdMap(tuple(entries))
+    elif mtype is CsIdMapType.EMPTY:
+        cs_map = EmptyMap(ncs)
+    else:
+        gentries = []
+        for _ in range(ncs):
+            cs_id = r.u8("GENERIC-ID CS ID")
+            prot = r.u8("GENERIC-ID Prot type")
+            sp = r.u8("GENERIC-ID S/#P")
+            pols = tuple(r.take(sp & 0x7F, "GENERIC-ID policy list"))
+            sdata = r.take(r.u16("GENERIC-ID session data length"), "GENERIC-ID session data")
+            spi = r.take(r.u8("GENERIC-ID SPI length"), "GENERIC-ID SPI")
+            gentries.append(GenericIdEntry(cs_id, prot, bool(sp & 0x80), pols, sdata, spi))
+        cs_map = GenericIdMap(tuple(gentries))
+    return Header(data_type, csb_id, cs_map, prf_func, bool(vp & 0x80), version), np
+
+
+def _serialize_header(out: bytearray, h: Header, next_payload: int) -> None:
+    _check(h.version == MIKEY_VERSION, "HDR version must be 1")
+    _check(0 <= h.csb_id <= 0xFFFFFFFF, "CSB ID does not fit in 32 bits")
+    m = h.cs_map
+    if isinstance(m, SrtpIdMap):
+        ncs, mtype = len(m.entries), CsIdMapType.SRTP_ID
+    elif isinstance(m, EmptyMap):
+        ncs, mtype = m.cs_count, CsIdMapType.EMPTY
+    else:
+        ncs, mtype = len(m.entries), CsIdMapType.GENERIC_ID
+    _u8(ncs, "#CS")
+    out += bytes((h.version, h.data_type, next_payload, (0x80 if h.v_flag else 0) | h.prf_func))
+    out += _U32.pack(h.csb_id)
+    out += bytes((ncs, mtype))
+    if isinstance(m, SrtpIdMap):
+        for e in m.entries:
+            _check(0 <= e.ssrc <= 0xFFFFFFFF and 0 <= e.roc <= 0xFFFFFFFF, "SSRC/ROC range")
+            out.append(_u8(e.policy_no, "Policy_no"))
+            out += _U32.pack(e.ssrc) + _U32.pack(e.roc)
+    elif isinstance(m, GenericIdMap):
+        for g in m.entries:
+            _check(len(g.policy_nos) <= 0x7F, "GENERIC-ID #P larger than 127")
+            out += bytes((_u8(g.cs_id, "CS ID"), _u8(g.prot_type, "Prot type")))
+            out.append((0x80 if g.s_flag else 0) | len(g.policy_nos))
+            out += bytes(_u8(p, "Policy_no") for p in g.policy_nos)
+            out += _len16(g.session_data, "Session Data") + g.session_data
+            out += _len8(g.spi, "SPI") + g.spi
+
+
+# --- simple payloads ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Timestamp:
+    """T (RFC 3830 6.6, RFC 6043 6.3): value length fixed by ``ts_type`` (8, 8, 4, 4)."""
+
+    ts_type: TsType
+    value: bytes
+
+    def as_64(self) -> bytes:
+        """The 64-bit timestamp used where 64 bits are needed (AES-CM IV): COUNTER is left-padded
+        with zeros (RFC 3830 6.6), NTP-UTC-32 gets a zero fraction (RFC 6043 6.3)."""
+        if self.ts_type is TsType.COUNTER:
+            return bytes(4) + self.value
+        if self.ts_type is TsType.NTP_UTC_32:
+            return self.value + bytes(4)
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class RoleTimestamp:
+    """TR (RFC 6043 6.4)."""
+
+    role: TsRole
+    ts_type: TsType
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Rand:
+    """RAND (RFC 3830 6.11)."""
+
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RoleRand:
+    """RANDR (RFC 6043 6.8)."""
+
+    role: RandRole
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """ID (RFC 3830 6.7)."""
+
+    id_type: IdType
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RoleIdentity:
+    """IDR (RFC 6043 6.6).  Identities under MACs are ``data`` only (RFC 6043 5.5)."""
+
+    role: IdRole
+    id_type: IdType
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    """CERT (RFC 3830 6.7)."""
+
+    cert_type: CertType
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CertHash:
+    """CHASH (RFC 3830 6.8): hash length fixed by ``hash_func``."""
+
+    hash_func: HashFunc
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Kemac:
+    """KEMAC (RFC 3830 6.2, RFC 6043 6.2).  ``encr_data`` is the (encrypted) concatenation of
+    key-data sub-payloads; ``mac`` length is fixed by ``mac_alg`` (NULL in MIKEY-TICKET)."""
+
+    encr_alg: EncrAlg
+    encr_data: bytes = field(repr=False)
+    mac_alg: MacAlg = MacAlg.NULL
+    mac: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Pke:
+    """PKE (RFC 3830 6.4): 2-bit C, 14-bit length."""
+
+    cache: PkeCache
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class KvNull:
+    """KV type Null: no key validity data."""
+
+
+@dataclass(frozen=True, slots=True)
+class KvSpi:
+    """KV type SPI/MKI: SPI len(1) || SPI."""
+
+    spi: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class KvInterval:
+    """KV type Interval: VF len(1) || Valid From || VT len(1) || Valid To."""
+
+    valid_from: bytes
+    valid_to: bytes
+
+
+KeyValidity = KvNull | KvSpi | KvInterval
+
+
+@dataclass(frozen=True, slots=True)
+class Dh:
+    """DH (RFC 3830 6.4): value length fixed by the group; Reserv(4 bits) KV(4 bits) KV data."""
+
+    group: DhGroup
+    value: bytes
+    kv: KeyValidity = KvNull()
+    reserved: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """SIGN (RFC 3830 6.5): no Next Payload byte, always last; 4-bit type, 12-bit length."""
+
+    sign_type: SignType
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """V (RFC 3830 6.9): the MAC is computed over everything before the MAC bytes, V's Next
+    Payload and Auth alg bytes included, followed by the data of RFC 6043 Table 5.2."""
+
+    mac_alg: MacAlg
+    mac: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyParam:
+    """One SP policy parameter TLV (RFC 3830 6.10)."""
+
+    type: int
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityPolicy:
+    """SP (RFC 3830 6.10); for SRTP the parameter types are ``SrtpParam``."""
+
+    policy_no: int
+    prot_type: int
+    params: tuple[PolicyParam, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorPayload:
+    """ERR (RFC 3830 6.12, RFC 6043 6.9)."""
+
+    err_no: ErrNo
+    reserved: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GeneralExtension:
+    """General Extension (RFC 3830 6.15, RFC 4563, RFC 5410)."""
+
+    ext_type: int
+    data: bytes
+
+
+class TpFlags(enum.IntFlag):
+    """Ticket Policy flags D..O (RFC 6043 6.10), D the most significant of the 12 bits."""
+
+    D = 0x800
+    E = 0x400
+    F = 0x200
+    G = 0x100
+    H = 0x080
+    I = 0x040  # noqa: E741 - RFC name
+    J = 0x020
+    K = 0x010
+    L = 0x008
+    M = 0x004
+    N = 0x002
+    O = 0x001  # noqa: E741 - RFC name
+
+
+@dataclass(frozen=True, slots=True)
+class TicketPolicy:
+    """TP (RFC 6043 6.10).  ``payloads`` is the TP Data after its First Payload byte; ``None``
+    encodes a TP Data length of 0, ``()`` a TP Data of the single byte 0."""
+
+    ticket_type: int
+    subtype: int
+    version: int
+    prf_func: PrfFunc
+    flags: TpFlags
+    payloads: tuple[Payload, ...] | None = ()
+    reserved: int = 0
+
+    def find_all(self, kind: type[_P]) -> list[_P]:
+        return [p for p in self.payloads or () if isinstance(p, kind)]
+
+    def idr(self, role: IdRole) -> list[RoleIdentity]:
+        return [p for p in self.payloads or () if isinstance(p, RoleIdentity) and p.role == role]
+
+    def tr(self, role: TsRole) -> RoleTimestamp | None:
+        for p in self.payloads or ():
+            if isinstance(p, RoleTimestamp) and p.role == role:
+                return p
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """TICKET (RFC 6043 6.10): the granted policy, opaque Ticket Data, and Initiator Data
+    (``None`` = length 0; else the payloads after its First Payload byte: Vi, Vr)."""
+
+    policy: TicketPolicy
+    ticket_data: bytes = field(repr=False)
+    initiator_data: tuple[Payload, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyData:
+    """Key data sub-payload (RFC 3830 6.13, RFC 6043 6.2.1); only inside KEMAC Encr data.
+    ``salt`` is on the wire only for the +SALT types (and must be b"" for the others)."""
+
+    key_type: KeyDataType
+    key: bytes = field(repr=False)
+    salt: bytes = field(default=b"", repr=False)
+    kv: KeyValidity = KvNull()
+
+
+@dataclass(frozen=True, slots=True)
+class TicketHeader:
+    """THDR (RFC 6043 A.3): first element of base-ticket Ticket Data; no payload type."""
+
+    data: bytes
+
+
+Payload = (
+    Kemac
+    | Pke
+    | Dh
+    | Signature
+    | Timestamp
+    | Identity
+    | Certificate
+    | CertHash
+    | Verification
+    | SecurityPolicy
+    | Rand
+    | ErrorPayload
+    | RoleTimestamp
+    | RoleIdentity
+    | RoleRand
+    | TicketPolicy
+    | Ticket
+    | GeneralExtension
+)
+_P = TypeVar("_P")
+
+PAYLOAD_TYPES: dict[type, PayloadType] = {
+    Kemac: PayloadType.KEMAC,
+    Pke: PayloadType.PKE,
+    Dh: PayloadType.DH,
+    Signature: PayloadType.SIGN,
+    Timestamp: PayloadType.T,
+    Identity: PayloadType.ID,
+    Certificate: PayloadType.CERT,
+    CertHash: PayloadType.CHASH,
+    Verification: PayloadType.V,
+    SecurityPolicy: PayloadType.SP,
+    Rand: PayloadType.RAND,
+    ErrorPayload: PayloadType.ERR,
+    RoleTimestamp: PayloadType.TR,
+    RoleIdentity: PayloadType.IDR,
+    RoleRand: PayloadType.RANDR,
+    TicketPolicy: PayloadType.TP,
+    Ticket: PayloadType.TICKET,
+    GeneralExtension: PayloadType.GENERAL_EXT,
+}
+
+
+# --- parse / serialize pairs (body only: the Next Payload byte is handled by the chain) ---------
+
+
+def _parse_ts_value(r: Reader) -> tuple[TsType, bytes]:
+    ts_type = _enum(TsType, r.u8("TS type"), r, ErrNo.INVALID_TS, 1)
+    return ts_type, r.take(ts_type.value_len, "TS value")
+
+
+def _parse_t(r: Reader) -> Timestamp:
+    return Timestamp(*_parse_ts_value(r))
+
+
+def _serialize_t(out: bytearray, p: Timestamp) -> None:
+    _check(len(p.value) == p.ts_type.value_len, "TS value length does not match TS type")
+    out.append(p.ts_type)
+    out += p.value
+
+
+def _parse_tr(r: Reader) -> RoleTimestamp:
+    role = _enum(TsRole, r.u8("TS Role"), r, ErrNo.INVALID_TS, 1)
+    return RoleTimestamp(role, *_parse_ts_value(r))
+
+
+def _serialize_tr(out: bytearray, p: RoleTimestamp) -> None:
+    _check(len(p.value) == p.ts_type.value_len, "TS value length does not match TS type")
+    out += bytes((p.role, p.ts_type))
+    out += p.value
+
+
+def _parse_rand(r: Reader) -> Rand:
+    return Rand(r.take(r.u8("RAND len"), "RAND"))
+
+
+def _serialize_rand(out: bytearray, p: Rand) -> None:
+    out += _len8(p.value, "RAND") + p.value
+
+
+def _parse_randr(r: Reader) -> RoleRand:
+    role = _enum(RandRole, r.u8("RAND Role"), r, ErrNo.UNSPECIFIED, 1)
+    return RoleRand(role, r.take(r.u8("RAND length"), "RAND"))
+
+
+def _serialize_randr(out: bytearray, p: RoleRand) -> None:
+    out.append(p.role)
+    out += _len8(p.value, "RAND") + p.value
+
+
+def _parse_id(r: Reader) -> Identity:
+    id_type = _enum(IdType, r.u8("ID type"), r, ErrNo.INVALID_ID, 1)
+    return Identity(id_type, r.take(r.u16("ID len"), "ID data"))
+
+
+def _serialize_id(out: bytearray, p: Identity) -> None:
+    out.append(p.id_type)
+    out += _len16(p.data, "ID data") + p.data
+
+
+def _parse_idr(r: Reader) -> RoleIdentity:
+    role = _enum(IdRole, r.u8("ID Role"), r, ErrNo.INVALID_ID, 1)
+    id_type = _enum(IdType, r.u8("ID Type"), r, ErrNo.INVALID_ID, 1)
+    return RoleIdentity(role, id_type, r.take(r.u16("ID len"), "ID Data"))
+
+
+def _serialize_idr(out: bytearray, p: RoleIdentity) -> None:
+    out += bytes((p.role, p.id_type))
+    out += _len16(p.data, "ID Data") + p.data
+
+
+def _parse_cert(r: Reader) -> Certificate:
+    cert_type = _enum(CertType, r.u8("Cert type"), r, ErrNo.INVALID_CERT, 1)
+    return Certificate(cert_type, r.take(r.u16("Cert len"), "Cert data"))
+
+
+def _serialize_cert(out: bytearray, p: Certificate) -> None:
+    out.append(p.cert_type)
+    out += _len16(p.data, "Cert data") + p.data
+
+
+def _parse_chash(r: Reader) -> CertHash:
+    func = _enum(HashFunc, r.u8("Hash func"), r, ErrNo.INVALID_HA, 1)
+    return CertHash(func, r.take(func.hash_len, "Hash"))
+
+
+def _serialize_chash(out: bytearray, p: CertHash) -> None:
+    _check(len(p.value) == p.hash_func.hash_len, "CHASH length does not match Hash func")
+    out.append(p.hash_func)
+    out += p.value
+
+
+def _parse_kemac(r: Reader) -> Kemac:
+    encr = _enum(EncrAlg, r.u8("Encr alg"), r, ErrNo.INVALID_EA, 1)
+    data = r.take(r.u16("Encr data len"), "Encr data")
+    mac_alg = _enum(MacAlg, r.u8("MAC alg"), r, ErrNo.INVALID_MAC, 1)
+    return Kemac(encr, data, mac_alg, r.take(mac_alg.mac_len, "KEMAC MAC"))
+
+
+def _serialize_kemac(out: bytearray, p: Kemac) -> None:
+    _check(len(p.mac) == p.mac_alg.mac_len, "KEMAC MAC length does not match MAC alg")
+    out.append(p.encr_alg)
+    out += _len16(p.encr_data, "Encr data") + p.encr_data
+    out.append(p.mac_alg)
+    out += p.mac
+
+
+def _parse_pke(r: Reader) -> Pke:
+    w = r.u16("PKE C/Data len")
+    cache = _enum(PkeCache, w >> 14, r, ErrNo.UNSPECIFIED, 2)
+    return Pke(cache, r.take(w & 0x3FFF, "PKE data"))
+
+
+def _serialize_pke(out: bytearray, p: Pke) -> None:
+    _check(len(p.data) <= 0x3FFF, "PKE data longer than 16383 bytes")
+    out += _U16.pack((p.cache << 14) | len(p.data)) + p.data
+
+
+def _parse_kv(r: Reader, kv_type: KvType) -> KeyValidity:
+    if kv_type is KvType.NULL:
+        return KvNull()
+    if kv_type is KvType.SPI:
+        return KvSpi(r.take(r.u8("SPI length"), "SPI"))
+    vf = r.take(r.u8("VF length"), "Valid From")
+    return KvInterval(vf, r.take(r.u8("VT length"), "Valid To"))
+
+
+def _kv_type(kv: KeyValidity) -> KvType:
+    if isinstance(kv, KvSpi):
+        return KvType.SPI
+    if isinstance(kv, KvInterval):
+        return KvType.INTERVAL
+    return KvType.NULL
+
+
+def _serialize_kv(out: bytearray, kv: KeyValidity) -> None:
+    if isinstance(kv, KvSpi):
+        out += _len8(kv.spi, "SPI") + kv.spi
+    elif isinstance(kv, KvInterval):
+        out += _len8(kv.valid_from, "Valid From") + kv.valid_from
+        out += _len8(kv.valid_to, "Valid To") + kv.valid_to
+
+
+def _parse_dh(r: Reader) -> Dh:
+    group = _enum(DhGroup, r.u8("DH-Group"), r, ErrNo.INVALID_DH, 1)
+    value = r.take(group.value_len, "DH-value")
+    b = r.u8("DH Reserv/KV")
+    kv_type = _enum(KvType, b & 0x0F, r, ErrNo.UNSPECIFIED, 1)
+    return Dh(group, value, _parse_kv(r, kv_type), b >> 4)
+
+
+def _serialize_dh(out: bytearray, p: Dh) -> None:
+    _check(len(p.value) == p.group.value_len, "DH-value length does not match DH-Group")
+    _check(0 <= p.reserved <= 0x0F, "DH Reserv does not fit in 4 bits")
+    out.append(p.group)
+    out += p.value
+    out.append((p.reserved << 4) | _kv_type(p.kv))
+    _serialize_kv(out, p.kv)
+
+
+def _parse_sign(r: Reader) -> Signature:
+    w = r.u16("SIGN type/len")
+    stype = _enum(SignType, w >> 12, r, ErrNo.UNSPECIFIED, 2)
+    return Signature(stype, r.take(w & 0x0FFF, "Signature"))
+
+
+def _serialize_sign(out: bytearray, p: Signature) -> None:
+    _check(len(p.signature) <= 0x0FFF, "Signature longer than 4095 bytes")
+    out += _U16.pack((p.sign_type << 12) | len(p.signature)) + p.signature
+
+
+def _parse_v(r: Reader) -> Verification:
+    alg = _enum(MacAlg, r.u8("Auth alg"), r, ErrNo.INVALID_MAC, 1)
+    return Verification(alg, r.take(alg.mac_len, "Ver data"))
+
+
+def _serialize_v(out: bytearray, p: Verification) -> None:
+    _check(len(p.mac) == p.mac_alg.mac_len, "V MAC length does not match Auth alg")
+    out.append(p.mac_alg)
+    out += p.mac
+
+
+def _parse_sp(r: Reader) -> SecurityPolicy:
+    policy_no = r.u8("Policy no")
+    prot = r.u8("Prot type")
+    sub = r.sub(r.u16("Policy param length"), "Policy params")
+    params = []
+    while sub.pos < sub.end:
+        ptype = sub.u8("policy param type")
+        params.append(PolicyParam(ptype, sub.take(sub.u8("policy param length"), "param value")))
+    r.pos = sub.end
+    return SecurityPolicy(policy_no, prot, tuple(params))
+
+
+def _serialize_sp(out: bytearray, p: SecurityPolicy) -> None:
+    body = bytearray()
+    for prm in p.params:
+        body.append(_u8(prm.type, "policy param type"))
+        body += _len8(prm.value, "policy param value") + prm.value
+    out += bytes((_u8(p.policy_no, "Policy no"), _u8(p.prot_type, "Prot type")))
+    out += _len16(bytes(body), "Policy params") + body
+
+
+def _parse_err(r: Reader) -> ErrorPayload:
+    err_no = _enum(ErrNo, r.u8("Error no"), r, ErrNo.UNSPECIFIED, 1)
+    return ErrorPayload(err_no, r.u16("ERR reserved"))
+
+
+def _serialize_err(out: bytearray, p: ErrorPayload) -> None:
+    _check(0 <= p.reserved <= 0xFFFF, "ERR reserved does not fit in 16 bits")
+    out.append(p.err_no)
+    out += _U16.pack(p.reserved)
+
+
+def _parse_ext(r: Reader) -> GeneralExtension:
+    ext_type = r.u8("Extension type")
+    return GeneralExtension(ext_type, r.take(r.u16("Extension length"), "Extension data"))
+
+
+def _serialize_ext(out: bytearray, p: GeneralExtension) -> None:
+    out.append(_u8(p.ext_type, "Extension type"))
+    out += _len16(p.data, "Extension data") + p.data
+
+
+def _parse_nested(r: Reader, what: str) -> tuple[Payload, ...] | None:
+    """TP Data / Initiator Data: length(2) || [First Payload(1) || payloads]."""
+    n = r.u16(f"{what} length")
+    if n == 0:
+        return None
+    sub = r.sub(n, what)
+    first = sub.u8(f"{what} first payload")
+    payloads, _ = _parse_chain(sub, first, _NESTED)
+    return tuple(payloads)
+
+
+def _serialize_nested(out: bytearray, payloads: tuple[Payload, ...] | None, what: str) -> None:
+    if payloads is None:
+        out += b"\x00\x00"
+        return
+    for p in payloads:
+        _check(type(p) not in (TicketPolicy, Ticket), f"{what} may not contain TP or TICKET")
+    body = bytearray()
+    first = _serialize_chain(body, payloads)
+    data = bytes((first,)) + bytes(body)
+    out += _len16(data, what) + data
+
+
+def _parse_tp_common(r: Reader) -> TicketPolicy:
+    r.need(7, "Ticket Policy")
+    buf, p = r.buf, r.pos
+    ticket_type: int = _U16.unpack_from(buf, p)[0]
+    subtype, version = buf[p + 2], buf[p + 3]
+    w = (buf[p + 4] << 16) | (buf[p + 5] << 8) | buf[p + 6]
+    r.pos = p + 5
+    prf_func = _enum(PrfFunc, w >> 17, r, ErrNo.INVALID_PRF, 1)
+    r.pos = p + 7
+    flags = TpFlags((w >> 5) & 0xFFF)
+    payloads = _parse_nested(r, "TP Data")
+    return TicketPolicy(ticket_type, subtype, version, prf_func, flags, payloads, w & 0x1F)
+
+
+def _serialize_tp(out: bytearray, p: TicketPolicy) -> None:
+    _check(0 <= p.ticket_type <= 0xFFFF, "Ticket Type does not fit in 16 bits")
+    _check(0 <= p.reserved <= 0x1F, "TP Res does not fit in 5 bits")
+    _check(0 <= int(p.flags) <= 0xFFF, "TP flags do not fit in 12 bits")
+    w = (p.prf_func << 17) | (int(p.flags) << 5) | p.reserved
+    out += _U16.pack(p.ticket_type)
+    out += bytes((_u8(p.subtype, "Subtype"), _u8(p.version, "Version")))
+    out += bytes((w >> 16, (w >> 8) & 0xFF, w & 0xFF))
+    _serialize_nested(out, p.payloads, "TP Data")
+
+
+def _parse_ticket(r: Reader) -> Ticket:
+    policy = _parse_tp_common(r)
+    data = r.take(r.u16("Ticket Data length"), "Ticket Data")
+    return Ticket(policy, data, _parse_nested(r, "Initiator Data"))
+
+
+def _serialize_ticket(out: bytearray, p: Ticket) -> None:
+    _serialize_tp(out, p.policy)
+    out += _len16(p.ticket_data, "Ticket Data") + p.ticket_data
+    _serialize_nested(out, p.initiator_data, "Initiator Data")
+
+
+_PARSERS: dict[int, Callable[[Reader], Payload]] = {
+    PayloadType.KEMAC: _parse_kemac,
+    PayloadType.PKE: _parse_pke,
+    PayloadType.DH: _parse_dh,
+    PayloadType.T: _parse_t,
+    PayloadType.ID: _parse_id,
+    PayloadType.CERT: _parse_cert,
+    PayloadType.CHASH: _parse_chash,
+    PayloadType.V: _parse_v,
+    PayloadType.SP: _parse_sp,
+    PayloadType.RAND: _parse_rand,
+    PayloadType.ERR: _parse_err,
+    PayloadType.TR: _parse_tr,
+    PayloadType.IDR: _parse_idr,
+    PayloadType.RANDR: _parse_randr,
+    PayloadType.TP: _parse_tp_common,
+    PayloadType.TICKET: _parse_ticket,
+    PayloadType.GENERAL_EXT: _parse_ext,
+}
+
+_SERIALIZERS: dict[type, Callable[[bytearray, object], None]] = {
+    Kemac: _serialize_kemac,  # type: ignore[dict-item]
+    Pke: _serialize_pke,  # type: ignore[dict-item]
+    Dh: _serialize_dh,  # type: ignore[dict-item]
+    Signature: _serialize_sign,  # type: ignore[dict-item]
+    Timestamp: _serialize_t,  # type: ignore[dict-item]
+    Identity: _serialize_id,  # type: ignore[dict-item]
+    Certificate: _serialize_cert,  # type: ignore[dict-item]
+    CertHash: _serialize_chash,  # type: ignore[dict-item]
+    Verification: _serialize_v,  # type: ignore[dict-item]
+    SecurityPolicy: _serialize_sp,  # type: ignore[dict-item]
+    Rand: _serialize_rand,  # type: ignore[dict-item]
+    ErrorPayload: _serialize_err,  # type: ignore[dict-item]
+    RoleTimestamp: _serialize_tr,  # type: ignore[dict-item]
+    RoleIdentity: _serialize_idr,  # type: ignore[dict-item]
+    RoleRand: _serialize_randr,  # type: ignore[dict-item]
+    TicketPolicy: _serialize_tp,  # type: ignore[dict-item]
+    Ticket: _serialize_ticket,  # type: ignore[dict-item]
+    GeneralExtension: _serialize_ext,  # type: ignore[dict-item]
+}
+
+_TOP = frozenset(int(t) for t in PayloadType) - {PayloadType.LAST, PayloadType.KEY_DATA}
+_NESTED = _TOP - {PayloadType.TP, PayloadType.TICKET}
+
+
+def _parse_chain(
+    r: Reader, np: int, allowed: frozenset[int], offsets: list[int] | None = None
+) -> tuple[list[Payload], int]:
+    """Parse payloads from ``r.pos`` to ``r.end`` starting with type ``np``; the chain must end
+    (Next Payload 0, or SIGN) exactly at ``r.end``.  Returns (payloads, end offset)."""
+    payloads: list[Payload] = []
+    parsers = _PARSERS
+    while np:
+        if np not in allowed:
+            if np in _TOP or np == PayloadType.KEY_DATA:
+                raise r.fail(f"payload type {np} not allowed here")
+            raise r.fail(f"unknown payload type {np}: its length cannot be known")
+        if offsets is not None:
+            offsets.append(r.pos)
+        if np == PayloadType.SIGN:
+            payloads.append(_parse_sign(r))
+            break
+        nxt = r.u8("Next Payload")
+        payloads.append(parsers[np](r))
+        np = nxt
+    if r.pos != r.end:
+        raise r.fail(f"{r.end - r.pos} bytes after the last payload")
+    return payloads, r.pos
+
+
+def _serialize_chain(out: bytearray, payloads: Iterable[Payload]) -> int:
+    """Append payloads with their Next Payload bytes; return the type of the first one."""
+    items = list(payloads)
+    types = []
+    for p in items:
+        t = PAYLOAD_TYPES.get(type(p))
+        _check(t is not None, f"{type(p).__name__} is not a MIKEY payload")
+        types.append(int(t))  # type: ignore[arg-type]
+    for i, p in enumerate(items):
+        if types[i] == PayloadType.SIGN:
+            _check(i == len(items) - 1, "SIGN must be the last payload")
+        else:
+            out.append(types[i + 1] if i + 1 < len(items) else 0)
+        _SERIALIZERS[type(p)](out, p)
+    return types[0] if types else 0
+
+
+# --- key data sub-payloads (plaintext of KEMAC Encr data) ---------------------------------------
+
+
+def parse_key_data(data: bytes, base: int = 0) -> tuple[KeyData, ...]:
+    """Parse the key-data sub-payload chain (Next Payload 20 between, 0 after the last)."""
+    r = Reader(data, base=base)
+    if not data:
+        return ()
+    keys = []
+    while True:
+        np = r.u8("key data Next Payload")
+        b = r.u8("key data Type/KV")
+        ktype = _enum(KeyDataType, b >> 4, r, ErrNo.UNSPECIFIED, 1)
+        kv_type = _enum(KvType, b & 0x0F, r, ErrNo.UNSPECIFIED, 1)
+        key = r.take(r.u16("Key data len"), "Key data")
+        salt = r.take(r.u16("Salt len"), "Salt data") if ktype.has_salt else b""
+        keys.append(KeyData(ktype, key, salt, _parse_kv(r, kv_type)))
+        if np == 0:
+            break
+        if np != PayloadType.KEY_DATA:
+            raise r.fail(f"payload type {np} inside KEMAC key data", at=r.pos)
+    if r.pos != r.end:
+        raise r.fail(f"{r.end - r.pos} bytes after the last key data sub-payload")
+    return tuple(keys)
+
+
+def serialize_key_data(keys: Iterable[KeyData]) -> bytes:
+    items = list(keys)
+    out = bytearray()
+    for i, k in enumerate(items):
+        _check(k.key_type.has_salt or not k.salt, f"{k.key_type.name} carries no salt")
+        out.append(PayloadType.KEY_DATA if i + 1 < len(items) else 0)
+        out.append((k.key_type << 4) | _kv_type(k.kv))
+        out += _len16(k.key, "Key data") + k.key
+        if k.key_type.has_salt:
+            out += _len16(k.salt, "Salt data") + k.salt
+        _serialize_kv(out, k.kv)
+    return bytes(out)
+
+
+# --- base-ticket Ticket Data (RFC 6043 App. A) ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TicketData:
+    """MIKEY base ticket Ticket Data: THDR then payloads (T, RAND, KEMAC, [IDRpsk], V)."""
+
+    thdr: TicketHeader
+    payloads: tuple[Payload, ...]
+
+
+def parse_ticket_data(data: bytes, base: int = 0) -> TicketData:
+    r = Reader(data, base=base)
+    np = r.u8("THDR Next Payload")
+    thdr = TicketHeader(r.take(r.u16("THDR Data length"), "THDR Data"))
+    payloads, _ = _parse_chain(r, np, _NESTED)
+    return TicketData(thdr, tuple(payloads))
+
+
+def serialize_ticket_data(td: TicketData) -> bytes:
+    body = bytearray()
+    first = _serialize_chain(body, td.payloads)
+    return bytes((first,)) + _len16(td.thdr.data, "THDR Data") + td.thdr.data + bytes(body)
