@@ -1,0 +1,121 @@
+"""The one place that maps python-pkcs11 exceptions to the node's errors.
+
+Rules:
+- LOSS errors (device removed, token gone, session or handle invalid, general error, unknown return
+  values) mean the HSM is no longer usable as we knew it: the vault marks itself unavailable, drops
+  every cached handle and raises HsmUnavailable; a probe re-initialises the library later.
+- CONFIG errors (wrong or locked PIN, token not found, mechanism refused) are raised as
+  HsmConfigurationError: an operator must act; retrying does not help.
+- DATA errors (a wrapped blob that does not unwrap) are the caller's input: WrappedKeyRejected.
+- Messages name the PKCS#11 condition and what we were doing, never a PIN or key material.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from pkcs11 import exceptions as p11e
+
+from firmware.core.errors import HsmConfigurationError, HsmUnavailable
+
+
+class Kind(enum.Enum):
+    LOSS = "loss"
+    CONFIG = "config"
+    DATA = "data"
+    OTHER = "other"
+
+
+class WrappedKeyRejected(ValueError):
+    """A wrapped PSK did not unwrap (RFC 3394 integrity check failed or bad length)."""
+
+
+class PskLengthError(ValueError):
+    """A PSK to wrap is not a multiple of 8 bytes of at least 16 bytes (RFC 3394)."""
+
+
+class LoginRefused(HsmConfigurationError):
+    """The token refused the login (wrong, locked or expired PIN). Never retried automatically:
+    a wrong PIN retried by a probe loop would lock the token's user PIN."""
+
+
+class ActiveVersionRefused(ValueError):
+    """destroy_version was asked to destroy the ACTIVE version of a key."""
+
+
+_LOSS: tuple[type[p11e.PKCS11Error], ...] = (
+    p11e.DeviceRemoved,
+    p11e.DeviceError,
+    p11e.DeviceMemory,
+    p11e.TokenNotPresent,
+    p11e.TokenNotRecognised,
+    p11e.SessionHandleInvalid,
+    p11e.SessionClosed,
+    p11e.GeneralError,
+    p11e.FunctionFailed,
+    p11e.ObjectHandleInvalid,
+    p11e.KeyHandleInvalid,
+    p11e.WrappingKeyHandleInvalid,
+    p11e.UnwrappingKeyHandleInvalid,
+    p11e.UserNotLoggedIn,
+    p11e.SlotIDInvalid,
+    p11e.NoSuchToken,
+)
+_CONFIG: tuple[type[p11e.PKCS11Error], ...] = (
+    p11e.PinIncorrect,
+    p11e.PinInvalid,
+    p11e.PinLenRange,
+    p11e.PinExpired,
+    p11e.PinLocked,
+    p11e.UserPinNotInitialized,
+    p11e.MultipleTokensReturned,
+    p11e.MechanismInvalid,
+    p11e.TokenWriteProtected,
+)
+_DATA: tuple[type[p11e.PKCS11Error], ...] = (
+    p11e.WrappedKeyInvalid,
+    p11e.WrappedKeyLenRange,
+    p11e.EncryptedDataInvalid,
+    p11e.EncryptedDataLenRange,
+)
+
+# Errors that mean the login itself was refused; a probe must not retry them on its own (a wrong
+# PIN retried every few seconds would lock the token's user PIN).
+LOGIN_REFUSED: tuple[type[p11e.PKCS11Error], ...] = (
+    p11e.PinIncorrect,
+    p11e.PinInvalid,
+    p11e.PinLenRange,
+    p11e.PinExpired,
+    p11e.PinLocked,
+    p11e.UserPinNotInitialized,
+)
+
+
+def classify(exc: BaseException) -> Kind:
+    """Which kind of failure a python-pkcs11 exception is."""
+    if isinstance(exc, _CONFIG):
+        return Kind.CONFIG
+    if isinstance(exc, _DATA):
+        return Kind.DATA
+    # An exact PKCS11Error is a return value python-pkcs11 has no class for: treat it as loss.
+    if isinstance(exc, _LOSS) or type(exc) is p11e.PKCS11Error:
+        return Kind.LOSS
+    return Kind.OTHER
+
+
+def condition(exc: BaseException) -> str:
+    """A short name of the PKCS#11 condition (the exception class name); never its arguments."""
+    return type(exc).__name__
+
+
+def to_kms_error(exc: BaseException, doing: str) -> Exception:
+    """The error to raise for `exc`, raised while `doing` (a short phrase without secrets)."""
+    kind = classify(exc)
+    name = condition(exc)
+    if kind is Kind.CONFIG:
+        return HsmConfigurationError(f"HSM refused {doing}: {name}")
+    if kind is Kind.DATA:
+        return WrappedKeyRejected(f"{doing} failed: the token rejected the wrapped key ({name})")
+    if kind is Kind.LOSS:
+        return HsmUnavailable(f"HSM unavailable during {doing}: {name}")
+    return HsmUnavailable(f"HSM error during {doing}: {name}")
