@@ -1,0 +1,71 @@
+"""A small in-test KMS built only from firmware.mikey's KMS building blocks (software TPK)."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+
+from firmware.mikey.codec import KeyData, KvSpi, Ticket, TicketPolicy, Timestamp
+from firmware.mikey.constants import DataType, IdRole, KeyDataType, TsType
+from firmware.mikey.kms import build_request_resp, build_resolve_resp, verify_initial_psk
+from firmware.mikey.message import decode
+from firmware.mikey.ticket import open_ticket, seal_ticket
+from firmware.mikey.crypto import mpk_split
+
+
+def ntp_t(n: int) -> Timestamp:
+    return Timestamp(TsType.NTP_UTC, (0xE0000000 + n).to_bytes(4, "big") + bytes(4))
+
+
+@dataclass
+class KmsDouble:
+    identity: bytes
+    psks: dict[bytes, bytes]  # user identity -> PSK
+    tpk: bytes = bytes(range(0x10, 0x20))
+    counter: int = 0
+    resolved: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    def _rand(self, n: int = 16) -> bytes:
+        self.counter += 1
+        return hmac.digest(b"kms-double", self.counter.to_bytes(4, "big"), "sha256")[:n]
+
+    def _tpk_mac(self, data: bytes) -> bytes:
+        return hmac.digest(self.tpk, data, "sha1")
+
+    def handle_request(self, data: bytes, granted: TicketPolicy) -> bytes:
+        req = decode(data)
+        assert req.header.data_type == DataType.REQUEST_INIT_PSK
+        idri = req.idr(IdRole.IDRi)
+        assert idri is not None
+        psk = self.psks[idri.data]
+        verify_initial_psk(req, psk, kms_identity=self.identity)
+        mpk = self._rand()
+        tgk = KeyData(KeyDataType.TGK, self._rand(), b"", KvSpi(b"\x01"))
+        rand = self._rand()
+        ticket = seal_ticket(granted, tpk=self._tpk_mac, thdr_data=b"\x00\x01", t=ntp_t(1),
+                             rand=rand, mpk=mpk, session_keys=[tgk], mpk_kv=KvSpi(b"\x02"))
+        mpki, mpkr = mpk_split(granted.prf_func, mpk, rand)
+        from firmware.mikey.codec import TpFlags
+
+        return build_request_resp(
+            req, psk, t=ntp_t(2), ticket=ticket, mpki=mpki,
+            mpkr=mpkr if granted.flags & TpFlags.I else None, session_keys=[tgk],
+            mpk_kv=KvSpi(b"\x02"), kms_identity=self.identity,
+        )
+
+    def handle_resolve(self, data: bytes) -> bytes:
+        req = decode(data)
+        idrr = req.idr(IdRole.IDRr)
+        assert idrr is not None
+        psk = self.psks[idrr.data]
+        verify_initial_psk(req, psk, kms_identity=self.identity)
+        opened = open_ticket(req.ticket_bytes(), self._tpk_mac)
+        assert idrr.data in opened.idr_r
+        rand_kms = self._rand()
+        self.resolved.append((idrr.data, rand_kms))
+        return build_resolve_resp(req, psk, t=ntp_t(3), opened=opened,
+                                  responder_identity=idrr.data, rand_kms=rand_kms,
+                                  kms_identity=self.identity)
+
+
+_ = Ticket
