@@ -1,25 +1,289 @@
 """The `kmsnode` command: the composition root (the only module that wires api, hsm and store).
 
-Rules: PINs are read from files or systemd credentials named in the config, never from argv; errors
-are printed as one line without a stack trace and exit non-zero.
+Rules:
+- PINs come from files or systemd credentials named in the config, never from argv.
+- A generated PSK is printed once, as hex, on stdout; nothing else prints key material.
+- Errors are printed as one line without a stack trace and exit with status 2 (usage/config) or
+  1 (the operation failed).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import secrets
+import signal
 import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from firmware import config as config_mod
+from firmware.core.admin import Admin
+from firmware.core.errors import ConfigError, KmsError
+from firmware.core.ports import KeyName
+
+DEFAULT_CONFIG = os.environ.get("KMSNODE_CONFIG", "/etc/kmsnode/kmsnode.toml")
+log = logging.getLogger("kmsnode")
+
+
+# --- composition ------------------------------------------------------------------------------
+
+
+def open_vault(cfg: config_mod.Config, monitor: bool = True):  # type: ignore[no-untyped-def]
+    """The PKCS#11 vault named by the config (SOFTHSM2_CONF exported first when configured)."""
+    if cfg.hsm.softhsm2_conf is not None:
+        os.environ["SOFTHSM2_CONF"] = str(cfg.hsm.softhsm2_conf)
+    from hsm.pin import PinSource
+    from hsm.vault import Pkcs11Vault, VaultSettings
+
+    pin = (
+        PinSource.file(cfg.hsm.pin_file)
+        if cfg.hsm.pin_file is not None
+        else PinSource.credential(cfg.hsm.pin_credential or "")
+    )
+    settings = VaultSettings(
+        token_uri=cfg.hsm.token_uri,
+        module_path=str(cfg.hsm.module),
+        pin_source=pin,
+        probe_interval=cfg.hsm.probe_interval,
+        session_copies=cfg.hsm.session_copies,
+    )
+    return Pkcs11Vault.open(settings, monitor=monitor)
+
+
+def open_store(cfg: config_mod.Config):  # type: ignore[no-untyped-def]
+    from firmware.store.sqlite import SqliteStore
+
+    cfg.state_db.parent.mkdir(parents=True, exist_ok=True)
+    return SqliteStore(cfg.state_db)
+
+
+def open_admin(cfg: config_mod.Config) -> tuple[Admin, object, object]:
+    vault = open_vault(cfg, monitor=False)
+    store = open_store(cfg)
+    admin = Admin(vault, store, time.time, cfg.policy.max_ticket_lifetime, cfg.policy.clock_skew)
+    return admin, vault, store
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+DEV_CONFIG = """\
+# kmsnode development configuration, written by `kmsnode dev-init` (loopback only).
+[node]
+kms_identity = "{kms}"
+data_dir = "."
+
+[hsm]
+module = "{module}"
+token_uri = "pkcs11:token={label}"
+pin_file = "softhsm/user.pin"
+softhsm2_conf = "softhsm/softhsm2.conf"
+probe_interval = 2.0
+
+[ue_listener]
+host = "127.0.0.1"
+port = {ue_port}
+cert = "pki/server.pem"
+key = "pki/server.key"
+client_ca = "pki/ca.pem"
+
+[li_listener]
+host = "127.0.0.1"
+port = {li_port}
+cert = "pki/server.pem"
+key = "pki/server.key"
+client_ca = "pki/ca.pem"
+
+[roles]
+df2 = ["{df2}"]
+admin = ["{admin}"]
+
+[policy]
+clock_skew = 60
+ticket_lifetime = 3600
+max_ticket_lifetime = 86400
+key_forking = true
+
+[metrics]
+address = "127.0.0.1:{metrics_port}"
+"""
+
+
+def cmd_dev_init(args: argparse.Namespace) -> int:
+    from firmware.devpki import DevIdentities, make_dev_pki
+    from hsm.softhsm import create_token, module_path
+
+    directory = Path(args.directory).resolve()
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ids = DevIdentities()
+    token_dir = directory / "softhsm"
+    if not (token_dir / "softhsm2.conf").exists():
+        create_token(token_dir, "kmsnode", secrets.token_hex(8), secrets.token_hex(8))
+    make_dev_pki(directory / "pki", ids)
+    cfg_path = directory / "kmsnode.toml"
+    if not cfg_path.exists():
+        cfg_path.write_text(
+            DEV_CONFIG.format(
+                kms=ids.kms,
+                module=module_path(),
+                label="kmsnode",
+                df2=ids.df2,
+                admin=ids.admin,
+                ue_port=args.ue_port,
+                li_port=args.li_port,
+                metrics_port=args.metrics_port,
+            )
+        )
+    cfg = config_mod.load(cfg_path)
+    admin, vault, _ = open_admin(cfg)
+    try:
+        vault.ensure_keys()  # type: ignore[attr-defined]
+        admin.record_existing()
+    finally:
+        vault.close()  # type: ignore[attr-defined]
+    print(f"dev node ready in {directory}")
+    print(f"config: {cfg_path}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from firmware.node import Node
+
+    cfg = config_mod.load(args.config)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    node = Node.start(cfg)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"UE listener on {cfg.ue_listener.host}:{node.ue_port}", flush=True)
+    print(f"LI listener on {cfg.li_listener.host}:{node.li_port}", flush=True)
+    stop.wait()
+    node.stop(cfg.grace_period)
+    return 0
+
+
+def _read_psk(path: str | None) -> bytes:
+    if path is None:
+        return b""
+    text = Path(path).read_text().strip()
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise KmsError("the PSK file must hold the key as hex") from None
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config)
+    admin, vault, store = open_admin(cfg)
+    try:
+        if args.action == "add":
+            user, generated = admin.put_user(
+                args.identity,
+                args.alias or [],
+                _read_psk(args.psk_file),
+                (args.psk_id or "").encode(),
+            )
+            print(f"user {user.identity} stored (aliases: {', '.join(user.aliases) or '-'})")
+            if generated is not None:
+                print(f"generated PSK (shown once): {generated.hex()}")
+        elif args.action == "remove":
+            admin.delete_user(args.identity)
+            print(f"user {args.identity} removed")
+        else:
+            for user in admin.list_users():
+                print(
+                    f"{user.identity}\taliases={','.join(user.aliases) or '-'}\t"
+                    f"kek=v{user.wrapped_psk.kek_version}"
+                )
+    finally:
+        vault.close()  # type: ignore[attr-defined]
+        store.close()  # type: ignore[attr-defined]
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config)
+    admin, vault, store = open_admin(cfg)
+    try:
+        if args.action == "rotate":
+            view = admin.rotate(KeyName.TICKET_PROTECTION)
+            print(f"{view.name.value}/v{view.version} ACTIVE")
+        destroyed = admin.sweep(KeyName.TICKET_PROTECTION)
+        for version in destroyed:
+            print(f"{KeyName.TICKET_PROTECTION.value}/v{version} destroyed (its tickets expired)")
+        if args.action == "list":
+            for name in KeyName:
+                for v in admin.key_versions(name):
+                    created = (
+                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(v.created))
+                        if v.created
+                        else "-"
+                    )
+                    print(f"{name.value}/v{v.version}\t{v.state.name}\tcreated={created}")
+    finally:
+        vault.close()  # type: ignore[attr-defined]
+        store.close()  # type: ignore[attr-defined]
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kmsnode", description="KMS node for IMS media security")
-    parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("dev-init", help="create a development node (SoftHSM token, keys, PKI)")
+    p.add_argument("directory")
+    p.add_argument("--ue-port", type=int, default=7443)
+    p.add_argument("--li-port", type=int, default=7444)
+    p.add_argument("--metrics-port", type=int, default=9464)
+    p.set_defaults(func=cmd_dev_init)
+
+    p = sub.add_parser("serve", help="run the node")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("user", help="provision users")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    user_sub = p.add_subparsers(dest="action", required=True)
+    a = user_sub.add_parser("add")
+    a.add_argument("identity")
+    a.add_argument("--alias", action="append")
+    a.add_argument("--psk-file", help="file with the PSK as hex; omitted: the HSM generates one")
+    a.add_argument("--psk-id", help="IDRpsk value the UE sends (default: the identity)")
+    r = user_sub.add_parser("remove")
+    r.add_argument("identity")
+    user_sub.add_parser("list")
+    p.set_defaults(func=cmd_user)
+
+    p = sub.add_parser("keys", help="ticket protection key versions")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("action", choices=["list", "rotate"])
+    p.set_defaults(func=cmd_keys)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    parser.parse_args(argv)
-    return 0
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"kmsnode: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KmsError as exc:
+        print(f"kmsnode: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"kmsnode: {exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ class HsmConfig:
     probe_interval: float = 2.0
     session_copies: bool = True
     device_match: dict[str, str] = field(default_factory=dict)
+    softhsm2_conf: Path | None = None  # SoftHSM only: exported as SOFTHSM2_CONF before loading
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,7 @@ def load(path: Path | str) -> Config:
         probe_interval=hsm.number("probe_interval", 2.0),
         session_copies=hsm.flag("session_copies", True),
         device_match=dict(device),
+        softhsm2_conf=hsm.path("softhsm2_conf"),
     )
     hsm.done()
     if (hsm_config.pin_file is None) == (hsm_config.pin_credential is None):

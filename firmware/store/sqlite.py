@@ -66,6 +66,13 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (name, version)
     );
     """,
+    # 2: last COUNTER timestamp per user (RFC 3830 5.4: a counter must strictly increase)
+    """
+    CREATE TABLE counters (
+        identity TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )
 
 
@@ -152,11 +159,16 @@ class SqliteStore:
         with self._tx() as db:
             return db.execute("DELETE FROM users WHERE identity = ?", (identity,)).rowcount > 0
 
-    def _load_user(self, where: str, arg: object) -> User | None:
+    _USER_BY = {
+        "psk_id": "SELECT id, identity, psk_id, kek_version, wrapped_psk FROM users"
+        " WHERE psk_id = ?",
+        "identity": "SELECT id, identity, psk_id, kek_version, wrapped_psk FROM users"
+        " WHERE id = (SELECT user_id FROM identities WHERE identity = ?)",
+    }
+
+    def _load_user(self, by: str, arg: object) -> User | None:
         with self._lock:
-            row = self._db.execute(
-                "SELECT id, identity, psk_id, kek_version, wrapped_psk FROM users " + where, (arg,)
-            ).fetchone()
+            row = self._db.execute(self._USER_BY[by], (arg,)).fetchone()
             if row is None:
                 return None
             aliases = self._db.execute(
@@ -172,12 +184,10 @@ class SqliteStore:
         )
 
     def user_by_psk_id(self, psk_id: bytes) -> User | None:
-        return self._load_user("WHERE psk_id = ?", psk_id)
+        return self._load_user("psk_id", psk_id)
 
     def user_by_identity(self, identity: str) -> User | None:
-        return self._load_user(
-            "WHERE id = (SELECT user_id FROM identities WHERE identity = ?)", identity
-        )
+        return self._load_user("identity", identity)
 
     def list_users(self) -> list[User]:
         names = self._query("SELECT identity FROM users ORDER BY identity")
@@ -186,6 +196,16 @@ class SqliteStore:
 
     def count_users(self) -> int:
         return int(self._query("SELECT count(*) FROM users")[0][0])
+
+    def advance_counter(self, identity: str, value: int) -> bool:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT value FROM counters WHERE identity = ?", (identity,)
+            ).fetchone()
+            if row is not None and row[0] >= value:
+                return False
+            db.execute("INSERT OR REPLACE INTO counters VALUES (?, ?)", (identity, value))
+            return True
 
     # --- resolutions ------------------------------------------------------------------------
 

@@ -1,0 +1,151 @@
+"""Administrative use cases: users and their PSKs, ticket key versions and rotation.
+
+Rules:
+- Identities are stored canonical; a user's PSK is stored only wrapped under the active KEK.
+- A generated PSK comes from the HSM's RNG and is returned exactly once, to the caller.
+- Rotation creates a new TPK version (it protects new tickets); the previous version becomes
+  DECRYPT_ONLY and is destroyed by `sweep` once every ticket it protected has expired, which is
+  known without per-ticket state: no ticket outlives `retired + max_ticket_lifetime + skew`.
+- Key version records (created / retired / destroyed times) live in the store; the token is
+  the truth for which versions exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from firmware.core.errors import Conflict, InvalidRequest, NotFound
+from firmware.core.identity import IdentityError, canonical
+from firmware.core.ports import (
+    KeyName,
+    KeyRecord,
+    KeyState,
+    KeyVault,
+    Store,
+    StoreConflict,
+    User,
+)
+
+PSK_LENGTHS = (16, 24, 32)
+GENERATED_PSK_LENGTH = 32
+
+
+@dataclass(frozen=True)
+class KeyVersionView:
+    name: KeyName
+    version: int
+    state: KeyState
+    created: float | None
+
+
+def _canonical(identity: str, what: str) -> str:
+    try:
+        return canonical(identity)
+    except IdentityError as exc:
+        raise InvalidRequest(f"{what} is not a SIP or TEL URI: {exc}") from None
+
+
+class Admin:
+    """Users and key versions, over the vault and store ports."""
+
+    def __init__(
+        self,
+        vault: KeyVault,
+        store: Store,
+        clock: Callable[[], float],
+        max_ticket_lifetime: float,
+        clock_skew: float,
+    ) -> None:
+        self.vault, self.store, self.clock = vault, store, clock
+        self.ticket_retention = max_ticket_lifetime + clock_skew
+
+    # --- users ------------------------------------------------------------------------------
+
+    def put_user(
+        self, identity: str, aliases: Sequence[str], psk: bytes, psk_id: bytes
+    ) -> tuple[User, bytes | None]:
+        """Create or replace a user; returns it and the PSK when the KMS generated it."""
+        main = _canonical(identity, "identity")
+        others = tuple(sorted({_canonical(a, "alias") for a in aliases} - {main}))
+        generated = None
+        if not psk:
+            psk = generated = self.vault.random_bytes(GENERATED_PSK_LENGTH)
+        elif len(psk) not in PSK_LENGTHS:
+            raise InvalidRequest("psk must be 16, 24 or 32 bytes")
+        if len(psk_id) > 1024:
+            raise InvalidRequest("psk_id is longer than 1024 bytes")
+        user = User(main, others, psk_id or main.encode(), self.vault.wrap_psk(psk))
+        try:
+            self.store.put_user(user)
+        except StoreConflict as exc:
+            raise Conflict(str(exc)) from None
+        return user, generated
+
+    def delete_user(self, identity: str) -> None:
+        if not self.store.delete_user(_canonical(identity, "identity")):
+            raise NotFound("no such user")
+
+    def list_users(self) -> list[User]:
+        return self.store.list_users()
+
+    # --- key versions -----------------------------------------------------------------------
+
+    def key_versions(self, name: KeyName = KeyName.TICKET_PROTECTION) -> list[KeyVersionView]:
+        """Versions in the token with their recorded creation time, plus destroyed ones."""
+        records = {r.version: r for r in self.store.key_records(name)}
+        views = {
+            v.version: KeyVersionView(
+                name,
+                v.version,
+                v.state,
+                records[v.version].created if v.version in records else None,
+            )
+            for v in self.vault.versions(name)
+        }
+        for record in records.values():
+            if record.destroyed is not None and record.version not in views:
+                views[record.version] = KeyVersionView(
+                    name, record.version, KeyState.DESTROYED, record.created
+                )
+        return [views[v] for v in sorted(views)]
+
+    def record_existing(self) -> None:
+        """Make sure every version in the token has a record (first start, dev-init)."""
+        now = self.clock()
+        for name in KeyName:
+            known = {r.version for r in self.store.key_records(name)}
+            for info in self.vault.versions(name):
+                if info.version not in known:
+                    retired = None if info.state is KeyState.ACTIVE else now
+                    self.store.record_key(KeyRecord(name, info.version, now, retired, None))
+
+    def rotate(self, name: KeyName = KeyName.TICKET_PROTECTION) -> KeyVersionView:
+        """Create the next version; the previous active one becomes DECRYPT_ONLY."""
+        now = self.clock()
+        previous = {v.version for v in self.vault.versions(name) if v.state is KeyState.ACTIVE}
+        info = self.vault.create_version(name)
+        for record in self.store.key_records(name):
+            if record.version in previous and record.retired is None:
+                self.store.record_key(
+                    KeyRecord(name, record.version, record.created, now, record.destroyed)
+                )
+        self.store.record_key(KeyRecord(name, info.version, now, None, None))
+        return KeyVersionView(name, info.version, info.state, now)
+
+    def sweep(self, name: KeyName = KeyName.TICKET_PROTECTION) -> list[int]:
+        """Destroy DECRYPT_ONLY versions whose every ticket has expired; returns them."""
+        now = self.clock()
+        records = {r.version: r for r in self.store.key_records(name)}
+        destroyed = []
+        for info in self.vault.versions(name):
+            record = records.get(info.version)
+            if info.state is not KeyState.DECRYPT_ONLY or record is None or record.retired is None:
+                continue
+            if now > record.retired + self.ticket_retention:
+                self.vault.destroy_version(name, info.version)
+                self.store.record_key(
+                    KeyRecord(name, info.version, record.created, record.retired, now)
+                )
+                destroyed.append(info.version)
+        return destroyed

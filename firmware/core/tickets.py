@@ -1,0 +1,424 @@
+"""Ticket Request and Ticket Resolve at the KMS (RFC 6043 mode 1; TS 33.328 identity checks).
+
+Order of checks for REQUEST_INIT_PSK / RESOLVE_INIT_PSK (spec mikey-ticket.md 4.4, 4.5):
+  decode -> timestamp window -> find the user (IDRpsk, else IDRi|IDRr) -> unwrap the PSK in the
+  HSM -> verify V over the received bytes + appended identities -> replay cache -> identity,
+  ticket and policy checks -> answer.
+
+Rules:
+- Until V verifies, the caller learns only "not authenticated" (UNAUTHENTICATED with ERR 0, or
+  ERR 1 for a stale or replayed T) or "malformed" (INVALID_ARGUMENT): no MIKEY answer, no state.
+  A stale or replayed message is not answered with a MAC'd Error message because RFC 3830 5.1.2
+  lets a receiver drop what fails authentication, and answering replays feeds an oracle.
+- Once V verifies, every refusal is a MIKEY Error message (data type 6) keyed with the request's
+  auth_key (RFC 6043 5.4): ERR 7 for an identity that is not the user's (TS 33.328 6.2.3.5) or
+  not allowed by the ticket, ERR 14 for a ticket that is not ours, tampered, expired or of a
+  destroyed key version, ERR 15 for a policy we cannot grant.
+- Tickets are MIKEY base tickets (type 1) whose THDR data names the TPK version (`KMS1` || u32);
+  every ticket-key HMAC is computed in the HSM. MPK, TGK and RANDs come from the HSM's RNG.
+- Algorithms follow the PRF (RFC 6043 12.1: never mix 256-bit with weaker algorithms): with
+  PRF-HMAC-SHA-256 keys are 256 bits, KEMACs AES-CM-256 and V HMAC-SHA-256-256; with MIKEY-1
+  keys are 128 bits, AES-CM-128 and HMAC-SHA-1-160.
+- The granted policy: D=1 (the KMS made it), E=1 (resolve mandatory: only the KMS holds the TPK),
+  I (key forking) as requested or forced on when configured (K=1 then), F/G/H/J/L/M as
+  requested and then made consistent, N=O=1; validity from now for the requested or default
+  lifetime, never beyond the configured maximum; IDRkms and IDRi of the granted ticket are ours
+  and the authenticated initiator's; IDRr (one or more) as requested.
+- A resolution (ticket id, responder, RANDRkms) is stored as the last step, only for a resolve
+  that is answered; a failed request stores nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from firmware.core.errors import (
+    KeyVersionNotFound,
+    MalformedMessage,
+    NotAuthenticated,
+)
+from firmware.core.freshness import ReplayCache, StaleTimestamp, ntp64_to_unix, unix_to_ntp64
+from firmware.core.identity import IdentityError, canonical
+from firmware.core.ports import KeyName, KeyVault, Resolution, Store, User
+from firmware.mikey.codec import (
+    KeyData,
+    Payload,
+    RoleIdentity,
+    RoleTimestamp,
+    Ticket,
+    TicketPolicy,
+    Timestamp,
+    TpFlags,
+)
+from firmware.mikey.constants import (
+    DataType,
+    EncrAlg,
+    ErrNo,
+    IdRole,
+    IdType,
+    KeyDataType,
+    MacAlg,
+    TsRole,
+    TsType,
+)
+from firmware.mikey.crypto import mpk_split
+from firmware.mikey.errors import MikeyError
+from firmware.mikey.kms import (
+    build_error,
+    build_request_resp,
+    build_resolve_resp,
+    verify_initial_psk,
+    verify_initiator_data,
+)
+from firmware.mikey.message import Message, decode
+from firmware.mikey.prf import PrfFunc
+from firmware.mikey.ticket import open_ticket, peek_ticket, seal_ticket, ticket_raw
+
+THDR_MAGIC = b"KMS1"
+_THDR = struct.Struct("!4sI")
+RAND_LEN = 32
+
+
+@dataclass(frozen=True)
+class TicketSettings:
+    kms_identity: str  # canonical; the IDRkms value
+    clock_skew: float = 60.0
+    ticket_lifetime: float = 3600.0
+    max_ticket_lifetime: float = 86400.0
+    key_forking: bool = True  # force key forking on when a request leaves it off
+
+
+class Refusal(Exception):
+    """An authenticated request that cannot be served: answered with a MIKEY Error message."""
+
+    def __init__(self, err: ErrNo, why: str) -> None:
+        super().__init__(why)
+        self.err = err
+
+
+@dataclass(frozen=True)
+class _Authenticated:
+    user: User
+    psk: bytes
+    auth_key: bytes
+    peer: str  # canonical identity the message claims (IDRi / IDRr), or the user's identity
+    peer_data: bytes  # ID Data as sent (or the user's identity), used in K7 labels
+    mac_alg: MacAlg
+
+
+def ticket_id(ticket_data: bytes) -> bytes:
+    """Stable id of a ticket: SHA-256 of its Ticket Data, first 16 bytes."""
+    return hashlib.sha256(ticket_data).digest()[:16]
+
+
+def thdr_for(version: int) -> bytes:
+    return _THDR.pack(THDR_MAGIC, version)
+
+
+def version_from_thdr(data: bytes) -> int:
+    """The TPK version named by a ticket's THDR data; MikeyError when it is not ours."""
+    if len(data) != _THDR.size or data[:4] != THDR_MAGIC:
+        raise MikeyError("ticket header is not this KMS's", -1, ErrNo.INVALID_TICKET)
+    return int(_THDR.unpack(data)[1])
+
+
+def algorithms(prf: PrfFunc) -> tuple[int, EncrAlg, MacAlg]:
+    """(key length, KEMAC encryption, V MAC) that match the strength of `prf`."""
+    if prf is PrfFunc.PRF_HMAC_SHA_256:
+        return 32, EncrAlg.AES_CM_256, MacAlg.HMAC_SHA_256_256
+    return 16, EncrAlg.AES_CM_128, MacAlg.HMAC_SHA_1_160
+
+
+class TicketCore:
+    """The KMS's answers to REQUEST_INIT_PSK and RESOLVE_INIT_PSK."""
+
+    def __init__(
+        self,
+        vault: KeyVault,
+        store: Store,
+        replay: ReplayCache,
+        settings: TicketSettings,
+        clock: Callable[[], float],
+    ) -> None:
+        self.vault, self.store, self.replay = vault, store, replay
+        self.settings, self.clock = settings, clock
+        self.kms_id = settings.kms_identity.encode()
+
+    # --- entry ------------------------------------------------------------------------------
+
+    def exchange(self, data: bytes) -> bytes:
+        try:
+            msg = decode(data)
+        except MikeyError as exc:
+            raise MalformedMessage(f"cannot parse the MIKEY message: {exc}", int(exc.err)) from None
+        if msg.header.data_type == DataType.REQUEST_INIT_PSK:
+            handler, role = self._request, IdRole.IDRi
+        elif msg.header.data_type == DataType.RESOLVE_INIT_PSK:
+            handler, role = self._resolve, IdRole.IDRr
+        else:
+            raise MalformedMessage(
+                f"data type {msg.header.data_type} is not served here", int(ErrNo.INVALID_DT)
+            )
+        if msg.header.cs_ids:
+            raise MalformedMessage(
+                "ticket requests carry no crypto sessions", int(ErrNo.UNSPECIFIED)
+            )
+        now = self.clock()
+        auth = self._authenticate(msg, role, now)
+        try:
+            return handler(msg, auth, now)
+        except Refusal as refusal:
+            return build_error(
+                msg.header,
+                [refusal.err],
+                t=self._timestamp(now),
+                auth_key=auth.auth_key,
+                mac_alg=auth.mac_alg,
+            )
+
+    # --- authentication ---------------------------------------------------------------------
+
+    def _check_time(self, msg: Message, now: float) -> tuple[float, int | None]:
+        t = msg.timestamp
+        if t.ts_type is TsType.COUNTER:
+            return now, int.from_bytes(t.value, "big")
+        value = int.from_bytes(t.as_64(), "big")
+        stamp = ntp64_to_unix(value)
+        try:
+            self.replay.check_time(stamp, now)
+        except StaleTimestamp as exc:
+            raise NotAuthenticated(str(exc), int(ErrNo.INVALID_TS)) from None
+        return stamp, None
+
+    def _find_user(self, msg: Message, role: IdRole) -> tuple[User, RoleIdentity | None]:
+        psk_idr = msg.idr(IdRole.IDRpsk)
+        peer_idr = msg.idr(role)
+        user = None
+        if psk_idr is not None:
+            user = self.store.user_by_psk_id(psk_idr.data)
+        elif peer_idr is not None:
+            try:
+                user = self.store.user_by_identity(canonical(peer_idr.data.decode("utf-8")))
+            except (UnicodeDecodeError, IdentityError):
+                user = None
+        if user is None:
+            raise NotAuthenticated("not authenticated", int(ErrNo.AUTH_FAILURE))
+        return user, peer_idr
+
+    def _authenticate(self, msg: Message, role: IdRole, now: float) -> _Authenticated:
+        stamp, counter = self._check_time(msg, now)
+        user, peer_idr = self._find_user(msg, role)
+        try:
+            psk = self.vault.unwrap_psk(user.wrapped_psk)
+        except KeyVersionNotFound:
+            raise NotAuthenticated("not authenticated", int(ErrNo.AUTH_FAILURE)) from None
+        peer_data = peer_idr.data if peer_idr is not None else user.identity.encode()
+        try:
+            auth_key = verify_initial_psk(
+                msg, psk, peer_identity=user.identity.encode(), kms_identity=self.kms_id
+            )
+        except MikeyError:
+            raise NotAuthenticated("not authenticated", int(ErrNo.AUTH_FAILURE)) from None
+        v = msg.payloads[-1]
+        mac = bytes(getattr(v, "mac", b""))
+        try:
+            if counter is not None:
+                if not self.store.advance_counter(user.identity, counter):
+                    raise StaleTimestamp("COUNTER did not increase")
+            else:
+                self.replay.admit(mac, stamp, now)
+        except StaleTimestamp as exc:
+            raise NotAuthenticated(str(exc), int(ErrNo.INVALID_TS)) from None
+        try:
+            peer = canonical(peer_data.decode("utf-8")) if peer_idr is not None else user.identity
+        except (UnicodeDecodeError, IdentityError):
+            peer = ""
+        mac_alg = getattr(v, "mac_alg", MacAlg.HMAC_SHA_1_160)
+        return _Authenticated(user, psk, auth_key, peer, peer_data, mac_alg)
+
+    # --- shared -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _timestamp(now: float) -> Timestamp:
+        return Timestamp(TsType.NTP_UTC, _ntp(now))
+
+    def _check_kms(self, msg: Message) -> None:
+        idr = msg.idr(IdRole.IDRkms)
+        if idr is None:
+            return
+        try:
+            ours = canonical(idr.data.decode("utf-8")) == self.settings.kms_identity
+        except (UnicodeDecodeError, IdentityError):
+            ours = False
+        if not ours:
+            raise Refusal(ErrNo.INVALID_ID, "IDRkms names another KMS")
+
+    def _check_own_identity(self, auth: _Authenticated) -> None:
+        """TS 33.328 6.2.3.5: IDRi / IDRr must be a public identity of the authenticated user."""
+        if auth.peer not in auth.user.identities:
+            raise Refusal(ErrNo.INVALID_ID, "identity is not one of the user's")
+
+    def _tpk(self, version: int, prf: PrfFunc) -> Callable[[bytes], bytes]:
+        return lambda data: self.vault.ticket_hmac(version, prf, data)
+
+    # --- Ticket Request ---------------------------------------------------------------------
+
+    def _grant(self, requested: TicketPolicy, initiator: str, now: float) -> TicketPolicy:
+        s = self.settings
+        flags = requested.flags
+        keep = TpFlags.F | TpFlags.G | TpFlags.H | TpFlags.I | TpFlags.J | TpFlags.L | TpFlags.M
+        granted = (flags & keep) | TpFlags.D | TpFlags.E | TpFlags.N | TpFlags.O
+        if s.key_forking:
+            granted |= TpFlags.I
+        if granted & TpFlags.I:
+            granted |= TpFlags.F  # I with a TGK requires F
+        if not granted & TpFlags.G:
+            granted |= TpFlags.H
+        if granted & TpFlags.M:
+            granted |= TpFlags.F
+        if granted & TpFlags.G:
+            granted |= TpFlags.F
+        if (granted & ~TpFlags.K) != (flags & ~TpFlags.K):
+            granted |= TpFlags.K
+        responders = requested.idr(IdRole.IDRr)
+        if not responders:
+            raise Refusal(ErrNo.INVALID_TPPAR, "the requested policy names no responder (IDRr)")
+        start, end = now, now + s.ticket_lifetime
+        tre = requested.tr(TsRole.TRe)
+        if tre is not None and tre.ts_type is not TsType.COUNTER:
+            wanted = ntp64_to_unix(int.from_bytes(Timestamp(tre.ts_type, tre.value).as_64(), "big"))
+            end = min(max(wanted, start), now + s.max_ticket_lifetime)
+            if end != wanted:
+                granted |= TpFlags.K
+        payloads: tuple[Payload, ...] = (
+            RoleIdentity(IdRole.IDRkms, IdType.URI, self.kms_id),
+            RoleIdentity(IdRole.IDRi, IdType.URI, initiator.encode()),
+            RoleTimestamp(TsRole.TRs, TsType.NTP_UTC, _ntp(start)),
+            RoleTimestamp(TsRole.TRe, TsType.NTP_UTC, _ntp(end)),
+            *requested.idr(IdRole.IDRapp),
+            *responders,
+        )
+        return TicketPolicy(
+            requested.ticket_type,
+            requested.subtype,
+            requested.version,
+            requested.prf_func,
+            granted,
+            payloads,
+        )
+
+    def _request(self, msg: Message, auth: _Authenticated, now: float) -> bytes:
+        self._check_kms(msg)
+        self._check_own_identity(auth)
+        requested = msg.find(TicketPolicy)
+        if requested is None:
+            raise Refusal(ErrNo.INVALID_TPPAR, "no Ticket Policy")
+        if (requested.ticket_type, requested.subtype, requested.version) != (1, 1, 1):
+            raise Refusal(ErrNo.INVALID_TICKET, "only the MIKEY base ticket is issued")
+        policy = self._grant(requested, auth.peer, now)
+        key_len, encr, mac = algorithms(policy.prf_func)
+        version = self.vault.active_version(KeyName.TICKET_PROTECTION)
+        randomness = self.vault.random_bytes(2 * key_len + RAND_LEN)
+        mpk, tgk, rand = (
+            randomness[:key_len],
+            randomness[key_len : 2 * key_len],
+            randomness[2 * key_len :],
+        )
+        session_keys = [KeyData(KeyDataType.TGK, tgk)]
+        try:
+            ticket = seal_ticket(
+                policy,
+                tpk=self._tpk(version, policy.prf_func),
+                thdr_data=thdr_for(version),
+                t=self._timestamp(now),
+                rand=rand,
+                mpk=mpk,
+                session_keys=session_keys,
+                encr_alg=encr,
+                mac_alg=mac,
+            )
+        except MikeyError as exc:
+            raise Refusal(ErrNo(int(exc.err)), str(exc)) from None
+        mpki, mpkr = mpk_split(policy.prf_func, mpk, rand)
+        _, msg_encr, _ = algorithms(msg.header.prf_func)
+        return build_request_resp(
+            msg,
+            auth.psk,
+            t=self._timestamp(now),
+            ticket=ticket,
+            mpki=mpki,
+            mpkr=mpkr if policy.flags & TpFlags.I else None,
+            session_keys=session_keys,
+            kms_identity=self.kms_id,
+            encr_alg=msg_encr,
+        )
+
+    # --- Ticket Resolve ---------------------------------------------------------------------
+
+    def _resolve(self, msg: Message, auth: _Authenticated, now: float) -> bytes:
+        self._check_kms(msg)
+        self._check_own_identity(auth)
+        if msg.find(Ticket) is None:
+            raise Refusal(ErrNo.INVALID_TICKET, "no TICKET")
+        raw = msg.ticket_bytes()
+        try:
+            policy, data = peek_ticket(raw)
+            version = version_from_thdr(data.thdr.data)
+            opened = open_ticket(raw, self._tpk(version, policy.prf_func))
+        except (MikeyError, KeyVersionNotFound):
+            raise Refusal(ErrNo.INVALID_TICKET, "not a valid ticket of this KMS") from None
+        if opened.idr_kms is not None and opened.idr_kms != self.kms_id:
+            raise Refusal(ErrNo.INVALID_TICKET, "the ticket names another KMS")
+        if not _within(opened.trs, opened.tre, now):
+            raise Refusal(ErrNo.INVALID_TICKET, "the ticket is outside its validity")
+        allowed = set()
+        for idr in opened.idr_r:
+            try:
+                allowed.add(canonical(idr.decode("utf-8")))
+            except (UnicodeDecodeError, IdentityError):
+                continue
+        if auth.peer not in allowed:
+            raise Refusal(ErrNo.INVALID_ID, "the responder is not allowed by the ticket")
+        rand_kms = None
+        if opened.flags & TpFlags.I:
+            try:
+                verify_initiator_data(msg, opened.mpkr)
+            except MikeyError:
+                raise Refusal(ErrNo.INVALID_TICKET, "Initiator Data does not verify") from None
+            rand_kms = self.vault.random_bytes(max(len(opened.mpkr), RAND_LEN))
+        _, msg_encr, _ = algorithms(msg.header.prf_func)
+        answer = build_resolve_resp(
+            msg,
+            auth.psk,
+            t=self._timestamp(now),
+            opened=opened,
+            responder_identity=auth.peer_data,
+            rand_kms=rand_kms,
+            kms_identity=self.kms_id,
+            encr_alg=msg_encr,
+        )
+        ticket = msg.find(Ticket)
+        assert ticket is not None
+        self.store.add_resolution(
+            Resolution(ticket_id(ticket.ticket_data), auth.peer, rand_kms or b"", now)
+        )
+        return answer
+
+
+def _ntp(unix: float) -> bytes:
+    return unix_to_ntp64(unix).to_bytes(8, "big")
+
+
+def _within(trs: RoleTimestamp | None, tre: RoleTimestamp | None, now: float) -> bool:
+    def unix(tr: RoleTimestamp) -> float:
+        return ntp64_to_unix(int.from_bytes(Timestamp(tr.ts_type, tr.value).as_64(), "big"))
+
+    if trs is not None and trs.ts_type is not TsType.COUNTER and now < unix(trs):
+        return False
+    return not (tre is not None and tre.ts_type is not TsType.COUNTER and now > unix(tre))
+
+
+__all__ = ["TicketCore", "TicketSettings", "ticket_id", "ticket_raw", "version_from_thdr"]

@@ -1,0 +1,151 @@
+"""The running node: the composition that `kmsnode serve` starts (and tests start in-process).
+
+Rules:
+- This module (with cli.py) is the composition root: the only place that wires api, hsm and store.
+- Health follows the HSM: NOT_SERVING on every listener while the vault is unavailable.
+- Stop: listeners stop accepting, in-flight RPCs get `grace` seconds, then state is closed.
+- `clock` is injectable so tests can move time (ticket expiry, key destruction) through the
+  real server.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from firmware.api import server as api_server
+from firmware.api.proto.kms.v1 import kms_pb2_grpc
+from firmware.api.ticket import TicketServicer
+from firmware.config import Config
+from firmware.core.admin import Admin
+from firmware.core.freshness import ReplayCache
+from firmware.core.tickets import TicketCore, TicketSettings
+
+log = logging.getLogger("kmsnode.node")
+
+
+@dataclass
+class Node:
+    cfg: Config
+    vault: Any
+    store: Any
+    admin: Admin
+    tickets: TicketCore
+    ue: api_server.Listener
+    li: api_server.Listener
+    clock: Callable[[], float]
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def ue_port(self) -> int:
+        return self.ue.port
+
+    @property
+    def li_port(self) -> int:
+        return self.li.port
+
+    @classmethod
+    def start(
+        cls,
+        cfg: Config,
+        vault: Any = None,
+        store: Any = None,
+        clock: Callable[[], float] = time.time,
+    ) -> Node:
+        from firmware import cli  # composition helpers (open_vault, open_store)
+
+        vault = vault if vault is not None else cli.open_vault(cfg)
+        store = store if store is not None else cli.open_store(cfg)
+        admin = Admin(vault, store, clock, cfg.policy.max_ticket_lifetime, cfg.policy.clock_skew)
+        admin.record_existing()
+        replay = ReplayCache(cfg.policy.clock_skew, clock(), cfg.policy.replay_cache_capacity)
+        tickets = TicketCore(
+            vault,
+            store,
+            replay,
+            TicketSettings(
+                kms_identity=cfg.kms_identity,
+                clock_skew=cfg.policy.clock_skew,
+                ticket_lifetime=cfg.policy.ticket_lifetime,
+                max_ticket_lifetime=cfg.policy.max_ticket_lifetime,
+                key_forking=cfg.policy.key_forking,
+            ),
+            clock,
+        )
+        read = lambda p: p.read_bytes()  # noqa: E731
+        ue_creds = api_server.server_credentials(
+            read(cfg.ue_listener.cert),
+            read(cfg.ue_listener.key),
+            read(cfg.ue_listener.client_ca) if cfg.ue_listener.client_ca else None,
+            require_client_auth=False,
+        )
+        ue = api_server.make_listener(
+            "ue",
+            cfg.ue_listener.address,
+            ue_creds,
+            [
+                (
+                    kms_pb2_grpc.add_TicketServiceServicer_to_server,
+                    TicketServicer(tickets),
+                    api_server.service_name("TicketService"),
+                )
+            ],
+            cfg.workers,
+        )
+        assert cfg.li_listener.client_ca is not None
+        li_creds = api_server.server_credentials(
+            read(cfg.li_listener.cert),
+            read(cfg.li_listener.key),
+            read(cfg.li_listener.client_ca),
+            require_client_auth=True,
+        )
+        li = api_server.make_listener(
+            "li",
+            cfg.li_listener.address,
+            li_creds,
+            [],
+            cfg.workers,
+            interceptors=[api_server.TlsPolicyInterceptor()],
+        )
+        node = cls(cfg, vault, store, admin, tickets, ue, li, clock)
+
+        def on_hsm(available: bool, reason: str) -> None:
+            log.warning("HSM %s: %s", "available" if available else "UNAVAILABLE", reason)
+            ue.set_serving(available)
+            li.set_serving(available)
+
+        vault.add_listener(on_hsm)
+        ue.server.start()
+        li.server.start()
+        serving = bool(vault.available())
+        ue.set_serving(serving)
+        li.set_serving(serving)
+        threading.Thread(target=node._sweeper, name="key-sweeper", daemon=True).start()
+        return node
+
+    def _sweeper(self) -> None:
+        """Destroy retired ticket key versions once their tickets have expired (hourly)."""
+        while not self._stop.wait(3600.0):
+            self.sweep()
+
+    def sweep(self) -> list[int]:
+        try:
+            return self.admin.sweep()
+        except Exception:  # the sweeper must never die; the next round retries
+            log.exception("key sweep failed")
+            return []
+
+    def stop(self, grace: float) -> None:
+        self._stop.set()
+        self.ue.set_serving(False)
+        self.li.set_serving(False)
+        ue_done = self.ue.server.stop(grace)
+        li_done = self.li.server.stop(grace)
+        ue_done.wait()
+        li_done.wait()
+        self.store.close()
+        self.vault.close()

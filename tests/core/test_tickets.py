@@ -1,0 +1,69 @@
+"""TicketCore in-process with the fake vault and a real SQLite store (gRPC tests cover the rest)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from firmware.core.admin import Admin
+from firmware.core.errors import MalformedMessage, NotAuthenticated
+from firmware.core.freshness import ReplayCache
+from firmware.core.tickets import TicketCore, TicketSettings
+from firmware.mikey.constants import DataType, ErrNo
+from firmware.mikey.message import decode
+from firmware.mikey.prf import PrfFunc
+from firmware.store.sqlite import SqliteStore
+from hsm.fake import FakeVault
+from tests.calls import ALICE, ALICE_PSK, BOB, BOB_PSK, full_call
+
+NOW = 1_900_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> tuple[TicketCore, SqliteStore, Clock]:
+    vault = FakeVault()
+    store = SqliteStore(tmp_path / "s.sqlite")
+    clock = Clock()
+    admin = Admin(vault, store, clock, 86400, 60)
+    admin.put_user(ALICE, ["tel:+15550100"], ALICE_PSK, b"")
+    admin.put_user(BOB, [], BOB_PSK, b"")
+    core = TicketCore(
+        vault, store, ReplayCache(60, NOW - 100), TicketSettings("sip:kms.ims.example.net"), clock
+    )
+    return core, store, clock
+
+
+@pytest.mark.parametrize("prf", list(PrfFunc))
+@pytest.mark.parametrize("forking", [True, False])
+def test_both_ues_derive_the_same_keys(node, prf: PrfFunc, forking: bool) -> None:
+    core, store, _ = node
+    core.settings = TicketSettings("sip:kms.ims.example.net", key_forking=False)
+    call = full_call(core.exchange, NOW, prf=prf, forking=forking, sessions=2)
+    assert [(k.cs_id, k.tek, k.salt) for k in call.alice_keys] == [
+        (k.cs_id, k.tek, k.salt) for k in call.bob_keys
+    ]
+    assert len(call.alice_keys) == 2
+    assert decode(call.request_resp).header.data_type == DataType.REQUEST_RESP
+
+
+def test_refuses_a_replayed_request(node) -> None:
+    core, _, _ = node
+    call = full_call(core.exchange, NOW)
+    with pytest.raises(NotAuthenticated) as info:
+        core.exchange(call.request_init)
+    assert info.value.mikey_error == ErrNo.INVALID_TS
+
+
+def test_refuses_garbage_as_malformed(node) -> None:
+    core, _, _ = node
+    with pytest.raises(MalformedMessage):
+        core.exchange(b"\x01\x0b\x00")
