@@ -21,9 +21,7 @@ from typing import TypeVar
 from firmware.mikey.codec import (
     _TOP,
     Header,
-    IdRole,
     Payload,
-    RandRole,
     Reader,
     RoleIdentity,
     RoleRand,
@@ -37,7 +35,7 @@ from firmware.mikey.codec import (
     _serialize_chain,
     _serialize_header,
 )
-from firmware.mikey.constants import DataType, ErrNo, PayloadType
+from firmware.mikey.constants import DataType, ErrNo, IdRole, PayloadType, RandRole
 from firmware.mikey.errors import MikeyError
 
 _P = TypeVar("_P")
@@ -233,7 +231,7 @@ def coverage(
     if dt in RESPONSE_OF:
         if initial is None or not initial.raw:
             raise MikeyError("response MAC needs the received initial message", -1)
-        if initial.header.data_type not in RESPONSE_OF[dt]:  # type: ignore[index]
+        if initial.header.data_type not in RESPONSE_OF[dt]:
             raise MikeyError("initial message of the wrong data type", -1, ErrNo.INVALID_DT)
         return mac_input(msg, initial.raw)
     if dt in INITIAL_TYPES:

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 from firmware.mikey.codec import KeyData, KvSpi, Ticket, TicketPolicy, Timestamp
 from firmware.mikey.constants import DataType, IdRole, KeyDataType, TsType
+from firmware.mikey.crypto import mpk_split
 from firmware.mikey.kms import build_request_resp, build_resolve_resp, verify_initial_psk
 from firmware.mikey.message import decode
 from firmware.mikey.ticket import open_ticket, seal_ticket
-from firmware.mikey.crypto import mpk_split
 
 
 def ntp_t(n: int) -> Timestamp:
