@@ -13,8 +13,7 @@ Rules:
 from __future__ import annotations
 
 import enum
-
-from pkcs11 import exceptions as p11e
+import functools
 
 from firmware.core.errors import HsmConfigurationError, HsmUnavailable
 
@@ -43,62 +42,73 @@ class ActiveVersionRefused(ValueError):
     """destroy_version was asked to destroy the ACTIVE version of a key."""
 
 
-_LOSS: tuple[type[p11e.PKCS11Error], ...] = (
-    p11e.DeviceRemoved,
-    p11e.DeviceError,
-    p11e.DeviceMemory,
-    p11e.TokenNotPresent,
-    p11e.TokenNotRecognised,
-    p11e.SessionHandleInvalid,
-    p11e.SessionClosed,
-    p11e.GeneralError,
-    p11e.FunctionFailed,
-    p11e.ObjectHandleInvalid,
-    p11e.KeyHandleInvalid,
-    p11e.WrappingKeyHandleInvalid,
-    p11e.UnwrappingKeyHandleInvalid,
-    p11e.UserNotLoggedIn,
-    p11e.SlotIDInvalid,
-    p11e.NoSuchToken,
-)
-_CONFIG: tuple[type[p11e.PKCS11Error], ...] = (
-    p11e.PinIncorrect,
-    p11e.PinInvalid,
-    p11e.PinLenRange,
-    p11e.PinExpired,
-    p11e.PinLocked,
-    p11e.UserPinNotInitialized,
-    p11e.MultipleTokensReturned,
-    p11e.MechanismInvalid,
-    p11e.TokenWriteProtected,
-)
-_DATA: tuple[type[p11e.PKCS11Error], ...] = (
-    p11e.WrappedKeyInvalid,
-    p11e.WrappedKeyLenRange,
-    p11e.EncryptedDataInvalid,
-    p11e.EncryptedDataLenRange,
-)
+@functools.cache
+def _tables() -> dict[str, tuple[type[Exception], ...]]:
+    # pkcs11 is imported here, not at module level, so FakeVault (which raises the error classes
+    # above) works where python-pkcs11 is not installed.
+    from pkcs11 import exceptions as p11e
 
-# Errors that mean the login itself was refused; a probe must not retry them on its own (a wrong
-# PIN retried every few seconds would lock the token's user PIN).
-LOGIN_REFUSED: tuple[type[p11e.PKCS11Error], ...] = (
-    p11e.PinIncorrect,
-    p11e.PinInvalid,
-    p11e.PinLenRange,
-    p11e.PinExpired,
-    p11e.PinLocked,
-    p11e.UserPinNotInitialized,
-)
+    login: tuple[type[Exception], ...] = (
+        p11e.PinIncorrect,
+        p11e.PinInvalid,
+        p11e.PinLenRange,
+        p11e.PinExpired,
+        p11e.PinLocked,
+        p11e.UserPinNotInitialized,
+    )
+    return {
+        "loss": (
+            p11e.DeviceRemoved,
+            p11e.DeviceError,
+            p11e.DeviceMemory,
+            p11e.TokenNotPresent,
+            p11e.TokenNotRecognised,
+            p11e.SessionHandleInvalid,
+            p11e.SessionClosed,
+            p11e.GeneralError,
+            p11e.FunctionFailed,
+            p11e.ObjectHandleInvalid,
+            p11e.KeyHandleInvalid,
+            p11e.WrappingKeyHandleInvalid,
+            p11e.UnwrappingKeyHandleInvalid,
+            p11e.UserNotLoggedIn,
+            p11e.SlotIDInvalid,
+            p11e.NoSuchToken,
+        ),
+        "config": (
+            *login,
+            p11e.MultipleTokensReturned,
+            p11e.MechanismInvalid,
+            p11e.TokenWriteProtected,
+        ),
+        "data": (
+            p11e.WrappedKeyInvalid,
+            p11e.WrappedKeyLenRange,
+            p11e.EncryptedDataInvalid,
+            p11e.EncryptedDataLenRange,
+        ),
+        # The login itself was refused: a probe must not retry it on its own (a wrong PIN
+        # retried every few seconds would lock the token's user PIN).
+        "login": login,
+    }
+
+
+def login_refused_types() -> tuple[type[Exception], ...]:
+    """PKCS#11 exceptions that mean the login itself was refused (never retried automatically)."""
+    return _tables()["login"]
 
 
 def classify(exc: BaseException) -> Kind:
     """Which kind of failure a python-pkcs11 exception is."""
-    if isinstance(exc, _CONFIG):
+    from pkcs11.exceptions import PKCS11Error
+
+    tables = _tables()
+    if isinstance(exc, tables["config"]):
         return Kind.CONFIG
-    if isinstance(exc, _DATA):
+    if isinstance(exc, tables["data"]):
         return Kind.DATA
     # An exact PKCS11Error is a return value python-pkcs11 has no class for: treat it as loss.
-    if isinstance(exc, _LOSS) or type(exc) is p11e.PKCS11Error:
+    if isinstance(exc, tables["loss"]) or type(exc) is PKCS11Error:
         return Kind.LOSS
     return Kind.OTHER
 

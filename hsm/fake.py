@@ -82,7 +82,14 @@ class FakeVault:
         return KeyVersionInfo(name, version, KeyState.ACTIVE)
 
     def ensure_keys(self) -> list[KeyVersionInfo]:
-        return [self.create_version(n) for n in KeyName if not self._keys[n]]
+        """Create v1 of every name without versions (not recorded in `calls`)."""
+        return [self._create(n) for n in KeyName if not self._keys[n]]
+
+    def _create(self, name: KeyName) -> KeyVersionInfo:
+        with self._lock:
+            version = max(self._keys[name], default=0) + 1
+            self._keys[name][version] = secrets.token_bytes(_SIZES[name])
+        return KeyVersionInfo(name, version, KeyState.ACTIVE)
 
     def wait_until_available(self, timeout: float) -> bool:
         return self._available
@@ -165,10 +172,7 @@ class FakeVault:
 
     def create_version(self, name: KeyName) -> KeyVersionInfo:
         self._enter("create_version")
-        with self._lock:
-            version = max(self._keys[name], default=0) + 1
-            self._keys[name][version] = secrets.token_bytes(_SIZES[name])
-        return KeyVersionInfo(name, version, KeyState.ACTIVE)
+        return self._create(name)
 
     def destroy_version(self, name: KeyName, version: int) -> None:
         self._enter("destroy_version")

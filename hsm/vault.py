@@ -51,7 +51,6 @@ from firmware.core.errors import (
 from firmware.core.ports import KeyName, KeyState, KeyVersionInfo, WrappedKey
 from firmware.mikey.prf import PrfFunc, prf_with_hmac
 from hsm.errors import (
-    LOGIN_REFUSED,
     ActiveVersionRefused,
     Kind,
     LoginRefused,
@@ -59,6 +58,7 @@ from hsm.errors import (
     WrappedKeyRejected,
     classify,
     condition,
+    login_refused_types,
     to_kms_error,
 )
 from hsm.pin import PinSource
@@ -77,6 +77,8 @@ from hsm.templates import (
 from hsm.uri import Pkcs11Uri, parse_uri
 
 log = logging.getLogger(__name__)
+
+LOGIN_REFUSED = login_refused_types()
 
 # The one process-wide lock around every PKCS#11 call (module docstring).
 PKCS11_LOCK = threading.RLock()
