@@ -239,6 +239,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kmsnode", description="KMS node for IMS media security")
     sub = parser.add_subparsers(dest="command", required=True)
+    cfg = argparse.ArgumentParser(add_help=False)
+    cfg.add_argument("--config", default=DEFAULT_CONFIG, help="the node's TOML config")
 
     p = sub.add_parser("dev-init", help="create a development node (SoftHSM token, keys, PKI)")
     p.add_argument("directory")
@@ -247,26 +249,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=9464)
     p.set_defaults(func=cmd_dev_init)
 
-    p = sub.add_parser("serve", help="run the node")
-    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p = sub.add_parser("serve", help="run the node", parents=[cfg])
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("user", help="provision users")
-    p.add_argument("--config", default=DEFAULT_CONFIG)
     user_sub = p.add_subparsers(dest="action", required=True)
-    a = user_sub.add_parser("add")
+    a = user_sub.add_parser("add", parents=[cfg])
     a.add_argument("identity")
     a.add_argument("--alias", action="append")
     a.add_argument("--psk-file", help="file with the PSK as hex; omitted: the HSM generates one")
     a.add_argument("--psk-id", help="IDRpsk value the UE sends (default: the identity)")
-    r = user_sub.add_parser("remove")
+    r = user_sub.add_parser("remove", parents=[cfg])
     r.add_argument("identity")
-    user_sub.add_parser("list")
+    user_sub.add_parser("list", parents=[cfg])
     p.set_defaults(func=cmd_user)
 
     p = sub.add_parser("keys", help="ticket protection key versions")
-    p.add_argument("--config", default=DEFAULT_CONFIG)
-    p.add_argument("action", choices=["list", "rotate"])
+    keys_sub = p.add_subparsers(dest="action", required=True)
+    keys_sub.add_parser("list", parents=[cfg])
+    keys_sub.add_parser("rotate", parents=[cfg])
     p.set_defaults(func=cmd_keys)
     return parser
 

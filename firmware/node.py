@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from firmware.api import server as api_server
@@ -26,6 +27,10 @@ from firmware.core.freshness import ReplayCache
 from firmware.core.tickets import TicketCore, TicketSettings
 
 log = logging.getLogger("kmsnode.node")
+
+
+def _read(path: Path) -> bytes:
+    return path.read_bytes()
 
 
 @dataclass
@@ -76,11 +81,10 @@ class Node:
             ),
             clock,
         )
-        read = lambda p: p.read_bytes()  # noqa: E731
         ue_creds = api_server.server_credentials(
-            read(cfg.ue_listener.cert),
-            read(cfg.ue_listener.key),
-            read(cfg.ue_listener.client_ca) if cfg.ue_listener.client_ca else None,
+            _read(cfg.ue_listener.cert),
+            _read(cfg.ue_listener.key),
+            _read(cfg.ue_listener.client_ca) if cfg.ue_listener.client_ca else None,
             require_client_auth=False,
         )
         ue = api_server.make_listener(
@@ -98,9 +102,9 @@ class Node:
         )
         assert cfg.li_listener.client_ca is not None
         li_creds = api_server.server_credentials(
-            read(cfg.li_listener.cert),
-            read(cfg.li_listener.key),
-            read(cfg.li_listener.client_ca),
+            _read(cfg.li_listener.cert),
+            _read(cfg.li_listener.key),
+            _read(cfg.li_listener.client_ca),
             require_client_auth=True,
         )
         li = api_server.make_listener(

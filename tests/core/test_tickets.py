@@ -45,7 +45,7 @@ def node(tmp_path: Path) -> tuple[TicketCore, SqliteStore, Clock]:
 @pytest.mark.parametrize("prf", list(PrfFunc))
 @pytest.mark.parametrize("forking", [True, False])
 def test_both_ues_derive_the_same_keys(node, prf: PrfFunc, forking: bool) -> None:
-    core, store, _ = node
+    core, _, _ = node
     core.settings = TicketSettings("sip:kms.ims.example.net", key_forking=False)
     call = full_call(core.exchange, NOW, prf=prf, forking=forking, sessions=2)
     assert [(k.cs_id, k.tek, k.salt) for k in call.alice_keys] == [
