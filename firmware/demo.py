@@ -23,6 +23,7 @@ from firmware.core.freshness import unix_to_ntp64
 from firmware.mikey.codec import GenericIdEntry, RoleIdentity, TicketPolicy, Timestamp, TpFlags
 from firmware.mikey.constants import IdRole, IdType, TsType
 from firmware.mikey.exchange import Initiator, Responder
+from firmware.mikey.prf import PrfFunc
 from firmware.mikey.sdp import add_key_mgmt, find_key_mgmt
 
 KMS = b"sip:kms.ims.example.net"
@@ -76,7 +77,7 @@ def main() -> int:
             raise SystemExit("the node did not start")
         ca = (workdir / "pki" / "ca.pem").read_bytes()
         channel = grpc.secure_channel(f"localhost:{ue_port}", grpc.ssl_channel_credentials(ca))
-        stub = kms_pb2_grpc.TicketServiceStub(channel)
+        stub = kms_pb2_grpc.TicketServiceStub(channel)  # type: ignore[no-untyped-call]
 
         def kms(data: bytes) -> bytes:
             return bytes(stub.Exchange(kms_pb2.MikeyMessage(data=data), timeout=10).data)
