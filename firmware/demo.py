@@ -84,14 +84,8 @@ def main() -> int:
 
         alice = Initiator(ALICE.encode(), psks[ALICE], KMS)
         bob = Responder(BOB.encode(), psks[BOB], KMS)
-        policy = TicketPolicy(
-            1,
-            1,
-            1,
-            0,
-            TpFlags.E | TpFlags.H,
-            (RoleIdentity(IdRole.IDRr, IdType.URI, BOB.encode()),),
-        )
+        bob_idr = RoleIdentity(IdRole.IDRr, IdType.URI, BOB.encode())
+        policy = TicketPolicy(1, 1, 1, PrfFunc.MIKEY_1, TpFlags.E | TpFlags.H, (bob_idr,))
         print("== alice: REQUEST_INIT -> KMS -> REQUEST_RESP (ticket)")
         alice.process_request_resp(
             kms(alice.request_init(csb_id=1, t=now_t(), rand_i=os.urandom(16), policy=policy))
