@@ -1,0 +1,410 @@
+"""`kmsnode-image build`: Debian root with mmdebstrap -> erofs -> dm-verity -> signed manifest ->
+GPT disk (systemd-repart) and update bundle; plus the kernel and a small initramfs for the slot.
+
+Rules and invariants:
+- Inputs are the committed tree (`git archive HEAD`, never the dirty working tree), the pinned
+  constraints, the recipe files, the signing key's public half and the `ImageConfig`. The
+  mmdebstrap tarball is cached under a key over all of them; a cache hit skips mmdebstrap.
+- Reproducible: SOURCE_DATE_EPOCH everywhere (mmdebstrap, pip, wheels, mkfs.erofs -T, cpio),
+  fixed erofs UUID, verity salt/UUID and repart seed derived from the release.
+- Python dependencies are cp313 wheels pinned by constraints.txt, downloaded with pip on the
+  build host and installed with pip inside the root from a local directory (no network inside).
+- The kernel package is unpacked into the root (`dpkg-deb -x`, then depmod) rather than installed
+  through dpkg, so no initramfs generator runs; it is recorded in the manifest's package list.
+- Every long step prints `[build] step ... (elapsed)`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import lzma
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from image.config import DPKG_EXCLUDES, RECIPE_DIR, BuildPaths, ImageConfig, cache_key
+from image.disk import MIB, DiskLayout
+from image.errors import BuildError
+from image.manifest import Signer, public_key_pem
+from image.release import BUILDER, ReleaseInfo, ReleaseOutputs, assemble
+
+
+class Progress:
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        start = time.monotonic()
+        print(f"[build] {name} ...", file=sys.stderr, flush=True)
+        yield
+        now = time.monotonic()
+        print(
+            f"[build] {name} done in {now - start:.1f}s (total {now - self.t0:.1f}s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+    if proc.returncode != 0:
+        raise BuildError(
+            f"{Path(cmd[0]).name} failed ({proc.returncode}): "
+            f"{(proc.stderr or proc.stdout).strip()[-800:]}"
+        )
+    return proc  # type: ignore[no-any-return]
+
+
+def require_tools(*tools: str) -> None:
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        raise BuildError(
+            f"missing build tools: {', '.join(missing)} "
+            "(apt-get install mmdebstrap erofs-utils dosfstools cpio)"
+        )
+
+
+def git_commit(repo: Path) -> tuple[str, int]:
+    sha = run(["git", "-C", str(repo), "rev-parse", "HEAD"]).stdout.strip()
+    when = int(run(["git", "-C", str(repo), "log", "-1", "--format=%ct"]).stdout.strip())
+    return sha, when
+
+
+def build_wheels(repo: Path, paths: BuildPaths, config: ImageConfig, env: dict[str, str]) -> Path:
+    """The node's wheel from the committed tree plus pinned cp313 dependency wheels."""
+    sha, _ = git_commit(repo)
+    wheels = paths.work / "wheels"
+    shutil.rmtree(wheels, ignore_errors=True)
+    wheels.mkdir(parents=True)
+    with tempfile.TemporaryDirectory(prefix="kmsnode-src-") as src:
+        tar_path = Path(src) / "src.tar"
+        with open(tar_path, "wb") as f:
+            subprocess.run(
+                ["git", "-C", str(repo), "archive", "--format=tar", sha], stdout=f, check=True
+            )
+        tree = Path(src) / "tree"
+        tree.mkdir()
+        with tarfile.open(tar_path) as t:
+            t.extractall(tree, filter="data")
+        pip = str(repo / ".venv/bin/pip")
+        run(
+            [pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(tree)],
+            env=env,
+        )
+    dep_cache = (
+        paths.wheel_cache / hashlib.sha256((repo / "constraints.txt").read_bytes()).hexdigest()[:16]
+    )
+    if not (dep_cache / ".complete").exists():
+        dep_cache.mkdir(parents=True, exist_ok=True)
+        node_wheel = next(wheels.glob("kmsnode-*.whl"))
+        plat = [
+            "manylinux_2_17_x86_64",
+            "manylinux2014_x86_64",
+            "manylinux_2_28_x86_64",
+            "manylinux_2_34_x86_64",
+        ]
+        cmd = [
+            pip,
+            "download",
+            "-q",
+            "--only-binary=:all:",
+            "--python-version",
+            config.python_abi[2:3] + "." + config.python_abi[3:],
+        ]
+        cmd += [
+            "--implementation",
+            "cp",
+            "--abi",
+            config.python_abi,
+            "--abi",
+            "abi3",
+            "--abi",
+            "none",
+        ]
+        for p in plat:
+            cmd += ["--platform", p]
+        cmd += ["-c", str(repo / "constraints.txt"), "-d", str(dep_cache), str(node_wheel)]
+        run(cmd)
+        pip_version = run([pip, "--version"]).stdout.split()[1]
+        run(
+            [
+                pip,
+                "download",
+                "-q",
+                "--only-binary=:all:",
+                "--no-deps",
+                "-d",
+                str(dep_cache),
+                f"pip=={pip_version}",
+            ]
+        )
+        (dep_cache / ".complete").touch()
+    for w in dep_cache.glob("*.whl"):
+        if not w.name.startswith("kmsnode-"):
+            shutil.copy2(w, wheels / w.name)
+    return wheels
+
+
+def mmdebstrap_root(
+    config: ImageConfig,
+    paths: BuildPaths,
+    wheels: Path,
+    pubkey: Path,
+    out_tar: Path,
+    kernel_out: Path,
+    env: dict[str, str],
+) -> None:
+    hook = RECIPE_DIR / "customize-hook.sh"
+    env = {
+        **env,
+        "KMSNODE_WHEELS": str(wheels),
+        "KMSNODE_PUBKEY": str(pubkey),
+        "KMSNODE_KERNEL_OUT": str(kernel_out),
+        "KMSNODE_RECIPE": str(RECIPE_DIR),
+        "KMSNODE_PRUNE": " ".join(config.module_prune),
+    }
+    sources = "".join(
+        f"deb {mirror} {suite} main\n"
+        for mirror, suite in (
+            (config.mirror, config.suite),
+            (config.mirror, f"{config.suite}-updates"),
+            (config.security_mirror, f"{config.suite}-security"),
+        )
+    )
+    cmd = [
+        "mmdebstrap",
+        "--mode=root",
+        "--variant=minbase",
+        "--quiet",
+        f"--include={','.join(config.packages)}",
+    ]
+    cmd += [f"--dpkgopt={o}" for o in DPKG_EXCLUDES]
+    cmd += [
+        '--aptopt=Acquire::Languages "none"',
+        f'--customize-hook=sh {hook} "$1"',
+        config.suite,
+        str(out_tar),
+        "-",
+    ]
+    proc = subprocess.run(cmd, input=sources, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise BuildError(f"mmdebstrap failed: {proc.stderr.strip()[-1500:]}")
+
+
+def extract(tar: Path, dest: Path) -> None:
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    run(
+        [
+            "tar",
+            "--numeric-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+            "-xpf",
+            str(tar),
+            "-C",
+            str(dest),
+        ]
+    )
+
+
+def make_erofs(rootdir: Path, out: Path, config: ImageConfig) -> None:
+    out.unlink(missing_ok=True)
+    run(
+        [
+            "mkfs.erofs",
+            "-zlz4hc",
+            f"-T{config.source_date_epoch}",
+            f"-U{config.erofs_uuid}",
+            "-x-1",
+            str(out),
+            str(rootdir),
+        ]
+    )
+    if out.stat().st_size % 4096:
+        raise BuildError("erofs image size is not a multiple of 4096")
+
+
+def package_list(rootdir: Path, kernel_out: Path) -> dict[str, str]:
+    q = run(
+        ["dpkg-query", f"--admindir={rootdir}/var/lib/dpkg", "-W", "-f", "${Package}\t${Version}\n"]
+    )
+    pkgs = dict(line.split("\t", 1) for line in q.stdout.splitlines() if line)
+    name, version = (kernel_out / "kernel-package").read_text().strip().split("\t")
+    pkgs[name] = version
+    return dict(sorted(pkgs.items()))
+
+
+def _module_deps(moddir: Path, names: tuple[str, ...]) -> list[str]:
+    deps: dict[str, list[str]] = {}
+    by_name: dict[str, str] = {}
+    for line in (moddir / "modules.dep").read_text().splitlines():
+        mod, _, rest = line.partition(":")
+        deps[mod] = rest.split()
+        base = Path(mod).name.split(".ko")[0].replace("-", "_")
+        by_name[base] = mod
+    order: list[str] = []
+
+    def visit(mod: str) -> None:
+        if mod in order:
+            return
+        for d in deps.get(mod, []):
+            visit(d)
+        order.append(mod)
+
+    for n in names:
+        if n.replace("-", "_") in by_name:
+            visit(by_name[n.replace("-", "_")])
+    return order
+
+
+def make_initrd(rootdir: Path, kernel_out: Path, config: ImageConfig, out: Path) -> None:
+    """A busybox initramfs with dmsetup (libraries from the root) and the storage modules."""
+    kver = (kernel_out / "kver").read_text().strip()
+    moddir = rootdir / "usr/lib/modules" / kver
+    with tempfile.TemporaryDirectory(prefix="kmsnode-initrd-") as tmp:
+        t = Path(tmp)
+        for d in ("bin", "lib/modules", "proc", "sys", "dev", "newroot", "lib64", "etc"):
+            (t / d).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(kernel_out / "busybox/usr/bin/busybox", t / "bin/busybox")
+        applets = [
+            "sh",
+            "mount",
+            "umount",
+            "insmod",
+            "cat",
+            "sed",
+            "grep",
+            "sleep",
+            "mkdir",
+            "switch_root",
+            "poweroff",
+            "ls",
+            "echo",
+        ]
+        for a in applets:
+            os.symlink("busybox", t / "bin" / a)
+        # dmsetup and its shared libraries, resolved inside the root.
+        shutil.copy2(rootdir / "usr/sbin/dmsetup", t / "bin/dmsetup")
+        ldd = run(["chroot", str(rootdir), "ldd", "/usr/sbin/dmsetup"]).stdout
+        for line in ldd.splitlines():
+            parts = line.split()
+            lib = parts[2] if "=>" in parts and len(parts) > 2 else parts[0]
+            if lib.startswith("/"):
+                real = rootdir / Path(lib).relative_to("/")
+                dst = t / Path(lib).relative_to("/")
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(real, dst)  # follows the root's relative symlinks
+        order = []
+        for mod in _module_deps(moddir, config.initrd_modules):
+            src = moddir / mod
+            name = Path(mod).name
+            data = src.read_bytes()
+            if name.endswith(".xz"):
+                data, name = lzma.decompress(data), name[:-3]
+            elif name.endswith(".zst"):
+                raise BuildError("zstd-compressed modules are not supported")
+            (t / "lib/modules" / name).write_bytes(data)
+            order.append(name)
+        (t / "modules.order").write_text("\n".join(order) + "\n")
+        shutil.copy2(RECIPE_DIR / "initrd-init", t / "init")
+        os.chmod(t / "init", 0o755)  # noqa: S103 - the initramfs /init must be executable
+        files = sorted(str(p.relative_to(t)) for p in t.rglob("*"))
+        for p in [t, *t.rglob("*")]:
+            os.utime(p, (config.source_date_epoch, config.source_date_epoch), follow_symlinks=False)
+        cpio = subprocess.run(
+            ["cpio", "--quiet", "-o", "-H", "newc", "--reproducible", "-R", "0:0"],
+            input=("\n".join(files) + "\n").encode(),
+            capture_output=True,
+            cwd=t,
+        )
+        if cpio.returncode != 0:
+            raise BuildError(f"cpio failed: {cpio.stderr.decode()[-300:]}")
+        out.write_bytes(gzip.compress(cpio.stdout, compresslevel=6, mtime=config.source_date_epoch))
+
+
+def build(
+    repo: Path,
+    paths: BuildPaths,
+    config: ImageConfig,
+    signer: Signer,
+    progress: Progress | None = None,
+) -> ReleaseOutputs:
+    require_tools("mmdebstrap", "mkfs.erofs", "systemd-repart", "mkfs.vfat", "cpio", "git")
+    if os.geteuid() != 0:
+        raise BuildError("the build runs mmdebstrap in root mode: run as root")
+    progress = progress or Progress()
+    sha, _ = git_commit(repo)
+    env = {
+        **os.environ,
+        "SOURCE_DATE_EPOCH": str(config.source_date_epoch),
+        "PYTHONHASHSEED": "0",
+        "LC_ALL": "C.UTF-8",
+        "TZ": "UTC",
+    }
+    for d in (paths.cache, paths.rootfs_cache, paths.wheel_cache, paths.work, paths.out):
+        d.mkdir(parents=True, exist_ok=True)
+    pub = paths.work / "release.pub"
+    pub.write_bytes(public_key_pem(signer.public_key()))
+    with progress.step("wheels (node from git HEAD, pinned cp313 dependencies)"):
+        wheels = build_wheels(repo, paths, config, env)
+    digests = {
+        w.name: hashlib.sha256(w.read_bytes()).hexdigest() for w in sorted(wheels.glob("*.whl"))
+    }
+    key = cache_key(config, digests, pub.read_bytes(), BUILDER)
+    cached = paths.rootfs_cache / key
+    tar, kernel_out = cached / "rootfs.tar", cached / "kernel"
+    if (cached / ".complete").exists():
+        print(f"[build] rootfs cache hit {key}", file=sys.stderr)
+    else:
+        with progress.step(f"mmdebstrap {config.suite} (cache miss {key})"):
+            shutil.rmtree(cached, ignore_errors=True)
+            cached.mkdir(parents=True)
+            mmdebstrap_root(config, paths, wheels, pub, tar, kernel_out, env)
+            (cached / ".complete").touch()
+    rootdir = paths.work / "rootfs"
+    with progress.step("extract root"):
+        extract(tar, rootdir)
+    out = paths.out
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    root_img = out / "root.img"
+    with progress.step("mkfs.erofs"):
+        make_erofs(rootdir, root_img, config)
+    with progress.step("kernel and initramfs"):
+        shutil.copy2(kernel_out / "vmlinuz", out / "vmlinuz")
+        os.utime(out / "vmlinuz", (config.source_date_epoch, config.source_date_epoch))
+        make_initrd(rootdir, kernel_out, config, out / "initrd.img")
+    packages = package_list(rootdir, kernel_out)
+    info = ReleaseInfo(
+        config.product,
+        config.version,
+        config.security_version,
+        sha,
+        config.source_date_epoch,
+        config.suite,
+    )
+    with progress.step("verity, disk (systemd-repart), manifest, signature, bundle"):
+        size = root_img.stat().st_size
+        layout = DiskLayout.for_root(
+            size, size // 100 + 65536, config.slot_headroom_percent, config.state_size_mib * MIB
+        )
+        outputs = assemble(
+            out,
+            root_img,
+            info,
+            signer,
+            packages,
+            {"vmlinuz": out / "vmlinuz", "initrd.img": out / "initrd.img"},
+            layout,
+        )
+    return outputs

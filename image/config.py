@@ -1,0 +1,126 @@
+"""Build configuration as frozen dataclasses (mkosi style): every input of a build is a field, and
+the cache key is a hash over all of them plus the recipe files and the wheels.
+
+Rules:
+- Nothing in a build depends on the clock, the host name or randomness: SOURCE_DATE_EPOCH is a
+  field (default: the commit time), salts and UUIDs derive from product/version.
+- Paths for caches and outputs are outside the git tree (default /var/cache/kmsnode-image).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+RECIPE_DIR = Path(__file__).resolve().parent / "recipe"
+
+# Installed into the root with apt (mmdebstrap --variant=minbase plus these).
+PACKAGES: tuple[str, ...] = (
+    "systemd",
+    "systemd-sysv",
+    "udev",
+    "dmsetup",
+    "kmod",
+    "e2fsprogs",
+    "python3",
+    "softhsm2",
+    "opensc",
+    "ca-certificates",
+)
+
+# Kernel module directories dropped from the root (never needed on the appliance).
+MODULE_PRUNE: tuple[str, ...] = (
+    "kernel/drivers/gpu",
+    "kernel/sound",
+    "kernel/drivers/media",
+    "kernel/drivers/infiniband",
+    "kernel/drivers/net/wireless",
+    "kernel/drivers/staging",
+    "kernel/drivers/bluetooth",
+    "kernel/net/bluetooth",
+    "kernel/drivers/iio",
+    "kernel/drivers/input/touchscreen",
+)
+
+# Modules the initramfs loads (with their dependencies) to reach the verity root.
+INITRD_MODULES: tuple[str, ...] = (
+    "virtio_pci",
+    "virtio_blk",
+    "dm_verity",
+    "erofs",
+    "sd_mod",
+    "ahci",
+    "nvme",
+)
+
+DPKG_EXCLUDES: tuple[str, ...] = (
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/locale/*",
+    "path-exclude=/usr/share/info/*",
+)
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    product: str = "kmsnode"
+    version: str = "0.1.0"
+    security_version: int = 1
+    suite: str = "trixie"
+    mirror: str = "http://deb.debian.org/debian"
+    security_mirror: str = "http://deb.debian.org/debian-security"
+    packages: tuple[str, ...] = PACKAGES
+    module_prune: tuple[str, ...] = MODULE_PRUNE
+    initrd_modules: tuple[str, ...] = INITRD_MODULES
+    python_abi: str = "cp313"
+    source_date_epoch: int = 1767225600
+    state_size_mib: int = 256
+    slot_headroom_percent: int = 50
+    erofs_uuid: str = "6b6d736e-6f64-6500-8000-000000000001"
+
+    def key_material(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BuildPaths:
+    repo: Path
+    cache: Path = Path("/var/cache/kmsnode-image")
+    out: Path = field(default=Path("/var/cache/kmsnode-image/out"))
+
+    @property
+    def rootfs_cache(self) -> Path:
+        return self.cache / "rootfs"
+
+    @property
+    def wheel_cache(self) -> Path:
+        return self.cache / "wheels"
+
+    @property
+    def work(self) -> Path:
+        return self.cache / "work"
+
+
+def recipe_digest() -> str:
+    h = hashlib.sha256()
+    for path in sorted(RECIPE_DIR.rglob("*")):
+        if path.is_file():
+            h.update(str(path.relative_to(RECIPE_DIR)).encode() + b"\0")
+            h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def cache_key(
+    config: ImageConfig, wheel_digests: dict[str, str], pubkey_pem: bytes, builder: str
+) -> str:
+    material = {
+        "config": config.key_material(),
+        "recipe": recipe_digest(),
+        "wheels": dict(sorted(wheel_digests.items())),
+        "pubkey": hashlib.sha256(pubkey_pem).hexdigest(),
+        "builder": builder,
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]

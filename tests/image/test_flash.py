@@ -1,0 +1,184 @@
+"""`kmsnode-image flash`: verified before and after writing; every refusal writes nothing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from image import bootstate, gpt
+from image.cli import main
+from image.errors import BadSignature, HashMismatch, TargetRefused, Truncated, WrongKey
+from image.flash import flash
+from image.release import ReleaseOutputs
+
+from .conftest import Keys
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def copy_release(release: ReleaseOutputs, dest: Path) -> Path:
+    dest.mkdir()
+    for p in (release.disk, release.manifest_path, release.sig_path):
+        shutil.copy2(p, dest / p.name)
+    return dest / release.disk.name
+
+
+def test_flashes_to_a_new_file_and_reads_back_identical_bytes(
+    tmp_path: Path, release: ReleaseOutputs, keys: Keys
+) -> None:
+    target = tmp_path / "t.img"
+    m = flash(str(release.disk), str(target), keys.signer.public_key(), "kmsnode", log=quiet)
+    assert target.read_bytes() == release.disk.read_bytes()
+    state, _ = bootstate.read(str(target), gpt.read_layout(str(target))["bootstate"].offset)
+    assert (state.active, state.slots["a"].state, state.slots["a"].root_hash) == (
+        "a",
+        "good",
+        m.verity.root_hash,
+    )
+
+
+def test_flashes_into_a_larger_presized_disk_file(
+    tmp_path: Path, release: ReleaseOutputs, keys: Keys
+) -> None:
+    target = tmp_path / "t.img"
+    size = release.disk.stat().st_size
+    with open(target, "wb") as f:
+        f.truncate(size + (8 << 20))
+    flash(str(release.disk), str(target), keys.signer.public_key(), "kmsnode", log=quiet)
+    assert target.read_bytes()[:size] == release.disk.read_bytes()
+
+
+def test_refuses_a_too_small_target_and_leaves_it_untouched(
+    tmp_path: Path, release: ReleaseOutputs, keys: Keys
+) -> None:
+    target = tmp_path / "small.img"
+    target.write_bytes(b"\x5a" * (release.disk.stat().st_size - 4096))
+    with pytest.raises(TargetRefused, match="too small"):
+        flash(str(release.disk), str(target), keys.signer.public_key(), "kmsnode", log=quiet)
+    assert set(target.read_bytes()) == {0x5A}
+
+
+def test_refuses_an_image_signed_by_another_key(
+    tmp_path: Path, release: ReleaseOutputs, keys: Keys
+) -> None:
+    target = tmp_path / "t.img"
+    with pytest.raises(WrongKey):
+        flash(str(release.disk), str(target), keys.other.public_key(), "kmsnode", log=quiet)
+    assert not target.exists()
+
+
+def test_refuses_a_truncated_image(tmp_path: Path, release: ReleaseOutputs, keys: Keys) -> None:
+    img = copy_release(release, tmp_path / "rel")
+    with open(img, "r+b") as f:
+        f.truncate(img.stat().st_size - 512)
+    with pytest.raises(Truncated):
+        flash(str(img), str(tmp_path / "t.img"), keys.signer.public_key(), "kmsnode", log=quiet)
+    assert not (tmp_path / "t.img").exists()
+
+
+def test_refuses_an_image_with_one_changed_byte_in_the_root(
+    tmp_path: Path, release: ReleaseOutputs, keys: Keys
+) -> None:
+    img = copy_release(release, tmp_path / "rel")
+    root = gpt.read_layout(str(img))["root-a"]
+    with open(img, "r+b") as f:
+        f.seek(root.offset + 777)
+        b = f.read(1)
+        f.seek(root.offset + 777)
+        f.write(bytes([b[0] ^ 1]))
+    with pytest.raises(HashMismatch, match=r"disk\.img"):
+        flash(str(img), str(tmp_path / "t.img"), keys.signer.public_key(), "kmsnode", log=quiet)
+    assert not (tmp_path / "t.img").exists()
+
+
+def test_refuses_a_changed_manifest(tmp_path: Path, release: ReleaseOutputs, keys: Keys) -> None:
+    img = copy_release(release, tmp_path / "rel")
+    m = img.parent / "manifest.json"
+    m.write_bytes(m.read_bytes().replace(b'"security_version":5', b'"security_version":7'))
+    with pytest.raises(BadSignature):
+        flash(str(img), str(tmp_path / "t.img"), keys.signer.public_key(), "kmsnode", log=quiet)
+
+
+def test_refuses_writing_the_image_onto_itself(release: ReleaseOutputs, keys: Keys) -> None:
+    with pytest.raises(TargetRefused, match="itself"):
+        flash(str(release.disk), str(release.disk), keys.signer.public_key(), "kmsnode", log=quiet)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("mkfs.ext4") is None,
+    reason="needs root and mkfs.ext4 for a loop mount",
+)
+def test_refuses_a_mounted_target(tmp_path: Path, release: ReleaseOutputs, keys: Keys) -> None:
+    target = tmp_path / "mounted.img"
+    with open(target, "wb") as f:
+        f.truncate(release.disk.stat().st_size + (4 << 20))
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(target)], check=True)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if (
+        subprocess.run(
+            ["mount", "-o", "loop", str(target), str(mnt)], capture_output=True
+        ).returncode
+        != 0
+    ):
+        pytest.skip("loop mounts are not available here")
+    try:
+        before = target.read_bytes()[:65536]
+        with pytest.raises(TargetRefused, match="mounted"):
+            flash(str(release.disk), str(target), keys.signer.public_key(), "kmsnode", log=quiet)
+        assert target.read_bytes()[:65536] == before
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_refuses_to_flash_an_older_image_over_a_newer_installed_one(
+    tmp_path: Path, release: ReleaseOutputs, release_old: ReleaseOutputs, keys: Keys, flashed: Path
+) -> None:
+    from image.errors import Downgrade
+
+    with pytest.raises(Downgrade):
+        flash(str(release_old.disk), str(flashed), keys.signer.public_key(), "kmsnode", log=quiet)
+
+
+def test_cli_reports_a_refusal_in_one_line_with_status_2(
+    tmp_path: Path, release: ReleaseOutputs, keys: Keys, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = main(
+        [
+            "flash",
+            "--image",
+            str(release.disk),
+            "--target",
+            str(tmp_path / "t.img"),
+            "--pubkey",
+            str(keys.other_public_pem),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("kmsnode-image: refused: manifest is signed by another key")
+    assert err.count("\n") == 1
+
+
+def test_cli_flashes_with_the_pinned_key(
+    tmp_path: Path, release: ReleaseOutputs, keys: Keys, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = main(
+        [
+            "flash",
+            "--image",
+            str(release.disk),
+            "--target",
+            str(tmp_path / "t.img"),
+            "--pubkey",
+            str(keys.public_pem),
+        ]
+    )
+    assert rc == 0
+    assert "read-back verification OK" in capsys.readouterr().out
