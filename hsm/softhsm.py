@@ -20,6 +20,7 @@ import string
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 TEMPLATE = Path(__file__).resolve().parent.parent / "softhsm-config" / "softhsm2.conf.in"
@@ -44,7 +45,8 @@ class SoftHsmToken:
     @property
     def uri(self) -> str:
         """RFC 7512 URI of the token, with the PIN file as pin-source."""
-        return f"pkcs11:token={self.label}?pin-source={self.pin_file}"
+        label = quote(self.label, safe="")
+        return f"pkcs11:token={label}?pin-source={quote(str(self.pin_file), safe='/')}"
 
     def env(self) -> dict[str, str]:
         """Environment for a child process that should use this token."""

@@ -41,6 +41,7 @@ from typing import Any
 import pkcs11
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11e
+from pkcs11.types import Session, SignMixin
 
 from firmware.core.errors import (
     HsmConfigurationError,
@@ -219,9 +220,9 @@ class Pkcs11Vault:
     def ticket_hmac(self, version: int, prf: PrfFunc, data: bytes) -> bytes:
         mech = HMAC_MECHANISM[prf]
         with PKCS11_LOCK:
-            key = self._use(KeyName.TICKET_PROTECTION, version)
+            key: SignMixin = self._use(KeyName.TICKET_PROTECTION, version)
             try:
-                return bytes(key.sign(data, mechanism=mech))
+                return key.sign(data, mechanism=mech)
             except p11e.PKCS11Error as exc:
                 error = self._failed(exc, "ticket HMAC")
         self._notify()
@@ -230,10 +231,10 @@ class Pkcs11Vault:
     def ticket_prf(self, version: int, prf: PrfFunc, label: bytes, out_len: int) -> bytes:
         mech = HMAC_MECHANISM[prf]
         with PKCS11_LOCK:
-            key = self._use(KeyName.TICKET_PROTECTION, version)
+            key: SignMixin = self._use(KeyName.TICKET_PROTECTION, version)
             sign = key.sign
             try:
-                return prf_with_hmac(prf, lambda d: bytes(sign(d, mechanism=mech)), label, out_len)
+                return prf_with_hmac(prf, lambda d: sign(d, mechanism=mech), label, out_len)
             except p11e.PKCS11Error as exc:
                 error = self._failed(exc, "ticket PRF")
         self._notify()
@@ -289,16 +290,16 @@ class Pkcs11Vault:
         raise error
 
     def random_bytes(self, n: int) -> bytes:
-        if n < 0:
+        if n <= 0:
+            if n == 0:
+                return b""
             raise ValueError("random_bytes needs n >= 0")
-        if n == 0:
-            return b""
         with PKCS11_LOCK:
-            session = self._session
+            session: Session | None = self._session
             if session is None:
                 raise self._unavailable()
             try:
-                return bytes(session.generate_random(n * 8))
+                return session.generate_random(n << 3)
             except p11e.PKCS11Error as exc:
                 error = self._failed(exc, "random generation")
         self._notify()
@@ -306,9 +307,9 @@ class Pkcs11Vault:
 
     def audit_hmac(self, data: bytes) -> bytes:
         with PKCS11_LOCK:
-            key = self._use(KeyName.AUDIT, self._active_of(KeyName.AUDIT))
+            key: SignMixin = self._use(KeyName.AUDIT, self._active_of(KeyName.AUDIT))
             try:
-                return bytes(key.sign(data, mechanism=AUDIT_MECHANISM))
+                return key.sign(data, mechanism=AUDIT_MECHANISM)
             except p11e.PKCS11Error as exc:
                 error = self._failed(exc, "audit HMAC")
         self._notify()

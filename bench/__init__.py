@@ -1,0 +1,1 @@
+"""Benchmarks: ratios against raw ceilings measured in the same run."""
