@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from image.config import DPKG_EXCLUDES, RECIPE_DIR, BuildPaths, ImageConfig, cache_key
+from image.config import DPKG_EXCLUDES, RECIPE_DIR, BuildPaths, ImageConfig, base_cache_key
 from image.disk import MIB, DiskLayout
 from image.errors import BuildError
 from image.manifest import Signer, public_key_pem
@@ -155,21 +155,12 @@ def build_wheels(repo: Path, paths: BuildPaths, config: ImageConfig, env: dict[s
 
 
 def mmdebstrap_root(
-    config: ImageConfig,
-    paths: BuildPaths,
-    wheels: Path,
-    pubkey: Path,
-    out_tar: Path,
-    kernel_out: Path,
-    env: dict[str, str],
+    config: ImageConfig, out_tar: Path, kernel_out: Path, env: dict[str, str]
 ) -> None:
     hook = RECIPE_DIR / "customize-hook.sh"
     env = {
         **env,
-        "KMSNODE_WHEELS": str(wheels),
-        "KMSNODE_PUBKEY": str(pubkey),
         "KMSNODE_KERNEL_OUT": str(kernel_out),
-        "KMSNODE_RECIPE": str(RECIPE_DIR),
         "KMSNODE_PRUNE": " ".join(config.module_prune),
     }
     sources = "".join(
@@ -198,6 +189,37 @@ def mmdebstrap_root(
     proc = subprocess.run(cmd, input=sources, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise BuildError(f"mmdebstrap failed: {proc.stderr.strip()[-1500:]}")
+
+
+def install_node(rootdir: Path, wheels: Path, pubkey: Path, env: dict[str, str]) -> None:
+    env = {
+        **env,
+        "KMSNODE_WHEELS": str(wheels),
+        "KMSNODE_PUBKEY": str(pubkey),
+        "KMSNODE_RECIPE": str(RECIPE_DIR),
+    }
+    mounts = [(rootdir / "dev", ["--bind", "/dev"]), (rootdir / "proc", ["-t", "proc", "proc"])]
+    done: list[Path] = []
+    try:
+        for where, how in mounts:
+            where.mkdir(exist_ok=True)
+            run(["mount", *how, str(where)])
+            done.append(where)
+        run(["sh", str(RECIPE_DIR / "install-node.sh"), str(rootdir)], env=env)
+    finally:
+        for where in reversed(done):
+            subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def clamp_mtimes(rootdir: Path, epoch: int) -> None:
+    """Files written after mmdebstrap get the build time; clamp them like mmdebstrap does."""
+    for dirpath, dirnames, filenames in os.walk(rootdir):
+        for name in (*dirnames, *filenames):
+            p = os.path.join(dirpath, name)
+            if os.lstat(p).st_mtime > epoch:
+                os.utime(p, (epoch, epoch), follow_symlinks=False)
+    if os.lstat(rootdir).st_mtime > epoch:
+        os.utime(rootdir, (epoch, epoch))
 
 
 def extract(tar: Path, dest: Path) -> None:
@@ -357,10 +379,7 @@ def build(
     pub.write_bytes(public_key_pem(signer.public_key()))
     with progress.step("wheels (node from git HEAD, pinned cp313 dependencies)"):
         wheels = build_wheels(repo, paths, config, env)
-    digests = {
-        w.name: hashlib.sha256(w.read_bytes()).hexdigest() for w in sorted(wheels.glob("*.whl"))
-    }
-    key = cache_key(config, digests, pub.read_bytes(), BUILDER)
+    key = base_cache_key(config, BUILDER)
     cached = paths.rootfs_cache / key
     tar, kernel_out = cached / "rootfs.tar", cached / "kernel"
     if (cached / ".complete").exists():
@@ -369,11 +388,13 @@ def build(
         with progress.step(f"mmdebstrap {config.suite} (cache miss {key})"):
             shutil.rmtree(cached, ignore_errors=True)
             cached.mkdir(parents=True)
-            mmdebstrap_root(config, paths, wheels, pub, tar, kernel_out, env)
+            mmdebstrap_root(config, tar, kernel_out, env)
             (cached / ".complete").touch()
     rootdir = paths.work / "rootfs"
-    with progress.step("extract root"):
+    with progress.step("extract base, install node (venv, units, udev rules, users)"):
         extract(tar, rootdir)
+        install_node(rootdir, wheels, pub, env)
+        clamp_mtimes(rootdir, config.source_date_epoch)
     out = paths.out
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)

@@ -46,6 +46,7 @@ MODULE_PRUNE: tuple[str, ...] = (
 
 # Modules the initramfs loads (with their dependencies) to reach the verity root.
 INITRD_MODULES: tuple[str, ...] = (
+    "crc32c_generic",  # libcrc32c (erofs, ext4) needs the crc32c algorithm at load time
     "virtio_pci",
     "virtio_blk",
     "dm_verity",
@@ -82,7 +83,17 @@ class ImageConfig:
     erofs_uuid: str = "6b6d736e-6f64-6500-8000-000000000001"
 
     def key_material(self) -> dict[str, object]:
-        return asdict(self)
+        """The fields that change the mmdebstrap root (the rest only change later steps)."""
+        rootfs_fields = (
+            "suite",
+            "mirror",
+            "security_mirror",
+            "packages",
+            "module_prune",
+            "python_abi",
+        )
+        d = asdict(self)
+        return {k: d[k] for k in (*rootfs_fields, "source_date_epoch")}
 
 
 @dataclass(frozen=True)
@@ -104,23 +115,18 @@ class BuildPaths:
         return self.cache / "work"
 
 
-def recipe_digest() -> str:
+def file_digest(*paths: Path) -> str:
     h = hashlib.sha256()
-    for path in sorted(RECIPE_DIR.rglob("*")):
-        if path.is_file():
-            h.update(str(path.relative_to(RECIPE_DIR)).encode() + b"\0")
-            h.update(path.read_bytes() + b"\0")
+    for path in paths:
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
 
-def cache_key(
-    config: ImageConfig, wheel_digests: dict[str, str], pubkey_pem: bytes, builder: str
-) -> str:
+def base_cache_key(config: ImageConfig, builder: str) -> str:
+    """Key of the cached mmdebstrap base: Debian inputs and the base hook only (not the node)."""
     material = {
         "config": config.key_material(),
-        "recipe": recipe_digest(),
-        "wheels": dict(sorted(wheel_digests.items())),
-        "pubkey": hashlib.sha256(pubkey_pem).hexdigest(),
+        "hook": file_digest(RECIPE_DIR / "customize-hook.sh"),
         "builder": builder,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
