@@ -23,7 +23,6 @@ install -D -m 0755 "$r/kmsnode-firstboot" "$R/usr/libexec/kmsnode/kmsnode-firstb
 install -D -m 0644 "$r/70-kmsnode-hsm.rules" "$R/usr/lib/udev/rules.d/70-kmsnode-hsm.rules"
 install -D -m 0644 "$r/80-kmsnode.network" "$R/usr/lib/systemd/network/80-kmsnode.network"
 install -D -m 0644 "$r/fstab" "$R/etc/fstab"
-install -D -m 0644 "$r/softhsm2.conf" "$R/etc/kmsnode/softhsm2.conf"
 install -D -m 0644 "$KMSNODE_PUBKEY" "$R/usr/share/kmsnode/update-keys/release.pub"
 install -d -m 0755 "$R/var/lib/kmsnode"
 echo kmsnode > "$R/etc/hostname"
