@@ -1,4 +1,4 @@
-"""Sans-I/O MIKEY (RFC 3830) and MIKEY-TICKET (RFC 6043): bytes in, dataclasses out; PRF, KEMAC, MAC.
+"""Sans-I/O MIKEY (RFC 3830) and MIKEY-TICKET (RFC 6043): bytes in, dataclasses out.
 
 No sockets, no HSM, no clock: time (T payloads) and randomness (RANDs, MPK/TGK) come in as
 arguments; keys held elsewhere come in as an HMAC port ``mac(data) -> HMAC(key, data)``.
@@ -18,7 +18,8 @@ Modules and public API
                ``parse_ticket_data``/``serialize_ticket_data``; Reader, PAYLOAD_TYPES.
 ``message``    ``Message(header, payloads)`` with ``raw``/``offsets`` of the received bytes;
                ``decode(bytes) -> Message``, ``encode(Message) -> bytes``; MAC coverage of RFC 6043
-               Table 5.2: ``mac_input``, ``coverage``, ``appended_identities``, ``ticket_mac_input``.
+               Table 5.2: ``mac_input``, ``coverage``, ``appended_identities``,
+               ``ticket_mac_input``.
 ``crypto``     ``fast_prf`` (= prf.prf), K1/K2 ``message_keys``/``auth_key``, K3 ``tek``/
                ``tek_salt``, K4 ``vr_auth_key``, K5 ``ticket_keys``, K6 ``mpk_split``, K7
                ``fork_mpkr``/``fork_tgk``; ``kemac_crypt`` (AES-CM-128/256, AES-KW-128),

@@ -25,7 +25,7 @@ import enum
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import ClassVar, TypeVar
+from typing import TypeVar
 
 from firmware.mikey.constants import (
     MIKEY_VERSION,
@@ -71,7 +71,9 @@ class Reader:
         self.end = len(buf) if end is None else end
         self.base = base
 
-    def fail(self, message: str, err: ErrNo = ErrNo.UNSPECIFIED, at: int | None = None) -> MikeyError:
+    def fail(
+        self, message: str, err: ErrNo = ErrNo.UNSPECIFIED, at: int | None = None
+    ) -> MikeyError:
         return MikeyError(message, self.base + (self.pos if at is None else at), err)
 
     def need(self, n: int, what: str) -> None:
@@ -86,10 +88,11 @@ class Reader:
         return v
 
     def u16(self, what: str) -> int:
-        self.need(2, what)
-        v: int = _U16.unpack_from(self.buf, self.pos)[0]
-        self.pos += 2
-        return v
+        p = self.pos
+        if p + 2 > self.end:
+            raise self.fail(f"truncated {what}: need 2 bytes, have {self.end - p}")
+        self.pos = p + 2
+        return (self.buf[p] << 8) | self.buf[p + 1]
 
     def u32(self, what: str) -> int:
         self.need(4, what)
@@ -98,10 +101,12 @@ class Reader:
         return v
 
     def take(self, n: int, what: str) -> bytes:
-        self.need(n, what)
-        v = bytes(self.buf[self.pos : self.pos + n])
-        self.pos += n
-        return v
+        p = self.pos
+        q = p + n
+        if q > self.end:
+            raise self.fail(f"truncated {what}: need {n} bytes, have {self.end - p}")
+        self.pos = q
+        return self.buf[p:q]
 
     def sub(self, n: int, what: str) -> Reader:
         """A reader over the next ``n`` bytes (for nested TP Data / Initiator Data)."""
@@ -111,11 +116,18 @@ class Reader:
         return r
 
 
+_MEMBERS: dict[type, dict[int, enum.IntEnum]] = {}
+
+
 def _enum(cls: type[_E], value: int, r: Reader, err: ErrNo, back: int) -> _E:
-    try:
-        return cls(value)
-    except ValueError:
-        raise r.fail(f"unknown {cls.__name__} value {value}", err, r.pos - back) from None
+    """``cls(value)`` through a dict (Enum.__call__ is slow), refusing unknown values."""
+    members = _MEMBERS.get(cls)
+    if members is None:
+        members = _MEMBERS[cls] = {m.value: m for m in cls}
+    m = members.get(value)
+    if m is None:
+        raise r.fail(f"unknown {cls.__name__} value {value}", err, r.pos - back)
+    return m  # type: ignore[return-value]
 
 
 def _check(cond: bool, message: str) -> None:
@@ -250,7 +262,9 @@ def _parse_header(r: Reader) -> tuple[Header, int]:
         for _ in range(ncs):
             q = r.pos
             entries.append(
-                SrtpIdEntry(buf[q], _U32.unpack_from(buf, q + 1)[0], _U32.unpack_from(buf, q + 5)[0])
+                SrtpIdEntry(
+                    buf[q], _U32.unpack_from(buf, q + 1)[0], _U32.unpack_from(buf, q + 5)[0]
+                )
             )
             r.pos = q + 9
         cs_map = SrtpIdMap(tuple(entries))
@@ -416,6 +430,7 @@ class KvInterval:
 
 
 KeyValidity = KvNull | KvSpi | KvInterval
+KV_NULL = KvNull()
 
 
 @dataclass(frozen=True, slots=True)
@@ -651,9 +666,14 @@ def _serialize_id(out: bytearray, p: Identity) -> None:
 
 
 def _parse_idr(r: Reader) -> RoleIdentity:
-    role = _enum(IdRole, r.u8("ID Role"), r, ErrNo.INVALID_ID, 1)
-    id_type = _enum(IdType, r.u8("ID Type"), r, ErrNo.INVALID_ID, 1)
-    return RoleIdentity(role, id_type, r.take(r.u16("ID len"), "ID Data"))
+    r.need(4, "IDR")
+    buf, p = r.buf, r.pos
+    r.pos = p + 1
+    role = _enum(IdRole, buf[p], r, ErrNo.INVALID_ID, 1)
+    r.pos = p + 2
+    id_type = _enum(IdType, buf[p + 1], r, ErrNo.INVALID_ID, 1)
+    r.pos = p + 4
+    return RoleIdentity(role, id_type, r.take((buf[p + 2] << 8) | buf[p + 3], "ID Data"))
 
 
 def _serialize_idr(out: bytearray, p: RoleIdentity) -> None:

@@ -158,10 +158,10 @@ class TsType(enum.IntEnum):
 class TsRole(enum.IntEnum):
     """TR TS Role (RFC 6043 Table 6.9)."""
 
-    TRi = 1  # noqa: N815 - registry name
-    TRs = 2  # noqa: N815
-    TRe = 3  # noqa: N815
-    TRr = 4  # noqa: N815
+    TRi = 1
+    TRs = 2
+    TRe = 3
+    TRr = 4
 
 
 class IdType(enum.IntEnum):
@@ -175,19 +175,19 @@ class IdType(enum.IntEnum):
 class IdRole(enum.IntEnum):
     """IDR ID Role (RFC 6043 Table 6.11)."""
 
-    IDRi = 1  # noqa: N815 - registry name
-    IDRr = 2  # noqa: N815
-    IDRkms = 3  # noqa: N815
-    IDRpsk = 4  # noqa: N815
-    IDRapp = 5  # noqa: N815
+    IDRi = 1
+    IDRr = 2
+    IDRkms = 3
+    IDRpsk = 4
+    IDRapp = 5
 
 
 class RandRole(enum.IntEnum):
     """RANDR RAND Role (RFC 6043 Table 6.13)."""
 
-    RANDRi = 1  # noqa: N815 - registry name
-    RANDRr = 2  # noqa: N815
-    RANDRkms = 3  # noqa: N815
+    RANDRi = 1
+    RANDRr = 2
+    RANDRkms = 3
 
 
 class CertType(enum.IntEnum):

@@ -69,8 +69,10 @@ def fast_prf(func: PrfFunc, inkey: KeySource, label: bytes, out_len: int) -> byt
     if not inkey:
         raise MikeyError("PRF inkey is empty", -1)
     name = _HASH[func]
-    blocks = -(-out_len // _DLEN[func])
     digest = hmac.digest
+    if len(inkey) <= CHUNK_BYTES and out_len <= _DLEN[func]:  # hot path: one chunk, one block
+        return digest(inkey, digest(inkey, label, name) + label, name)[:out_len]
+    blocks = -(-out_len // _DLEN[func])
     acc = 0
     for start in range(0, len(inkey), CHUNK_BYTES):
         s = inkey[start : start + CHUNK_BYTES]
@@ -97,7 +99,7 @@ def _rand_part(rand: bytes | None) -> bytes:
     return bytes((len(rand),)) + rand
 
 
-# --- labels -------------------------------------------------------------------------------------
+# --- labels --------------------------------------------------------------------------------------
 
 
 def message_key_label(
@@ -140,7 +142,7 @@ def fork_label(const: int, id_data: bytes, rand_kms: bytes) -> bytes:
     )  # fmt: skip
 
 
-# --- derived key sets -------------------------------------------------------------------------------
+# --- derived key sets ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,8 +162,14 @@ def derive_keys(
     mac_alg: MacAlg,
 ) -> MessageKeys:
     """encr/auth/salt keys with lengths fixed by the algorithms (RFC 3830 4.1.4)."""
-    encr = fast_prf(func, inkey, label_for(CONST_ENCR), encr_alg.key_len) if encr_alg.key_len else b""
-    salt = fast_prf(func, inkey, label_for(CONST_SALT), encr_alg.salt_len) if encr_alg.salt_len else b""
+    encr = (
+        fast_prf(func, inkey, label_for(CONST_ENCR), encr_alg.key_len) if encr_alg.key_len else b""
+    )
+    salt = (
+        fast_prf(func, inkey, label_for(CONST_SALT), encr_alg.salt_len)
+        if encr_alg.salt_len
+        else b""
+    )
     auth = fast_prf(func, inkey, label_for(CONST_AUTH), mac_alg.key_len) if mac_alg.key_len else b""
     return MessageKeys(encr, auth, salt)
 
@@ -255,7 +263,7 @@ def tek_salt(
     return fast_prf(func, tgk, tek_label(CONST_TGK_SALT, cs_id, rand_i, rand_r), length)
 
 
-# --- MAC ---------------------------------------------------------------------------------------------
+# --- MAC -----------------------------------------------------------------------------------------
 
 
 def compute_mac(mac_alg: MacAlg, key: bytes, data: bytes) -> bytes:
@@ -272,7 +280,7 @@ def check_mac(mac_alg: MacAlg, key: bytes, data: bytes, mac: bytes) -> None:
         raise MikeyError("MAC verification failed", -1, ErrNo.AUTH_FAILURE)
 
 
-# --- KEMAC encryption ----------------------------------------------------------------------------------
+# --- KEMAC encryption ----------------------------------------------------------------------------
 
 
 def aes_cm_iv(salt_key: bytes, csb_id: int, t64: bytes) -> bytes:

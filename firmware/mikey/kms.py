@@ -19,13 +19,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from firmware.mikey.codec import (
+    KV_NULL,
     EmptyMap,
     ErrorPayload,
     Header,
-    KeyData,
     Kemac,
+    KeyData,
     KeyValidity,
-    KvNull,
     Payload,
     RoleIdentity,
     RoleRand,
@@ -126,7 +126,7 @@ def build_request_resp(
     mpki: bytes,
     mpkr: bytes | None,
     session_keys: Sequence[KeyData] = (),
-    mpk_kv: KeyValidity = KvNull(),
+    mpk_kv: KeyValidity = KV_NULL,
     kms_identity: bytes | None = None,
     encr_alg: EncrAlg = EncrAlg.AES_CM_128,
     mac_alg: MacAlg | None = None,

@@ -104,8 +104,8 @@ class Message:
 
 def decode(data: bytes) -> Message:
     """Decode one MIKEY message; raises MikeyError for anything else."""
-    if not isinstance(data, bytes):
-        data = bytes(data)
+    if type(data) is not bytes:
+        data = bytes(data)  # the Reader slices ``bytes``; payload fields are then bytes too
     r = Reader(data)
     header, np = _parse_header(r)
     offsets: list[int] = []
@@ -127,7 +127,7 @@ def encode_decoded(message: Message) -> Message:
     return decode(encode(message))
 
 
-# --- MAC coverage ----------------------------------------------------------------------------------
+# --- MAC coverage --------------------------------------------------------------------------------
 
 
 def _v_mac_start(msg: Message) -> int:

@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from firmware.mikey.codec import (
-    KeyData,
+    KV_NULL,
     Kemac,
+    KeyData,
     KeyValidity,
-    KvNull,
     Rand,
     Reader,
     RoleIdentity,
@@ -121,7 +121,7 @@ class OpenedTicket:
     mpki: bytes = field(repr=False)
     mpkr: bytes = field(repr=False)
     session_keys: tuple[KeyData, ...] = field(repr=False)
-    mpk_kv: KeyValidity = KvNull()
+    mpk_kv: KeyValidity = KV_NULL
     idr_psk: bytes | None = None
 
     @property
@@ -207,7 +207,7 @@ def seal_ticket(
     rand: bytes,
     mpk: bytes,
     session_keys: Sequence[KeyData] = (),
-    mpk_kv: KeyValidity = KvNull(),
+    mpk_kv: KeyValidity = KV_NULL,
     idr_psk: bytes | None = None,
     encr_alg: EncrAlg = EncrAlg.AES_CM_128,
     mac_alg: MacAlg = MacAlg.HMAC_SHA_1_160,

@@ -86,9 +86,7 @@ def verify_v(
         rand_r=rand_r,
         mac_alg=v.mac_alg,
     )
-    data = coverage(
-        msg, initial=initial, initiator=initiator, responder=responder, kms=kms
-    )
+    data = coverage(msg, initial=initial, initiator=initiator, responder=responder, kms=kms)
     check_mac(v.mac_alg, key, data, v.mac)
     return key
 
@@ -183,7 +181,7 @@ def session_keys(
 
 
 def check_vi(init: Message) -> None:
-    """With key forking: the Vi in Initiator Data must equal TRANSFER_INIT's V (RFC 6043 4.2.3.6)."""
+    """With key forking: Initiator Data's Vi must equal TRANSFER_INIT's V (RFC 6043 4.2.3.6)."""
     ticket = transfer_ticket(init)
     vi = next(iter(ticket.initiator_data or ()), None)
     if not isinstance(vi, Verification) or vi != init.payloads[-1]:

@@ -42,15 +42,29 @@ class KmsDouble:
         mpk = self._rand()
         tgk = KeyData(KeyDataType.TGK, self._rand(), b"", KvSpi(b"\x01"))
         rand = self._rand()
-        ticket = seal_ticket(granted, tpk=self._tpk_mac, thdr_data=b"\x00\x01", t=ntp_t(1),
-                             rand=rand, mpk=mpk, session_keys=[tgk], mpk_kv=KvSpi(b"\x02"))
+        ticket = seal_ticket(
+            granted,
+            tpk=self._tpk_mac,
+            thdr_data=b"\x00\x01",
+            t=ntp_t(1),
+            rand=rand,
+            mpk=mpk,
+            session_keys=[tgk],
+            mpk_kv=KvSpi(b"\x02"),
+        )
         mpki, mpkr = mpk_split(granted.prf_func, mpk, rand)
         from firmware.mikey.codec import TpFlags
 
         return build_request_resp(
-            req, psk, t=ntp_t(2), ticket=ticket, mpki=mpki,
-            mpkr=mpkr if granted.flags & TpFlags.I else None, session_keys=[tgk],
-            mpk_kv=KvSpi(b"\x02"), kms_identity=self.identity,
+            req,
+            psk,
+            t=ntp_t(2),
+            ticket=ticket,
+            mpki=mpki,
+            mpkr=mpkr if granted.flags & TpFlags.I else None,
+            session_keys=[tgk],
+            mpk_kv=KvSpi(b"\x02"),
+            kms_identity=self.identity,
         )
 
     def handle_resolve(self, data: bytes) -> bytes:
@@ -63,9 +77,15 @@ class KmsDouble:
         assert idrr.data in opened.idr_r
         rand_kms = self._rand()
         self.resolved.append((idrr.data, rand_kms))
-        return build_resolve_resp(req, psk, t=ntp_t(3), opened=opened,
-                                  responder_identity=idrr.data, rand_kms=rand_kms,
-                                  kms_identity=self.identity)
+        return build_resolve_resp(
+            req,
+            psk,
+            t=ntp_t(3),
+            opened=opened,
+            responder_identity=idrr.data,
+            rand_kms=rand_kms,
+            kms_identity=self.identity,
+        )
 
 
 _ = Ticket

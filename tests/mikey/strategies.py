@@ -99,8 +99,10 @@ def simple_payloads() -> st.SearchStrategy[c.Payload]:
         chashes(),
         verifications(),
         st.builds(
-            c.SecurityPolicy, u8, u8, st.lists(st.builds(c.PolicyParam, u8, small), max_size=4)
-            .map(tuple)
+            c.SecurityPolicy,
+            u8,
+            u8,
+            st.lists(st.builds(c.PolicyParam, u8, small), max_size=4).map(tuple),
         ),
         st.builds(c.Rand, small),
         st.builds(c.ErrorPayload, st.sampled_from(ErrNo), st.integers(0, 0xFFFF)),
@@ -133,8 +135,14 @@ def payloads() -> st.SearchStrategy[c.Payload]:
 
 @st.composite
 def generic_entries(draw: st.DrawFn) -> c.GenericIdEntry:
-    return c.GenericIdEntry(draw(u8), draw(u8), draw(st.booleans()),
-                            tuple(draw(st.lists(u8, max_size=3))), draw(small), draw(small))
+    return c.GenericIdEntry(
+        draw(u8),
+        draw(u8),
+        draw(st.booleans()),
+        tuple(draw(st.lists(u8, max_size=3))),
+        draw(small),
+        draw(small),
+    )
 
 
 cs_maps = st.one_of(
@@ -147,7 +155,9 @@ cs_maps = st.one_of(
 @st.composite
 def headers(draw: st.DrawFn, data_type: DataType | None = None) -> c.Header:
     dt = data_type if data_type is not None else draw(st.sampled_from(DataType))
-    return c.Header(dt, draw(u32), draw(cs_maps), draw(st.sampled_from(PrfFunc)), draw(st.booleans()))
+    return c.Header(
+        dt, draw(u32), draw(cs_maps), draw(st.sampled_from(PrfFunc)), draw(st.booleans())
+    )
 
 
 @st.composite

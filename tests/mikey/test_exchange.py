@@ -135,9 +135,18 @@ def test_refuses_request_init_under_a_wrong_psk_or_wrong_kms_identity() -> None:
     verify_initial_psk(req, PSK_A, kms_identity=None)
     with pytest.raises(MikeyError):
         verify_initial_psk(req, bytes(16), kms_identity=None)
-    stripped = decode(encode(req.__class__(
-        req.header, tuple(p for p in req.payloads
-                          if not (isinstance(p, c.RoleIdentity) and p.role == IdRole.IDRkms)))))
+    stripped = decode(
+        encode(
+            req.__class__(
+                req.header,
+                tuple(
+                    p
+                    for p in req.payloads
+                    if not (isinstance(p, c.RoleIdentity) and p.role == IdRole.IDRkms)
+                ),
+            )
+        )
+    )
     with pytest.raises(MikeyError):  # MAC was made with the identity appended, now absent
         verify_initial_psk(stripped, PSK_A, kms_identity=b"other-kms")
     with pytest.raises(MikeyError, match="not a PSK initial"):

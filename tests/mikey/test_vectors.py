@@ -77,16 +77,23 @@ def test_captured_kemac_decrypts_to_a_192_byte_tgk_and_self_computed_tek() -> No
     keys = crypto.MessageKeys(H(v["encr_key"]), H(v["auth_key"]), H(v["salt_key"]))
     i = decode(I_MSG)
     kemac = i.require(Kemac)
-    plain = crypto.kemac_crypt(EncrAlg.AES_CM_128, keys, 0x8AA5717A,
-                               i.require(Timestamp).as_64(), kemac.encr_data, decrypt=True)
+    plain = crypto.kemac_crypt(
+        EncrAlg.AES_CM_128,
+        keys,
+        0x8AA5717A,
+        i.require(Timestamp).as_64(),
+        kemac.encr_data,
+        decrypt=True,
+    )
     from firmware.mikey.codec import parse_key_data
 
     (tgk,) = parse_key_data(plain)
     assert tgk.key_type is KeyDataType.TGK and len(tgk.key) == 192
     sc = VEC["pcap_psk_self_computed"]
     tek = crypto.fast_prf(PrfFunc.MIKEY_1, tgk.key, _rfc3830_label(CONST_TEK, csb, rand, 0), 16)
-    salt = crypto.fast_prf(PrfFunc.MIKEY_1, tgk.key,
-                           _rfc3830_label(CONST_TGK_SALT, csb, rand, 0), 14)
+    salt = crypto.fast_prf(
+        PrfFunc.MIKEY_1, tgk.key, _rfc3830_label(CONST_TGK_SALT, csb, rand, 0), 14
+    )
     assert (tek.hex(), salt.hex()) == (sc["tek_cs0"], sc["salt_cs0"])
     assert tek == prf(PrfFunc.MIKEY_1, tgk.key, _rfc3830_label(CONST_TEK, csb, rand, 0), 16)
     del psk
@@ -126,8 +133,15 @@ def test_mikey_ticket_label_vectors_self_computed() -> None:
     f = PrfFunc.MIKEY_1
     k1 = crypto.message_keys(f, x["psk"], csb, response=False, rand_i=x["rand_i"], rand_r=None)
     assert k1.auth_key.hex() == v["V1_request_init_auth_key"]
-    k2 = crypto.message_keys(f, x["psk"], csb, response=True, rand_i=x["rand_i"], rand_r=None,
-                             encr_alg=EncrAlg.AES_CM_128)
+    k2 = crypto.message_keys(
+        f,
+        x["psk"],
+        csb,
+        response=True,
+        rand_i=x["rand_i"],
+        rand_r=None,
+        encr_alg=EncrAlg.AES_CM_128,
+    )
     assert k2.encr_key.hex() == v["V2_request_resp_encr_key"]
     k5 = crypto.ticket_keys(f, x["tpk"], x["ticket_rand"], EncrAlg.AES_CM_128, MacAlg.NULL)
     assert k5.encr_key.hex() == v["V3_tpk_encr_key"]
@@ -139,8 +153,13 @@ def test_mikey_ticket_label_vectors_self_computed() -> None:
     out = crypto.fast_prf(PrfFunc.PRF_HMAC_SHA_256, x["sha256_inkey"], label, 32)
     assert out.hex() == v["V8_prf_sha256"]
     # the ticket key source may be an HMAC port (the HSM) instead of bytes
-    port = crypto.ticket_keys(f, lambda d: crypto.compute_mac(MacAlg.HMAC_SHA_1_160, x["tpk"], d),
-                              x["ticket_rand"], EncrAlg.AES_CM_128, MacAlg.NULL)
+    port = crypto.ticket_keys(
+        f,
+        lambda d: crypto.compute_mac(MacAlg.HMAC_SHA_1_160, x["tpk"], d),
+        x["ticket_rand"],
+        EncrAlg.AES_CM_128,
+        MacAlg.NULL,
+    )
     assert port == k5
     assert CONST_MPKI != CONST_MPKR
 
