@@ -60,7 +60,11 @@ def prf(func: PrfFunc, inkey: bytes, label: bytes, out_len: int) -> bytes:
     result = bytes(blocks * func.digest_size)
     for start in range(0, len(inkey), CHUNK_BYTES):
         chunk = inkey[start : start + CHUNK_BYTES]
-        part = p_chain(lambda data, k=chunk: hmac.digest(k, data, name), label, blocks)
+
+        def mac(data: bytes, k: bytes = chunk) -> bytes:
+            return hmac.digest(k, data, name)
+
+        part = p_chain(mac, label, blocks)
         result = bytes(x ^ y for x, y in zip(result, part, strict=True))
     return result[:out_len]
 
