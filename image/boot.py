@@ -80,7 +80,9 @@ def start(
     timeout: int = 600,
     memory_mib: int = 1536,
     smp: int = 2,
+    corrupt_at: int | None = None,
 ) -> Guest:
+    """Boot `disk` through a fresh overlay; `corrupt_at` flips one byte of the overlay first."""
     for tool in ("qemu-system-x86_64", "qemu-img", "timeout"):
         if shutil.which(tool) is None:
             raise BuildError(f"{tool} not installed (apt-get install qemu-system-x86 qemu-utils)")
@@ -102,6 +104,14 @@ def start(
         ],
         check=True,
     )
+    if corrupt_at is not None:
+        with open(disk, "rb") as f:
+            f.seek(corrupt_at)
+            orig = f.read(1)[0]
+        write = f"write -P {orig ^ 0xFF} {corrupt_at} 1"
+        subprocess.run(
+            ["qemu-io", "-f", "qcow2", "-c", write, str(overlay)], check=True, capture_output=True
+        )
     console = workdir / "console.log"
     console.unlink(missing_ok=True)
     ue, li = free_port(), free_port()
