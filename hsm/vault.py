@@ -51,6 +51,7 @@ from firmware.core.errors import (
 )
 from firmware.core.ports import KeyName, KeyState, KeyVersionInfo, WrappedKey
 from firmware.mikey.prf import PrfFunc, prf_with_hmac
+from hsm.direct import DirectCallFailed, DirectCalls
 from hsm.errors import (
     ActiveVersionRefused,
     Kind,
@@ -105,6 +106,7 @@ class VaultSettings:
     session_copies: bool = True
     required_mechanisms: frozenset[Mechanism] = REQUIRED_MECHANISMS
     health_check: bool = True
+    direct_calls: bool = True  # hot calls through hsm/direct.py (GIL held; see there)
 
 
 @dataclass
@@ -143,6 +145,7 @@ class Pkcs11Vault:
         else:
             raise HsmConfigurationError("no PIN source: set pin_source or pin-source in the URI")
         self._lib: Any = None
+        self._direct: DirectCalls | None = None
         self._session: Any = None
         self._logged_in = False
         self._keys: dict[KeyName, dict[int, _Key]] = {}
@@ -171,6 +174,7 @@ class Pkcs11Vault:
         with PKCS11_LOCK:
             try:
                 self._lib = pkcs11.lib(self._module)
+                self._direct = DirectCalls(self._module) if self._settings.direct_calls else None
             except p11e.PKCS11Error as exc:
                 raise HsmConfigurationError(
                     f"cannot load the PKCS#11 module {self._module!r}: {condition(exc)}"
@@ -222,7 +226,7 @@ class Pkcs11Vault:
         with PKCS11_LOCK:
             key: SignMixin = self._use(KeyName.TICKET_PROTECTION, version)
             try:
-                return key.sign(data, mechanism=mech)
+                return self._sign(key, mech, data)
             except p11e.PKCS11Error as exc:
                 error = self._failed(exc, "ticket HMAC")
         self._notify()
@@ -232,9 +236,8 @@ class Pkcs11Vault:
         mech = HMAC_MECHANISM[prf]
         with PKCS11_LOCK:
             key: SignMixin = self._use(KeyName.TICKET_PROTECTION, version)
-            sign = key.sign
             try:
-                return prf_with_hmac(prf, lambda d: sign(d, mechanism=mech), label, out_len)
+                return prf_with_hmac(prf, lambda d: self._sign(key, mech, d), label, out_len)
             except p11e.PKCS11Error as exc:
                 error = self._failed(exc, "ticket PRF")
         self._notify()
@@ -264,6 +267,11 @@ class Pkcs11Vault:
         with PKCS11_LOCK:
             kek = self._use(KeyName.KEY_ENCRYPTION, wrapped.kek_version)
             try:
+                if self._direct is not None and self._session is not None:
+                    with contextlib.suppress(DirectCallFailed):
+                        return self._direct.unwrap_value(
+                            self._session.handle, kek.handle, WRAP_MECHANISM, blob, TRANSIENT_PSK
+                        )
                 obj = kek.unwrap_key(
                     ObjectClass.SECRET_KEY,
                     KeyType.GENERIC_SECRET,
@@ -299,6 +307,9 @@ class Pkcs11Vault:
             if session is None:
                 raise self._unavailable()
             try:
+                if self._direct is not None:
+                    with contextlib.suppress(DirectCallFailed):
+                        return self._direct.random(session.handle, n)  # type: ignore[attr-defined]
                 return session.generate_random(n << 3)
             except p11e.PKCS11Error as exc:
                 error = self._failed(exc, "random generation")
@@ -309,7 +320,7 @@ class Pkcs11Vault:
         with PKCS11_LOCK:
             key: SignMixin = self._use(KeyName.AUDIT, self._active_of(KeyName.AUDIT))
             try:
-                return key.sign(data, mechanism=AUDIT_MECHANISM)
+                return self._sign(key, AUDIT_MECHANISM, data)
             except p11e.PKCS11Error as exc:
                 error = self._failed(exc, "audit HMAC")
         self._notify()
@@ -508,6 +519,13 @@ class Pkcs11Vault:
         if active is None:
             raise KeyVersionNotFound(f"the token has no version of {name.value}")
         return active
+
+    def _sign(self, key: Any, mechanism: Any, data: bytes) -> bytes:
+        """C_Sign under PKCS11_LOCK: directly (GIL held) when possible, else python-pkcs11."""
+        if self._direct is not None and self._session is not None:
+            with contextlib.suppress(DirectCallFailed):
+                return self._direct.sign(self._session.handle, key.handle, mechanism, data)
+        return bytes(key.sign(data, mechanism=mechanism))
 
     def _use(self, name: KeyName, version: int) -> Any:
         found = self._keys.get(name)

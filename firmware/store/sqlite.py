@@ -3,7 +3,11 @@
 Rules:
 - WAL journal, synchronous=FULL: a write that returned is on disk.
 - Every write is one transaction (`with self._tx()`): on any error nothing of it remains.
-- One connection guarded by one lock: sqlite3 objects are not shared across threads unguarded.
+- Writes go through one connection guarded by one lock; reads use one read-only connection per
+  thread, so that (with WAL) a lookup never waits behind a commit's fsync.
+- Resolutions are written by group commit: concurrent `add_resolution` calls are committed in one
+  transaction (one fsync) by a writer thread, and each call returns only once its row is durable.
+  An fsync costs milliseconds on these disks; one per resolve would cap the node's rate.
 - The schema is versioned with PRAGMA user_version; MIGRATIONS[i] moves version i to i + 1 and is
   applied in the same transaction as the version bump. A database newer than this code is refused.
 """
@@ -80,6 +84,9 @@ class SqliteStore:
     """Store port on one SQLite file."""
 
     def __init__(self, path: Path | str) -> None:
+        self._path = str(path)
+        self._readers = threading.local()
+        self._all_readers: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._db = sqlite3.connect(
             str(path), check_same_thread=False, isolation_level=None, timeout=30.0
@@ -88,6 +95,12 @@ class SqliteStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
+        self._pending: list[tuple[Resolution, threading.Event, list[BaseException]]] = []
+        self._pending_cv = threading.Condition()
+        self._closing = False
+        self._writer = threading.Thread(target=self._write_resolutions, daemon=True,
+                                        name="store-group-commit")  # fmt: skip
+        self._writer.start()
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -102,9 +115,18 @@ class SqliteStore:
                 raise
             self._db.execute("COMMIT")
 
+    def _reader(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._readers, "db", None)
+        if db is None:
+            db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA query_only=ON")
+            self._readers.db = db
+            with self._lock:
+                self._all_readers.append(db)
+        return db
+
     def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        return self._reader().execute(sql, args).fetchall()
 
     def _migrate(self) -> None:
         with self._tx() as db:
@@ -124,7 +146,13 @@ class SqliteStore:
         return int(self._query("PRAGMA user_version")[0][0])
 
     def close(self) -> None:
+        with self._pending_cv:
+            self._closing = True
+            self._pending_cv.notify()
+        self._writer.join()
         with self._lock:
+            for reader in self._all_readers:
+                reader.close()
             self._db.close()
 
     # --- users ------------------------------------------------------------------------------
@@ -167,15 +195,19 @@ class SqliteStore:
     }
 
     def _load_user(self, by: str, arg: object) -> User | None:
-        with self._lock:
-            row = self._db.execute(self._USER_BY[by], (arg,)).fetchone()
+        db = self._reader()
+        db.execute("BEGIN")  # one snapshot for the user and its aliases
+        try:
+            row = db.execute(self._USER_BY[by], (arg,)).fetchone()
             if row is None:
                 return None
-            aliases = self._db.execute(
+            aliases = db.execute(
                 "SELECT identity FROM identities WHERE user_id = ? AND is_alias = 1"
                 " ORDER BY identity",
                 (row[0],),
             ).fetchall()
+        finally:
+            db.execute("COMMIT")
         return User(
             identity=row[1],
             aliases=tuple(a[0] for a in aliases),
@@ -210,17 +242,39 @@ class SqliteStore:
     # --- resolutions ------------------------------------------------------------------------
 
     def add_resolution(self, resolution: Resolution) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO resolutions (ticket_id, responder, randr_kms, resolved_at)"
-                " VALUES (?,?,?,?)",
-                (
-                    resolution.ticket_id,
-                    resolution.responder,
-                    resolution.randr_kms,
-                    resolution.resolved_at,
-                ),
-            )
+        done, failure = threading.Event(), list[BaseException]()
+        with self._pending_cv:
+            if self._closing:
+                raise sqlite3.ProgrammingError("store is closed")
+            self._pending.append((resolution, done, failure))
+            self._pending_cv.notify()
+        done.wait()
+        if failure:
+            raise failure[0]
+
+    def _write_resolutions(self) -> None:
+        while True:
+            with self._pending_cv:
+                while not self._pending and not self._closing:
+                    self._pending_cv.wait()
+                batch, self._pending = self._pending, []
+                if not batch:
+                    return
+            try:
+                with self._tx() as db:
+                    db.executemany(
+                        "INSERT INTO resolutions (ticket_id, responder, randr_kms, resolved_at)"
+                        " VALUES (?,?,?,?)",
+                        [
+                            (r.ticket_id, r.responder, r.randr_kms, r.resolved_at)
+                            for r, _, _ in batch
+                        ],
+                    )
+            except BaseException as exc:  # every waiter learns its row was not written
+                for _, _, failure in batch:
+                    failure.append(exc)
+            for _, done, _ in batch:
+                done.set()
 
     def resolutions(self, ticket_id: bytes) -> list[Resolution]:
         rows = self._query(

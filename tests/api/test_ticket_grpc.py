@@ -271,7 +271,7 @@ def test_rotation_keeps_old_tickets_until_they_expire_then_destroys_the_version(
     # Once every ticket of the old version has expired, the sweep destroys it ...
     running.clock.now += 86400 + 120
     destroyed = running.node.sweep()
-    assert destroyed == [new.version - 1]
+    assert new.version - 1 in destroyed and new.version not in destroyed
     states = {v.version: v.state for v in running.node.admin.key_versions()}
     assert states[new.version - 1] is KeyState.DESTROYED
     # ... and its tickets are refused.

@@ -1,0 +1,120 @@
+"""The hot PKCS#11 calls made without releasing the GIL (ctypes.PyDLL on the same module).
+
+Why: python-pkcs11 releases the GIL around every C call. Inside a multi-threaded gRPC server each
+of the ~20 calls a ticket exchange makes then hands the GIL to another thread and waits to get it
+back, which costs far more than the call itself (a SoftHSM HMAC takes ~6 us; perf-ceilings.md 4
+measured 24 us of calls turning into 62 us of wall time). Every PKCS#11 call of the process
+already runs under hsm.vault.PKCS11_LOCK, so holding the GIL as well loses no parallelism.
+
+Rules:
+- Only C_SignInit/C_Sign, C_GenerateRandom and C_UnwrapKey/C_GetAttributeValue/C_DestroyObject,
+  on session and object handles that python-pkcs11 opened and owns.
+- Callers hold PKCS11_LOCK. A non-zero CK_RV raises DirectCallFailed; the vault then repeats the
+  operation through python-pkcs11, which raises its usual, mapped exception (so error handling
+  stays in one place, hsm/errors.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Mapping
+from enum import Enum
+from typing import Any
+
+_ULONG = ctypes.c_ulong
+
+
+class _Mechanism(ctypes.Structure):
+    _fields_ = [("mechanism", _ULONG), ("parameter", ctypes.c_void_p), ("length", _ULONG)]
+
+
+class _Attribute(ctypes.Structure):
+    _fields_ = [("type", _ULONG), ("value", ctypes.c_void_p), ("length", _ULONG)]
+
+
+class DirectCallFailed(Exception):
+    """A direct call returned CK_RV `rv`; repeat it through python-pkcs11 for the mapped error."""
+
+    def __init__(self, function: str, rv: int) -> None:
+        super().__init__(f"{function} returned 0x{rv:08x}")
+        self.rv = rv
+
+
+class DirectCalls:
+    """Direct entry points of one PKCS#11 module (already loaded and initialised elsewhere)."""
+
+    def __init__(self, module_path: str) -> None:
+        dll = ctypes.PyDLL(module_path)
+        p, u = ctypes.c_void_p, _ULONG
+        self._sign_init = self._fn(dll, "C_SignInit", [u, p, u])
+        self._sign = self._fn(dll, "C_Sign", [u, p, u, p, p])
+        self._random = self._fn(dll, "C_GenerateRandom", [u, p, u])
+        self._unwrap = self._fn(dll, "C_UnwrapKey", [u, p, u, p, u, p, u, p])
+        self._get_attr = self._fn(dll, "C_GetAttributeValue", [u, u, p, u])
+        self._destroy = self._fn(dll, "C_DestroyObject", [u, u])
+
+    @staticmethod
+    def _fn(dll: Any, name: str, argtypes: list[Any]) -> Any:
+        fn = getattr(dll, name)
+        fn.argtypes = argtypes
+        fn.restype = _ULONG
+        return fn
+
+    @staticmethod
+    def _check(function: str, rv: int) -> None:
+        if rv:
+            raise DirectCallFailed(function, rv)
+
+    def sign(self, session: int, key: int, mechanism: int, data: bytes) -> bytes:
+        mech = _Mechanism(mechanism, None, 0)
+        self._check("C_SignInit", self._sign_init(session, ctypes.byref(mech), key))
+        out = ctypes.create_string_buffer(64)
+        size = _ULONG(64)
+        self._check("C_Sign", self._sign(session, data, len(data), out, ctypes.byref(size)))
+        return out.raw[: size.value]
+
+    def random(self, session: int, n: int) -> bytes:
+        out = ctypes.create_string_buffer(n)
+        self._check("C_GenerateRandom", self._random(session, out, n))
+        return out.raw
+
+    def unwrap_value(
+        self, session: int, kek: int, mechanism: int, blob: bytes, template: Mapping[Any, Any]
+    ) -> bytes:
+        """Unwrap `blob` into a transient object, read its CKA_VALUE, destroy it."""
+        keep: list[Any] = []
+        attrs = (_Attribute * len(template))()
+        for i, (kind, value) in enumerate(template.items()):
+            if isinstance(value, bool):
+                raw: Any = ctypes.c_ubyte(1 if value else 0)
+            else:
+                raw = _ULONG(int(value.value if isinstance(value, Enum) else value))
+            keep.append(raw)
+            attrs[i] = _Attribute(
+                int(kind), ctypes.cast(ctypes.byref(raw), ctypes.c_void_p), ctypes.sizeof(raw)
+            )
+        mech = _Mechanism(mechanism, None, 0)
+        handle = _ULONG(0)
+        self._check(
+            "C_UnwrapKey",
+            self._unwrap(
+                session,
+                ctypes.byref(mech),
+                kek,
+                blob,
+                len(blob),
+                attrs,
+                len(template),
+                ctypes.byref(handle),
+            ),
+        )
+        try:
+            value = ctypes.create_string_buffer(64)
+            attr = _Attribute(0x11, ctypes.cast(value, ctypes.c_void_p), 64)  # CKA_VALUE
+            self._check(
+                "C_GetAttributeValue",
+                self._get_attr(session, handle.value, ctypes.byref(attr), 1),
+            )
+            return value.raw[: attr.length]
+        finally:
+            self._destroy(session, handle.value)
