@@ -61,7 +61,11 @@ _U64 = struct.Struct("!Q")
 
 
 class Reader:
-    """Bounds-checked cursor over ``buf[pos:end]``; offsets in errors are absolute (+ ``base``)."""
+    """Bounds-checked cursor over ``buf[pos:end]``; offsets in errors are absolute (+ ``base``).
+
+    The hot parsers (HDR, T, RANDR, IDR, V, TP, TICKET, the chain) index ``buf`` directly after
+    one bounds check for a fixed-layout run; ``short`` then names the first field that is cut,
+    exactly as the field-by-field methods below would."""
 
     __slots__ = ("base", "buf", "end", "pos")
 
@@ -75,6 +79,19 @@ class Reader:
         self, message: str, err: ErrNo = ErrNo.UNSPECIFIED, at: int | None = None
     ) -> MikeyError:
         return MikeyError(message, self.base + (self.pos if at is None else at), err)
+
+    def short(self, at: int, layout: tuple[tuple[str, int], ...]) -> MikeyError:
+        """The truncation error for fields ``layout`` ((name, size), ...) starting at ``at``,
+        which do not all fit before ``end``: it names the first field that is cut."""
+        what, n = layout[-1]
+        for name, size in layout[:-1]:
+            if at + size > self.end:
+                what, n = name, size
+                break
+            at += size
+        have = self.end - at
+        return self.fail(f"truncated {what}: need {n} byte{'s' if n != 1 else ''}, have {have}",
+                         at=at)  # fmt: skip
 
     def need(self, n: int, what: str) -> None:
         if self.pos + n > self.end:
@@ -94,12 +111,6 @@ class Reader:
         self.pos = p + 2
         return (self.buf[p] << 8) | self.buf[p + 1]
 
-    def u32(self, what: str) -> int:
-        self.need(4, what)
-        v: int = _U32.unpack_from(self.buf, self.pos)[0]
-        self.pos += 4
-        return v
-
     def take(self, n: int, what: str) -> bytes:
         p = self.pos
         q = p + n
@@ -109,22 +120,36 @@ class Reader:
         return self.buf[p:q]
 
     def sub(self, n: int, what: str) -> Reader:
-        """A reader over the next ``n`` bytes (for nested TP Data / Initiator Data)."""
+        """A reader over the next ``n`` bytes (for SP policy parameters)."""
         self.need(n, what)
         r = Reader(self.buf, self.pos, self.pos + n, self.base)
         self.pos += n
         return r
 
 
-_MEMBERS: dict[type, dict[int, enum.IntEnum]] = {}
+def _table(cls: type[_E]) -> dict[int, _E]:
+    return {m.value: m for m in cls}
+
+
+# value -> member, built once: Enum.__call__ is slow, a dict lookup is not
+_DATA_TYPES = _table(DataType)
+_PRF_FUNCS = _table(PrfFunc)
+_TS_TYPES = _table(TsType)
+_TS_ROLES = _table(TsRole)
+_ID_ROLES = _table(IdRole)
+_ID_TYPES = _table(IdType)
+_RAND_ROLES = _table(RandRole)
+_MAC_ALGS = _table(MacAlg)
+_TS_LEN = tuple(t.value_len for t in TsType)
+_MAC_LEN = tuple(a.mac_len for a in MacAlg)
+_ENUMS = (CertType, DhGroup, EncrAlg, ErrNo, HashFunc, IdType, KeyDataType, KvType, MacAlg,
+          PkeCache, SignType, TsRole, TsType)  # fmt: skip
+_MEMBERS: dict[type, dict[int, enum.IntEnum]] = {cls: _table(cls) for cls in _ENUMS}
 
 
 def _enum(cls: type[_E], value: int, r: Reader, err: ErrNo, back: int) -> _E:
-    """``cls(value)`` through a dict (Enum.__call__ is slow), refusing unknown values."""
-    members = _MEMBERS.get(cls)
-    if members is None:
-        members = _MEMBERS[cls] = {m.value: m for m in cls}
-    m = members.get(value)
+    """``cls(value)`` through a prebuilt dict, refusing unknown values (offset ``pos - back``)."""
+    m = _MEMBERS[cls].get(value)
     if m is None:
         raise r.fail(f"unknown {cls.__name__} value {value}", err, r.pos - back)
     return m  # type: ignore[return-value]
@@ -241,47 +266,62 @@ class Header:
         return ()
 
 
+_GENERIC_HEAD = (("GENERIC-ID CS ID", 1), ("GENERIC-ID Prot type", 1), ("GENERIC-ID S/#P", 1))
+
+
 def _parse_header(r: Reader) -> tuple[Header, int]:
-    r.need(10, "HDR")
-    buf, p = r.buf, r.pos
-    version, dt, np, vp = buf[p], buf[p + 1], buf[p + 2], buf[p + 3]
-    csb_id: int = _U32.unpack_from(buf, p + 4)[0]
-    ncs, map_type = buf[p + 8], buf[p + 9]
+    buf, p, end = r.buf, r.pos, r.end
+    if p + 10 > end:
+        raise r.fail(f"truncated HDR: need 10 bytes, have {end - p}")
+    version, np, vp = buf[p], buf[p + 2], buf[p + 3]
     if version != MIKEY_VERSION:
         raise r.fail(f"unsupported MIKEY version {version}", ErrNo.UNSPECIFIED)
-    r.pos = p + 2
-    data_type = _enum(DataType, dt, r, ErrNo.INVALID_DT, 1)
-    r.pos = p + 4
-    prf_func = _enum(PrfFunc, vp & 0x7F, r, ErrNo.INVALID_PRF, 1)
-    r.pos = p + 10
-    mtype = _enum(CsIdMapType, map_type, r, ErrNo.UNSPECIFIED, 1)
+    data_type = _DATA_TYPES.get(buf[p + 1])
+    if data_type is None:
+        raise r.fail(f"unknown DataType value {buf[p + 1]}", ErrNo.INVALID_DT, p + 1)
+    prf_func = _PRF_FUNCS.get(vp & 0x7F)
+    if prf_func is None:
+        raise r.fail(f"unknown PrfFunc value {vp & 0x7F}", ErrNo.INVALID_PRF, p + 3)
+    csb_id: int = _U32.unpack_from(buf, p + 4)[0]
+    ncs, map_type = buf[p + 8], buf[p + 9]
+    p += 10
     cs_map: SrtpIdMap | EmptyMap | GenericIdMap
-    if mtype is CsIdMapType.SRTP_ID:
-        r.need(9 * ncs, "SRTP-ID map")
-        entries = []
-        for _ in range(ncs):
-            q = r.pos
-            entries.append(
-                SrtpIdEntry(
-                    buf[q], _U32.unpack_from(buf, q + 1)[0], _U32.unpack_from(buf, q + 5)[0]
-                )
-            )
-            r.pos = q + 9
-        cs_map = SrtpIdMap(tuple(entries))
-    elif mtype is CsIdMapType.EMPTY:
-        cs_map = EmptyMap(ncs)
-    else:
+    if map_type == CsIdMapType.GENERIC_ID:
         gentries = []
         for _ in range(ncs):
-            cs_id = r.u8("GENERIC-ID CS ID")
-            prot = r.u8("GENERIC-ID Prot type")
-            sp = r.u8("GENERIC-ID S/#P")
-            pols = tuple(r.take(sp & 0x7F, "GENERIC-ID policy list"))
-            sdata = r.take(r.u16("GENERIC-ID session data length"), "GENERIC-ID session data")
-            spi = r.take(r.u8("GENERIC-ID SPI length"), "GENERIC-ID SPI")
-            gentries.append(GenericIdEntry(cs_id, prot, bool(sp & 0x80), pols, sdata, spi))
+            if p + 3 > end:
+                raise r.short(p, _GENERIC_HEAD)
+            sp = buf[p + 2]
+            q = p + 3 + (sp & 0x7F)
+            if q + 2 > end:
+                raise r.short(p + 3, (("GENERIC-ID policy list", sp & 0x7F),
+                                      ("GENERIC-ID session data length", 2)))  # fmt: skip
+            q2 = q + 2 + ((buf[q] << 8) | buf[q + 1])
+            if q2 + 1 > end:
+                raise r.short(q + 2, (("GENERIC-ID session data", q2 - q - 2),
+                                      ("GENERIC-ID SPI length", 1)))  # fmt: skip
+            q3 = q2 + 1 + buf[q2]
+            if q3 > end:
+                raise r.short(q2 + 1, (("GENERIC-ID SPI", buf[q2]),))
+            gentries.append(GenericIdEntry(buf[p], buf[p + 1], sp > 0x7F, tuple(buf[p + 3 : q]),
+                                           buf[q + 2 : q2], buf[q2 + 1 : q3]))  # fmt: skip
+            p = q3
         cs_map = GenericIdMap(tuple(gentries))
-    return Header(data_type, csb_id, cs_map, prf_func, bool(vp & 0x80), version), np
+    elif map_type == CsIdMapType.EMPTY:
+        cs_map = EmptyMap(ncs)
+    elif map_type == CsIdMapType.SRTP_ID:
+        if p + 9 * ncs > end:
+            raise r.fail(f"truncated SRTP-ID map: need {9 * ncs} bytes, have {end - p}", at=p)
+        entries = []
+        for _ in range(ncs):
+            entries.append(SrtpIdEntry(buf[p], _U32.unpack_from(buf, p + 1)[0],
+                                       _U32.unpack_from(buf, p + 5)[0]))  # fmt: skip
+            p += 9
+        cs_map = SrtpIdMap(tuple(entries))
+    else:
+        raise r.fail(f"unknown CsIdMapType value {map_type}", ErrNo.UNSPECIFIED, p - 1)
+    r.pos = p
+    return Header(data_type, csb_id, cs_map, prf_func, vp > 0x7F, version), np
 
 
 def _serialize_header(out: bytearray, h: Header, next_payload: int) -> None:
@@ -612,8 +652,18 @@ PAYLOAD_TYPES: dict[type, PayloadType] = {
 
 
 def _parse_ts_value(r: Reader) -> tuple[TsType, bytes]:
-    ts_type = _enum(TsType, r.u8("TS type"), r, ErrNo.INVALID_TS, 1)
-    return ts_type, r.take(ts_type.value_len, "TS value")
+    buf, p = r.buf, r.pos
+    if p >= r.end:
+        raise r.fail("truncated TS type: need 1 byte, have 0")
+    ts_type = _TS_TYPES.get(buf[p])
+    if ts_type is None:
+        raise r.fail(f"unknown TsType value {buf[p]}", ErrNo.INVALID_TS)
+    n = _TS_LEN[ts_type]
+    q = p + 1 + n
+    if q > r.end:
+        raise r.fail(f"truncated TS value: need {n} bytes, have {r.end - p - 1}", at=p + 1)
+    r.pos = q
+    return ts_type, buf[p + 1 : q]
 
 
 def _parse_t(r: Reader) -> Timestamp:
@@ -646,8 +696,19 @@ def _serialize_rand(out: bytearray, p: Rand) -> None:
 
 
 def _parse_randr(r: Reader) -> RoleRand:
-    role = _enum(RandRole, r.u8("RAND Role"), r, ErrNo.UNSPECIFIED, 1)
-    return RoleRand(role, r.take(r.u8("RAND length"), "RAND"))
+    buf, p = r.buf, r.pos
+    if p >= r.end:
+        raise r.fail("truncated RAND Role: need 1 byte, have 0")
+    role = _RAND_ROLES.get(buf[p])
+    if role is None:
+        raise r.fail(f"unknown RandRole value {buf[p]}", ErrNo.UNSPECIFIED)
+    if p + 1 >= r.end:
+        raise r.fail("truncated RAND length: need 1 byte, have 0", at=p + 1)
+    q = p + 2 + buf[p + 1]
+    if q > r.end:
+        raise r.fail(f"truncated RAND: need {buf[p + 1]} bytes, have {r.end - p - 2}", at=p + 2)
+    r.pos = q
+    return RoleRand(role, buf[p + 2 : q])
 
 
 def _serialize_randr(out: bytearray, p: RoleRand) -> None:
@@ -666,14 +727,21 @@ def _serialize_id(out: bytearray, p: Identity) -> None:
 
 
 def _parse_idr(r: Reader) -> RoleIdentity:
-    r.need(4, "IDR")
     buf, p = r.buf, r.pos
-    r.pos = p + 1
-    role = _enum(IdRole, buf[p], r, ErrNo.INVALID_ID, 1)
-    r.pos = p + 2
-    id_type = _enum(IdType, buf[p + 1], r, ErrNo.INVALID_ID, 1)
-    r.pos = p + 4
-    return RoleIdentity(role, id_type, r.take((buf[p + 2] << 8) | buf[p + 3], "ID Data"))
+    if p + 4 > r.end:
+        raise r.fail(f"truncated IDR: need 4 bytes, have {r.end - p}")
+    role = _ID_ROLES.get(buf[p])
+    if role is None:
+        raise r.fail(f"unknown IdRole value {buf[p]}", ErrNo.INVALID_ID)
+    id_type = _ID_TYPES.get(buf[p + 1])
+    if id_type is None:
+        raise r.fail(f"unknown IdType value {buf[p + 1]}", ErrNo.INVALID_ID, p + 1)
+    n = (buf[p + 2] << 8) | buf[p + 3]
+    q = p + 4 + n
+    if q > r.end:
+        raise r.fail(f"truncated ID Data: need {n} bytes, have {r.end - p - 4}", at=p + 4)
+    r.pos = q
+    return RoleIdentity(role, id_type, buf[p + 4 : q])
 
 
 def _serialize_idr(out: bytearray, p: RoleIdentity) -> None:
@@ -782,8 +850,18 @@ def _serialize_sign(out: bytearray, p: Signature) -> None:
 
 
 def _parse_v(r: Reader) -> Verification:
-    alg = _enum(MacAlg, r.u8("Auth alg"), r, ErrNo.INVALID_MAC, 1)
-    return Verification(alg, r.take(alg.mac_len, "Ver data"))
+    buf, p = r.buf, r.pos
+    if p >= r.end:
+        raise r.fail("truncated Auth alg: need 1 byte, have 0")
+    alg = _MAC_ALGS.get(buf[p])
+    if alg is None:
+        raise r.fail(f"unknown MacAlg value {buf[p]}", ErrNo.INVALID_MAC)
+    n = _MAC_LEN[alg]
+    q = p + 1 + n
+    if q > r.end:
+        raise r.fail(f"truncated Ver data: need {n} bytes, have {r.end - p - 1}", at=p + 1)
+    r.pos = q
+    return Verification(alg, buf[p + 1 : q])
 
 
 def _serialize_v(out: bytearray, p: Verification) -> None:
@@ -836,12 +914,17 @@ def _serialize_ext(out: bytearray, p: GeneralExtension) -> None:
 
 def _parse_nested(r: Reader, what: str) -> tuple[Payload, ...] | None:
     """TP Data / Initiator Data: length(2) || [First Payload(1) || payloads]."""
-    n = r.u16(f"{what} length")
+    buf, p, end = r.buf, r.pos, r.end
+    if p + 2 > end:
+        raise r.fail(f"truncated {what} length: need 2 bytes, have {end - p}")
+    n = (buf[p] << 8) | buf[p + 1]
+    q = p + 2 + n
     if n == 0:
+        r.pos = q
         return None
-    sub = r.sub(n, what)
-    first = sub.u8(f"{what} first payload")
-    payloads, _ = _parse_chain(sub, first, _NESTED)
+    if q > end:
+        raise r.fail(f"truncated {what}: need {n} bytes, have {end - p - 2}", at=p + 2)
+    payloads, r.pos = _parse_chain(Reader(buf, p + 3, q, r.base), buf[p + 2], _NESTED)
     return tuple(payloads)
 
 
@@ -857,18 +940,25 @@ def _serialize_nested(out: bytearray, payloads: tuple[Payload, ...] | None, what
     out += _len16(data, what) + data
 
 
+_TP_FLAGS: dict[int, TpFlags] = {}
+
+
 def _parse_tp_common(r: Reader) -> TicketPolicy:
-    r.need(7, "Ticket Policy")
     buf, p = r.buf, r.pos
-    ticket_type: int = _U16.unpack_from(buf, p)[0]
-    subtype, version = buf[p + 2], buf[p + 3]
+    if p + 7 > r.end:
+        raise r.fail(f"truncated Ticket Policy: need 7 bytes, have {r.end - p}")
     w = (buf[p + 4] << 16) | (buf[p + 5] << 8) | buf[p + 6]
-    r.pos = p + 5
-    prf_func = _enum(PrfFunc, w >> 17, r, ErrNo.INVALID_PRF, 1)
+    prf_func = _PRF_FUNCS.get(w >> 17)
+    if prf_func is None:
+        raise r.fail(f"unknown PrfFunc value {w >> 17}", ErrNo.INVALID_PRF, p + 4)
+    bits = (w >> 5) & 0xFFF
+    flags = _TP_FLAGS.get(bits)
+    if flags is None:  # IntFlag(value) is slow: keep each of the 4096 values once
+        flags = _TP_FLAGS[bits] = TpFlags(bits)
     r.pos = p + 7
-    flags = TpFlags((w >> 5) & 0xFFF)
     payloads = _parse_nested(r, "TP Data")
-    return TicketPolicy(ticket_type, subtype, version, prf_func, flags, payloads, w & 0x1F)
+    return TicketPolicy((buf[p] << 8) | buf[p + 1], buf[p + 2], buf[p + 3], prf_func, flags,
+                        payloads, w & 0x1F)  # fmt: skip
 
 
 def _serialize_tp(out: bytearray, p: TicketPolicy) -> None:
@@ -884,8 +974,15 @@ def _serialize_tp(out: bytearray, p: TicketPolicy) -> None:
 
 def _parse_ticket(r: Reader) -> Ticket:
     policy = _parse_tp_common(r)
-    data = r.take(r.u16("Ticket Data length"), "Ticket Data")
-    return Ticket(policy, data, _parse_nested(r, "Initiator Data"))
+    buf, p = r.buf, r.pos
+    if p + 2 > r.end:
+        raise r.fail(f"truncated Ticket Data length: need 2 bytes, have {r.end - p}")
+    n = (buf[p] << 8) | buf[p + 1]
+    q = p + 2 + n
+    if q > r.end:
+        raise r.fail(f"truncated Ticket Data: need {n} bytes, have {r.end - p - 2}", at=p + 2)
+    r.pos = q
+    return Ticket(policy, buf[p + 2 : q], _parse_nested(r, "Initiator Data"))
 
 
 def _serialize_ticket(out: bytearray, p: Ticket) -> None:
@@ -945,22 +1042,27 @@ def _parse_chain(
     """Parse payloads from ``r.pos`` to ``r.end`` starting with type ``np``; the chain must end
     (Next Payload 0, or SIGN) exactly at ``r.end``.  Returns (payloads, end offset)."""
     payloads: list[Payload] = []
+    append = payloads.append
     parsers = _PARSERS
+    buf, end = r.buf, r.end
     while np:
         if np not in allowed:
             if np in _TOP or np == PayloadType.KEY_DATA:
                 raise r.fail(f"payload type {np} not allowed here")
             raise r.fail(f"unknown payload type {np}: its length cannot be known")
+        pos = r.pos
         if offsets is not None:
-            offsets.append(r.pos)
+            offsets.append(pos)
         if np == PayloadType.SIGN:
-            payloads.append(_parse_sign(r))
+            append(_parse_sign(r))
             break
-        nxt = r.u8("Next Payload")
-        payloads.append(parsers[np](r))
-        np = nxt
-    if r.pos != r.end:
-        raise r.fail(f"{r.end - r.pos} bytes after the last payload")
+        if pos >= end:
+            raise r.fail("truncated Next Payload: need 1 byte, have 0")
+        r.pos = pos + 1
+        append(parsers[np](r))
+        np = buf[pos]
+    if r.pos != end:
+        raise r.fail(f"{end - r.pos} bytes after the last payload")
     return payloads, r.pos
 
 

@@ -113,12 +113,12 @@ class EncrAlg(enum.IntEnum):
 
     @property
     def key_len(self) -> int:
-        return {0: 0, 1: 16, 2: 16, 3: 32}[self.value]
+        return (0, 16, 16, 32)[self]
 
     @property
     def salt_len(self) -> int:
         """Length of the salt_key: 112 bits for AES-CM, 64 bits (the KW IV) for AES-KW."""
-        return {0: 0, 1: 14, 2: 8, 3: 14}[self.value]
+        return (0, 14, 8, 14)[self]
 
 
 class MacAlg(enum.IntEnum):
@@ -130,16 +130,16 @@ class MacAlg(enum.IntEnum):
 
     @property
     def mac_len(self) -> int:
-        return (0, 20, 32)[self.value]
+        return (0, 20, 32)[self]
 
     @property
     def key_len(self) -> int:
         """auth_key length: the hash output length (RFC 3830 4.1.4, RFC 6043 6.2)."""
-        return (0, 20, 32)[self.value]
+        return (0, 20, 32)[self]
 
     @property
     def hash_name(self) -> str:
-        return ("", "sha1", "sha256")[self.value]
+        return ("", "sha1", "sha256")[self]
 
 
 class TsType(enum.IntEnum):
@@ -152,7 +152,7 @@ class TsType(enum.IntEnum):
 
     @property
     def value_len(self) -> int:
-        return (8, 8, 4, 4)[self.value]
+        return (8, 8, 4, 4)[self]
 
 
 class TsRole(enum.IntEnum):
@@ -208,7 +208,7 @@ class HashFunc(enum.IntEnum):
 
     @property
     def hash_len(self) -> int:
-        return (20, 16, 32)[self.value]
+        return (20, 16, 32)[self]
 
 
 class PkeCache(enum.IntEnum):
@@ -229,7 +229,7 @@ class DhGroup(enum.IntEnum):
     @property
     def value_len(self) -> int:
         """DH-value length in bytes: 1536, 768 and 1024 bits."""
-        return (192, 96, 128)[self.value]
+        return (192, 96, 128)[self]
 
 
 class SignType(enum.IntEnum):

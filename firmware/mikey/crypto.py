@@ -48,6 +48,7 @@ from firmware.mikey.prf import CHUNK_BYTES, PrfFunc, prf_with_hmac
 
 KeySource = bytes | Callable[[bytes], bytes]
 _U32 = struct.Struct("!I")
+_LABEL_HEAD = struct.Struct("!IBIB")
 _FF4 = b"\xff\xff\xff\xff"
 _HASH = ("sha1", "sha256")
 _DLEN = (20, 32)
@@ -107,10 +108,7 @@ def message_key_label(
 ) -> bytes:
     """K1 (selector 0x01) / K2 (0x02): const || 0xFF || CSB ID || sel || len RANDRi || RANDRi ||
     len RANDRr || RANDRr (RFC 6043 5.1.2)."""
-    return b"".join(
-        (_U32.pack(const), b"\xff", _U32.pack(csb_id), bytes((selector,)),
-         _rand_part(rand_i), _rand_part(rand_r))
-    )  # fmt: skip
+    return _LABEL_HEAD.pack(const, 0xFF, csb_id, selector) + _rand_part(rand_i) + _rand_part(rand_r)
 
 
 def tek_label(const: int, cs_id: int, rand_i: bytes | None, rand_r: bytes | None) -> bytes:

@@ -14,7 +14,6 @@ Rules and invariants:
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -39,7 +38,6 @@ from firmware.mikey.constants import DataType, ErrNo, IdRole, PayloadType, RandR
 from firmware.mikey.errors import MikeyError
 
 _P = TypeVar("_P")
-_U16 = struct.Struct("!H")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,20 +131,22 @@ def encode_decoded(message: Message) -> Message:
 def _v_mac_start(msg: Message) -> int:
     if not msg.raw:
         raise MikeyError("message was not decoded: no received bytes to verify", -1)
-    if not msg.payloads or not isinstance(msg.payloads[-1], Verification):
+    v = msg.payloads[-1] if msg.payloads else None
+    if not isinstance(v, Verification):
         raise MikeyError("last payload is not V", -1, ErrNo.AUTH_FAILURE)
-    return len(msg.raw) - len(msg.payloads[-1].mac)
+    return len(msg.raw) - len(v.mac)
 
 
-def _initiator_data_span(ticket_raw: bytes, base: int) -> tuple[int, int]:
-    """Offsets (absolute: + base) of the Initiator Data length field and of the TICKET's end,
-    read from the received TICKET payload bytes (Next Payload byte first)."""
-    p = 8  # NP(1) Ticket Type(2) Subtype(1) Version(1) PRF/flags/Res(3)
-    p += 2 + _U16.unpack_from(ticket_raw, p)[0]  # TP Data
-    p += 2 + _U16.unpack_from(ticket_raw, p)[0]  # Ticket Data
-    return base + p, base + len(ticket_raw)
+def _initiator_data_at(raw: bytes, start: int) -> int:
+    """Offset in ``raw`` of the Initiator Data length field of the received TICKET payload that
+    starts (with its Next Payload byte) at ``start``."""
+    p = start + 8  # NP(1) Ticket Type(2) Subtype(1) Version(1) PRF/flags/Res(3)
+    p += 2 + ((raw[p] << 8) | raw[p + 1])  # TP Data
+    return p + 2 + ((raw[p] << 8) | raw[p + 1])  # Ticket Data
 
 
+_REQUEST_INITS = frozenset({DataType.REQUEST_INIT_PSK, DataType.REQUEST_INIT_PK})
+_RESOLVE_INITS = frozenset({DataType.RESOLVE_INIT_PSK, DataType.RESOLVE_INIT_PK})
 INITIAL_TYPES = frozenset(
     {
         DataType.REQUEST_INIT_PSK,
@@ -171,9 +171,9 @@ def mac_input(msg: Message, appended: bytes = b"") -> bytes:
     raw = msg.raw
     if msg.header.data_type == DataType.TRANSFER_INIT:
         for i, p in enumerate(msg.payloads):
-            if isinstance(p, Ticket):
-                cut, end = _initiator_data_span(msg.payload_bytes(i), msg.offsets[i])
-                return b"".join((raw[:cut], raw[end:mac_start], appended))
+            if isinstance(p, Ticket):  # never last (V is), so payload i + 1 starts its end
+                cut = _initiator_data_at(raw, msg.offsets[i])
+                return b"".join((raw[:cut], raw[msg.offsets[i + 1] : mac_start], appended))
     return b"".join((raw[:mac_start], appended))
 
 
@@ -181,8 +181,7 @@ def ticket_mac_input(ticket_raw: bytes) -> bytes:
     """Base-ticket V coverage (RFC 6043 A.1): the received TICKET payload from Ticket Type to the
     end of Ticket Data, minus the trailing MAC bytes of the V ending the Ticket Data.  The MAC
     length is taken by the caller from the parsed V; here we return up to the Ticket Data end."""
-    cut, _ = _initiator_data_span(ticket_raw, 0)
-    return ticket_raw[1:cut]
+    return ticket_raw[1 : _initiator_data_at(ticket_raw, 0)]
 
 
 def appended_identities(
@@ -200,21 +199,21 @@ def appended_identities(
     does for absent IDs in RFC 3830 (RFC 6043 5.5 says "the identities ... MUST directly follow",
     which presupposes both parties know them).
     """
-
-    def pick(role: IdRole, given: bytes | None) -> bytes:
-        idr = msg.idr(role)
-        if idr is not None:
-            return idr.data
-        return given or b""
-
     dt = msg.header.data_type
-    if dt in (DataType.REQUEST_INIT_PSK, DataType.REQUEST_INIT_PK):
-        return pick(IdRole.IDRi, initiator) + pick(IdRole.IDRkms, kms)
-    if dt == DataType.TRANSFER_INIT:
-        return pick(IdRole.IDRi, initiator) + pick(IdRole.IDRr, responder)
-    if dt in (DataType.RESOLVE_INIT_PSK, DataType.RESOLVE_INIT_PK):
-        return pick(IdRole.IDRr, responder) + pick(IdRole.IDRkms, kms)
-    return b""
+    if dt in _REQUEST_INITS:
+        first, second = (IdRole.IDRi, initiator), (IdRole.IDRkms, kms)
+    elif dt == DataType.TRANSFER_INIT:
+        first, second = (IdRole.IDRi, initiator), (IdRole.IDRr, responder)
+    elif dt in _RESOLVE_INITS:
+        first, second = (IdRole.IDRr, responder), (IdRole.IDRkms, kms)
+    else:
+        return b""
+    found: dict[IdRole, bytes] = {}
+    for p in msg.payloads:
+        if isinstance(p, RoleIdentity) and p.role not in found:
+            found[p.role] = p.data
+    a, b = found.get(first[0]), found.get(second[0])
+    return (first[1] or b"" if a is None else a) + (second[1] or b"" if b is None else b)
 
 
 def coverage(

@@ -27,6 +27,11 @@ from firmware.mikey.message import Message, coverage
 
 TGK_LIKE = (KeyDataType.TGK, KeyDataType.TGK_SALT, KeyDataType.GTGK, KeyDataType.GTGK_SALT)
 FORKABLE = (KeyDataType.TGK, KeyDataType.TGK_SALT)
+_KEYED_BY_RANDRI = frozenset(
+    {DataType.REQUEST_INIT_PSK, DataType.REQUEST_INIT_PK, DataType.TRANSFER_INIT}
+)
+_KEYED_BY_RANDRR = frozenset({DataType.RESOLVE_INIT_PSK, DataType.RESOLVE_INIT_PK})
+_RESPONSES = frozenset({DataType.REQUEST_RESP, DataType.RESOLVE_RESP, DataType.TRANSFER_RESP})
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +48,9 @@ def message_rands(
 ) -> tuple[bytes | None, bytes | None]:
     """(RANDRi, RANDRr) that key ``msg`` (RFC 6043 5.1.2); responses take RANDs from ``initial``."""
     dt = msg.header.data_type
-    if dt in (DataType.REQUEST_INIT_PSK, DataType.REQUEST_INIT_PK, DataType.TRANSFER_INIT):
+    if dt in _KEYED_BY_RANDRI:
         return msg.randr(RandRole.RANDRi), None
-    if dt in (DataType.RESOLVE_INIT_PSK, DataType.RESOLVE_INIT_PK):
+    if dt in _KEYED_BY_RANDRR:
         return None, msg.randr(RandRole.RANDRr)
     if initial is None:
         raise MikeyError("response keys need the initial message", -1)
@@ -80,8 +85,7 @@ def verify_v(
         msg.header.prf_func,
         inkey,
         msg.header.csb_id,
-        response=msg.header.data_type
-        in (DataType.REQUEST_RESP, DataType.RESOLVE_RESP, DataType.TRANSFER_RESP),
+        response=msg.header.data_type in _RESPONSES,
         rand_i=rand_i,
         rand_r=rand_r,
         mac_alg=v.mac_alg,
