@@ -15,7 +15,13 @@ from __future__ import annotations
 import enum
 import functools
 
-from firmware.core.errors import HsmConfigurationError, HsmUnavailable
+from firmware.core.errors import (
+    HsmConfigurationError,
+    HsmUnavailable,
+    InvalidRequest,
+    KeyVersionInUse,
+    WrappedKeyInvalid,
+)
 
 
 class Kind(enum.Enum):
@@ -25,11 +31,11 @@ class Kind(enum.Enum):
     OTHER = "other"
 
 
-class WrappedKeyRejected(ValueError):
+class WrappedKeyRejected(WrappedKeyInvalid, ValueError):
     """A wrapped PSK did not unwrap (RFC 3394 integrity check failed or bad length)."""
 
 
-class PskLengthError(ValueError):
+class PskLengthError(InvalidRequest, ValueError):
     """A PSK to wrap is not a multiple of 8 bytes of at least 16 bytes (RFC 3394)."""
 
 
@@ -38,7 +44,7 @@ class LoginRefused(HsmConfigurationError):
     a wrong PIN retried by a probe loop would lock the token's user PIN."""
 
 
-class ActiveVersionRefused(ValueError):
+class ActiveVersionRefused(KeyVersionInUse, ValueError):
     """destroy_version was asked to destroy the ACTIVE version of a key."""
 
 

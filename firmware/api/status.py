@@ -26,12 +26,14 @@ TABLE: dict[type[errors.KmsError], tuple[grpc.StatusCode, str]] = {
     errors.HsmUnavailable: (grpc.StatusCode.UNAVAILABLE, "HSM_UNAVAILABLE"),
     errors.HsmConfigurationError: (grpc.StatusCode.UNAVAILABLE, "HSM_UNAVAILABLE"),
     errors.KeyVersionNotFound: (grpc.StatusCode.PERMISSION_DENIED, "TICKET_INVALID"),
+    errors.WrappedKeyInvalid: (grpc.StatusCode.INTERNAL, "STATE_DAMAGED"),
     errors.AuditUnavailable: (grpc.StatusCode.UNAVAILABLE, "AUDIT_UNAVAILABLE"),
     errors.ConfigError: (grpc.StatusCode.FAILED_PRECONDITION, "CONFIG_ERROR"),
     errors.CallerError: (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST"),
     errors.MalformedMessage: (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE"),
     errors.NotAuthenticated: (grpc.StatusCode.UNAUTHENTICATED, "AUTHENTICATION_FAILED"),
     errors.InvalidRequest: (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST"),
+    errors.KeyVersionInUse: (grpc.StatusCode.FAILED_PRECONDITION, "KEY_VERSION_ACTIVE"),
     errors.NotFound: (grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
     errors.Conflict: (grpc.StatusCode.ALREADY_EXISTS, "CONFLICT"),
     errors.PermissionDenied: (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
@@ -79,6 +81,11 @@ class _Status(grpc.Status):  # type: ignore[misc]
 def _with_mikey_error(status: grpc.Status, mikey_error: int) -> grpc.Status:
     metadata = (*tuple(status.trailing_metadata or ()), ("mikey-error", str(mikey_error)))
     return _Status(status.code, status.details, metadata)
+
+
+def internal(context: grpc.ServicerContext) -> NoReturn:
+    """End the RPC for an error nobody planned for: INTERNAL, no detail (the log has it)."""
+    abort(context, errors.KmsError("internal error"))
 
 
 def abort(context: grpc.ServicerContext, error: errors.KmsError) -> NoReturn:

@@ -10,11 +10,14 @@ Rules (contract kms.proto, TicketService):
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Protocol
 
 from firmware.api import status
 from firmware.api.proto.kms.v1 import kms_pb2, kms_pb2_grpc
 from firmware.core.errors import KmsError
+
+log = logging.getLogger("kmsnode.api")
 
 
 class Exchanger(Protocol):
@@ -30,4 +33,7 @@ class TicketServicer(kms_pb2_grpc.TicketServiceServicer):
             answer = self.core.exchange(bytes(request.data))
         except KmsError as exc:
             status.abort(context, exc)
+        except Exception:
+            log.exception("TicketService.Exchange failed")
+            status.internal(context)
         return kms_pb2.MikeyMessage(data=answer)

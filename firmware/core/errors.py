@@ -33,6 +33,10 @@ class KeyVersionNotFound(KmsError):
     """A key version that is not (or no longer) in the token was asked for."""
 
 
+class WrappedKeyInvalid(KmsError):
+    """A stored wrapped key does not unwrap (RFC 3394 integrity check): the state is damaged."""
+
+
 class AuditUnavailable(KmsError):
     """An audit record could not be written durably; the request is refused (fail closed)."""
 
@@ -70,6 +74,10 @@ class NotAuthenticated(CallerError):
 
 class InvalidRequest(CallerError):
     """An administrative or Xk request has a missing or invalid field."""
+
+
+class KeyVersionInUse(CallerError):
+    """The active version of a key cannot be destroyed."""
 
 
 class NotFound(CallerError):
