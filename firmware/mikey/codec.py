@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TypeVar
 
 from firmware.mikey.constants import (
@@ -156,24 +156,30 @@ def _enum(cls: type[_E], value: int, r: Reader, err: ErrNo, back: int) -> _E:
 
 
 def _check(cond: bool, message: str) -> None:
-    """Encode-side validation: refuse values that could not be decoded back."""
+    """Encode-side validation: refuse values that could not be decoded back (messages that need
+    formatting are built only on failure)."""
     if not cond:
         raise MikeyError(message, -1, ErrNo.UNSPECIFIED)
 
 
 def _u8(v: int, what: str) -> int:
-    _check(0 <= v <= 0xFF, f"{what} does not fit in 8 bits")
+    if not 0 <= v <= 0xFF:
+        raise MikeyError(f"{what} does not fit in 8 bits", -1, ErrNo.UNSPECIFIED)
     return v
 
 
 def _len16(data: bytes, what: str) -> bytes:
-    _check(len(data) <= 0xFFFF, f"{what} longer than 65535 bytes")
-    return _U16.pack(len(data))
+    n = len(data)
+    if n > 0xFFFF:
+        raise MikeyError(f"{what} longer than 65535 bytes", -1, ErrNo.UNSPECIFIED)
+    return _U16.pack(n)
 
 
 def _len8(data: bytes, what: str) -> bytes:
-    _check(len(data) <= 0xFF, f"{what} longer than 255 bytes")
-    return bytes((len(data),))
+    n = len(data)
+    if n > 0xFF:
+        raise MikeyError(f"{what} longer than 255 bytes", -1, ErrNo.UNSPECIFIED)
+    return bytes((n,))
 
 
 # --- HDR and CS ID maps (RFC 3830 6.1, RFC 4563 5, RFC 6043 6.1.1) ------------------------------
@@ -303,10 +309,10 @@ def _parse_header(r: Reader) -> tuple[Header, int]:
             q3 = q2 + 1 + buf[q2]
             if q3 > end:
                 raise r.short(q2 + 1, (("GENERIC-ID SPI", buf[q2]),))
-            gentries.append(GenericIdEntry(buf[p], buf[p + 1], sp > 0x7F, tuple(buf[p + 3 : q]),
+            gentries.append(_mk_generic_entry(buf[p], buf[p + 1], sp > 0x7F, tuple(buf[p + 3 : q]),
                                            buf[q + 2 : q2], buf[q2 + 1 : q3]))  # fmt: skip
             p = q3
-        cs_map = GenericIdMap(tuple(gentries))
+        cs_map = _mk_generic_map(tuple(gentries))
     elif map_type == CsIdMapType.EMPTY:
         cs_map = EmptyMap(ncs)
     elif map_type == CsIdMapType.SRTP_ID:
@@ -321,7 +327,7 @@ def _parse_header(r: Reader) -> tuple[Header, int]:
     else:
         raise r.fail(f"unknown CsIdMapType value {map_type}", ErrNo.UNSPECIFIED, p - 1)
     r.pos = p
-    return Header(data_type, csb_id, cs_map, prf_func, vp > 0x7F, version), np
+    return _mk_header(data_type, csb_id, cs_map, prf_func, vp > 0x7F), np
 
 
 def _serialize_header(out: bytearray, h: Header, next_payload: int) -> None:
@@ -648,6 +654,111 @@ PAYLOAD_TYPES: dict[type, PayloadType] = {
 }
 
 
+# --- decoder constructors -------------------------------------------------------------------------
+# A frozen dataclass's generated __init__ sets every field through object.__setattr__ (a name
+# lookup per field).  The decoder has every field at hand, already validated, so for the payloads
+# of every MIKEY-TICKET exchange it sets the slots through their descriptors instead (a third
+# cheaper).  The objects are the same: equality, hashing, repr and immutability are the dataclass's.
+
+_new = object.__new__
+_Setter = Callable[[object, object], None]
+
+
+def _setters(cls: type) -> tuple[_Setter, ...]:
+    """The slot setters of every field of ``cls``, in field order."""
+    return tuple(getattr(cls, f.name).__set__ for f in fields(cls))
+
+
+_HDR_DT, _HDR_CSB, _HDR_MAP, _HDR_PRF, _HDR_V, _HDR_VER = _setters(Header)
+_GEN_CS, _GEN_PROT, _GEN_S, _GEN_POL, _GEN_DATA, _GEN_SPI = _setters(GenericIdEntry)
+(_GMAP_ENTRIES,) = _setters(GenericIdMap)
+_T_TYPE, _T_VALUE = _setters(Timestamp)
+_RANDR_ROLE, _RANDR_VALUE = _setters(RoleRand)
+_IDR_ROLE, _IDR_TYPE, _IDR_DATA = _setters(RoleIdentity)
+_V_ALG, _V_MAC = _setters(Verification)
+_TP_TYPE, _TP_SUB, _TP_VER, _TP_PRF, _TP_FLAGS_, _TP_DATA, _TP_RES = _setters(TicketPolicy)
+_TICKET_POLICY, _TICKET_DATA, _TICKET_IDATA = _setters(Ticket)
+
+
+def _mk_header(dt: DataType, csb_id: int, cs_map: CsIdMap, prf: PrfFunc, v: bool) -> Header:
+    o: Header = _new(Header)
+    _HDR_DT(o, dt)
+    _HDR_CSB(o, csb_id)
+    _HDR_MAP(o, cs_map)
+    _HDR_PRF(o, prf)
+    _HDR_V(o, v)
+    _HDR_VER(o, MIKEY_VERSION)
+    return o
+
+
+def _mk_generic_entry(cs_id: int, prot: int, s: bool, pols: tuple[int, ...], data: bytes,
+                    spi: bytes) -> GenericIdEntry:  # fmt: skip
+    o: GenericIdEntry = _new(GenericIdEntry)
+    _GEN_CS(o, cs_id)
+    _GEN_PROT(o, prot)
+    _GEN_S(o, s)
+    _GEN_POL(o, pols)
+    _GEN_DATA(o, data)
+    _GEN_SPI(o, spi)
+    return o
+
+
+def _mk_generic_map(entries: tuple[GenericIdEntry, ...]) -> GenericIdMap:
+    o: GenericIdMap = _new(GenericIdMap)
+    _GMAP_ENTRIES(o, entries)
+    return o
+
+
+def _mk_t(ts_type: TsType, value: bytes) -> Timestamp:
+    o: Timestamp = _new(Timestamp)
+    _T_TYPE(o, ts_type)
+    _T_VALUE(o, value)
+    return o
+
+
+def _mk_randr(role: RandRole, value: bytes) -> RoleRand:
+    o: RoleRand = _new(RoleRand)
+    _RANDR_ROLE(o, role)
+    _RANDR_VALUE(o, value)
+    return o
+
+
+def _mk_idr(role: IdRole, id_type: IdType, data: bytes) -> RoleIdentity:
+    o: RoleIdentity = _new(RoleIdentity)
+    _IDR_ROLE(o, role)
+    _IDR_TYPE(o, id_type)
+    _IDR_DATA(o, data)
+    return o
+
+
+def _mk_v(alg: MacAlg, mac: bytes) -> Verification:
+    o: Verification = _new(Verification)
+    _V_ALG(o, alg)
+    _V_MAC(o, mac)
+    return o
+
+
+def _mk_tp(ticket_type: int, subtype: int, version: int, prf: PrfFunc, flags: TpFlags,
+           payloads: tuple[Payload, ...] | None, reserved: int) -> TicketPolicy:  # fmt: skip
+    o: TicketPolicy = _new(TicketPolicy)
+    _TP_TYPE(o, ticket_type)
+    _TP_SUB(o, subtype)
+    _TP_VER(o, version)
+    _TP_PRF(o, prf)
+    _TP_FLAGS_(o, flags)
+    _TP_DATA(o, payloads)
+    _TP_RES(o, reserved)
+    return o
+
+
+def _mk_ticket(policy: TicketPolicy, data: bytes, idata: tuple[Payload, ...] | None) -> Ticket:
+    o: Ticket = _new(Ticket)
+    _TICKET_POLICY(o, policy)
+    _TICKET_DATA(o, data)
+    _TICKET_IDATA(o, idata)
+    return o
+
+
 # --- parse / serialize pairs (body only: the Next Payload byte is handled by the chain) ---------
 
 
@@ -667,7 +778,7 @@ def _parse_ts_value(r: Reader) -> tuple[TsType, bytes]:
 
 
 def _parse_t(r: Reader) -> Timestamp:
-    return Timestamp(*_parse_ts_value(r))
+    return _mk_t(*_parse_ts_value(r))
 
 
 def _serialize_t(out: bytearray, p: Timestamp) -> None:
@@ -708,7 +819,7 @@ def _parse_randr(r: Reader) -> RoleRand:
     if q > r.end:
         raise r.fail(f"truncated RAND: need {buf[p + 1]} bytes, have {r.end - p - 2}", at=p + 2)
     r.pos = q
-    return RoleRand(role, buf[p + 2 : q])
+    return _mk_randr(role, buf[p + 2 : q])
 
 
 def _serialize_randr(out: bytearray, p: RoleRand) -> None:
@@ -741,7 +852,7 @@ def _parse_idr(r: Reader) -> RoleIdentity:
     if q > r.end:
         raise r.fail(f"truncated ID Data: need {n} bytes, have {r.end - p - 4}", at=p + 4)
     r.pos = q
-    return RoleIdentity(role, id_type, buf[p + 4 : q])
+    return _mk_idr(role, id_type, buf[p + 4 : q])
 
 
 def _serialize_idr(out: bytearray, p: RoleIdentity) -> None:
@@ -861,7 +972,7 @@ def _parse_v(r: Reader) -> Verification:
     if q > r.end:
         raise r.fail(f"truncated Ver data: need {n} bytes, have {r.end - p - 1}", at=p + 1)
     r.pos = q
-    return Verification(alg, buf[p + 1 : q])
+    return _mk_v(alg, buf[p + 1 : q])
 
 
 def _serialize_v(out: bytearray, p: Verification) -> None:
@@ -933,7 +1044,8 @@ def _serialize_nested(out: bytearray, payloads: tuple[Payload, ...] | None, what
         out += b"\x00\x00"
         return
     for p in payloads:
-        _check(type(p) not in (TicketPolicy, Ticket), f"{what} may not contain TP or TICKET")
+        if type(p) in (TicketPolicy, Ticket):
+            raise MikeyError(f"{what} may not contain TP or TICKET", -1, ErrNo.UNSPECIFIED)
     body = bytearray()
     first = _serialize_chain(body, payloads)
     data = bytes((first,)) + bytes(body)
@@ -957,8 +1069,8 @@ def _parse_tp_common(r: Reader) -> TicketPolicy:
         flags = _TP_FLAGS[bits] = TpFlags(bits)
     r.pos = p + 7
     payloads = _parse_nested(r, "TP Data")
-    return TicketPolicy((buf[p] << 8) | buf[p + 1], buf[p + 2], buf[p + 3], prf_func, flags,
-                        payloads, w & 0x1F)  # fmt: skip
+    return _mk_tp((buf[p] << 8) | buf[p + 1], buf[p + 2], buf[p + 3], prf_func, flags,
+                  payloads, w & 0x1F)  # fmt: skip
 
 
 def _serialize_tp(out: bytearray, p: TicketPolicy) -> None:
@@ -982,7 +1094,7 @@ def _parse_ticket(r: Reader) -> Ticket:
     if q > r.end:
         raise r.fail(f"truncated Ticket Data: need {n} bytes, have {r.end - p - 2}", at=p + 2)
     r.pos = q
-    return Ticket(policy, buf[p + 2 : q], _parse_nested(r, "Initiator Data"))
+    return _mk_ticket(policy, buf[p + 2 : q], _parse_nested(r, "Initiator Data"))
 
 
 def _serialize_ticket(out: bytearray, p: Ticket) -> None:
@@ -1032,6 +1144,7 @@ _SERIALIZERS: dict[type, Callable[[bytearray, object], None]] = {
     GeneralExtension: _serialize_ext,  # type: ignore[dict-item]
 }
 
+_ENCODERS = {cls: (int(t), _SERIALIZERS[cls]) for cls, t in PAYLOAD_TYPES.items()}
 _TOP = frozenset(int(t) for t in PayloadType) - {PayloadType.LAST, PayloadType.KEY_DATA}
 _NESTED = _TOP - {PayloadType.TP, PayloadType.TICKET}
 
@@ -1067,20 +1180,28 @@ def _parse_chain(
 
 
 def _serialize_chain(out: bytearray, payloads: Iterable[Payload]) -> int:
-    """Append payloads with their Next Payload bytes; return the type of the first one."""
-    items = list(payloads)
-    types = []
-    for p in items:
-        t = PAYLOAD_TYPES.get(type(p))
-        _check(t is not None, f"{type(p).__name__} is not a MIKEY payload")
-        types.append(int(t))  # type: ignore[arg-type]
-    for i, p in enumerate(items):
-        if types[i] == PayloadType.SIGN:
-            _check(i == len(items) - 1, "SIGN must be the last payload")
+    """Append payloads, each after the Next Payload byte naming its successor (0 after the last;
+    SIGN has none and must be last); return the type of the first one (0 if none)."""
+    first = -1
+    np_at = -1  # where the previous payload's Next Payload byte is (-1: none)
+    for p in payloads:
+        entry = _ENCODERS.get(type(p))
+        if entry is None:
+            raise MikeyError(f"{type(p).__name__} is not a MIKEY payload", -1, ErrNo.UNSPECIFIED)
+        t, serialize = entry
+        if np_at >= 0:
+            out[np_at] = t
+        elif first < 0:
+            first = t
         else:
-            out.append(types[i + 1] if i + 1 < len(items) else 0)
-        _SERIALIZERS[type(p)](out, p)
-    return types[0] if types else 0
+            raise MikeyError("SIGN must be the last payload", -1, ErrNo.UNSPECIFIED)
+        if t == PayloadType.SIGN:
+            np_at = -1
+        else:
+            np_at = len(out)
+            out.append(0)
+        serialize(out, p)
+    return max(first, 0)
 
 
 # --- key data sub-payloads (plaintext of KEMAC Encr data) ---------------------------------------
@@ -1113,7 +1234,8 @@ def serialize_key_data(keys: Iterable[KeyData]) -> bytes:
     items = list(keys)
     out = bytearray()
     for i, k in enumerate(items):
-        _check(k.key_type.has_salt or not k.salt, f"{k.key_type.name} carries no salt")
+        if k.salt and not k.key_type.has_salt:
+            raise MikeyError(f"{k.key_type.name} carries no salt", -1, ErrNo.UNSPECIFIED)
         out.append(PayloadType.KEY_DATA if i + 1 < len(items) else 0)
         out.append((k.key_type << 4) | _kv_type(k.kv))
         out += _len16(k.key, "Key data") + k.key

@@ -29,10 +29,12 @@ from firmware.mikey.codec import (
     Timestamp,
     Verification,
     _check,
+    _new,
     _parse_chain,
     _parse_header,
     _serialize_chain,
     _serialize_header,
+    _setters,
 )
 from firmware.mikey.constants import DataType, ErrNo, IdRole, PayloadType, RandRole
 from firmware.mikey.errors import MikeyError
@@ -100,6 +102,9 @@ class Message:
         raise MikeyError("TICKET payload missing", -1, ErrNo.INVALID_TICKET)
 
 
+_MSG_HEADER, _MSG_PAYLOADS, _MSG_RAW, _MSG_OFFSETS = _setters(Message)
+
+
 def decode(data: bytes) -> Message:
     """Decode one MIKEY message; raises MikeyError for anything else."""
     if type(data) is not bytes:
@@ -108,7 +113,12 @@ def decode(data: bytes) -> Message:
     header, np = _parse_header(r)
     offsets: list[int] = []
     payloads, _ = _parse_chain(r, np, _TOP, offsets)
-    return Message(header, tuple(payloads), data, tuple(offsets))
+    m: Message = _new(Message)  # as codec's decoder constructors: fields set through the slots
+    _MSG_HEADER(m, header)
+    _MSG_PAYLOADS(m, tuple(payloads))
+    _MSG_RAW(m, data)
+    _MSG_OFFSETS(m, tuple(offsets))
+    return m
 
 
 def encode(message: Message) -> bytes:
