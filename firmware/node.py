@@ -19,12 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from firmware.api import server as api_server
+from firmware.api import status
+from firmware.api.li import AdminServicer, Guard, XkServicer
+from firmware.api.metrics import InstrumentedVault, Metrics, MetricsInterceptor
 from firmware.api.proto.kms.v1 import kms_pb2_grpc
 from firmware.api.ticket import TicketServicer
+from firmware.audit.alarms import AlarmBus
+from firmware.audit.log import AuditLog
 from firmware.config import Config
 from firmware.core.admin import Admin
+from firmware.core.errors import KmsError
 from firmware.core.freshness import ReplayCache
 from firmware.core.tickets import TicketCore, TicketSettings
+from firmware.core.xk import KeyRelease
 
 log = logging.getLogger("kmsnode.node")
 
@@ -43,7 +50,12 @@ class Node:
     ue: api_server.Listener
     li: api_server.Listener
     clock: Callable[[], float]
+    metrics: Metrics
+    alarms: AlarmBus
+    audit: AuditLog
+    metrics_server: Any = None
     _stop: threading.Event = field(default_factory=threading.Event)
+    _hsm_lost_at: float | None = None
 
     @property
     def ue_port(self) -> int:
@@ -63,8 +75,13 @@ class Node:
     ) -> Node:
         from firmware import cli  # composition helpers (open_vault, open_store)
 
-        vault = vault if vault is not None else cli.open_vault(cfg)
+        raw_vault = vault if vault is not None else cli.open_vault(cfg)
         store = store if store is not None else cli.open_store(cfg)
+        metrics = Metrics()
+        vault = InstrumentedVault(raw_vault, metrics)
+        alarms = AlarmBus(clock, lambda reason: metrics.alarms.labels(reason).inc())
+        cfg.audit_log.parent.mkdir(parents=True, exist_ok=True)
+        audit = AuditLog(cfg.audit_log, vault.audit_hmac, metrics.audit_records.inc)
         admin = Admin(vault, store, clock, cfg.policy.max_ticket_lifetime, cfg.policy.clock_skew)
         admin.record_existing()
         replay = ReplayCache(cfg.policy.clock_skew, clock(), cfg.policy.replay_cache_capacity)
@@ -99,6 +116,7 @@ class Node:
                 )
             ],
             cfg.workers,
+            interceptors=[MetricsInterceptor(metrics)],
         )
         assert cfg.li_listener.client_ca is not None
         li_creds = api_server.server_credentials(
@@ -107,29 +125,73 @@ class Node:
             _read(cfg.li_listener.client_ca),
             require_client_auth=True,
         )
+        guard = Guard(cfg.roles, alarms, audit, clock)
+        release = KeyRelease(
+            vault,
+            store,
+            audit,
+            alarms,
+            cfg.kms_identity,
+            clock,
+            lambda e: status.reason_of(e) if isinstance(e, KmsError) else "",
+        )
         li = api_server.make_listener(
             "li",
             cfg.li_listener.address,
             li_creds,
-            [],
-            cfg.workers,
-            interceptors=[api_server.TlsPolicyInterceptor()],
+            [
+                (
+                    kms_pb2_grpc.add_XkServiceServicer_to_server,
+                    XkServicer(release, guard),
+                    api_server.service_name("XkService"),
+                ),
+                (
+                    kms_pb2_grpc.add_AdminServiceServicer_to_server,
+                    AdminServicer(admin, guard, alarms, cfg.audit_log, vault.audit_hmac),
+                    api_server.service_name("AdminService"),
+                ),
+            ],
+            cfg.workers + 8,  # WatchAlarms streams hold a worker each
+            interceptors=[api_server.TlsPolicyInterceptor(), MetricsInterceptor(metrics)],
         )
-        node = cls(cfg, vault, store, admin, tickets, ue, li, clock)
-
-        def on_hsm(available: bool, reason: str) -> None:
-            log.warning("HSM %s: %s", "available" if available else "UNAVAILABLE", reason)
-            ue.set_serving(available)
-            li.set_serving(available)
-
-        vault.add_listener(on_hsm)
+        node = cls(cfg, vault, store, admin, tickets, ue, li, clock, metrics, alarms, audit)
+        raw_vault.add_listener(node._on_hsm)
         ue.server.start()
         li.server.start()
         serving = bool(vault.available())
+        metrics.hsm_available.set(1 if serving else 0)
         ue.set_serving(serving)
         li.set_serving(serving)
+        if cfg.metrics_address:
+            node.metrics_server = metrics.serve(cfg.metrics_address)
         threading.Thread(target=node._sweeper, name="key-sweeper", daemon=True).start()
         return node
+
+    def _on_hsm(self, available: bool, reason: str) -> None:
+        """HSM removal/return: health, metric, alarm now; audit records once the HSM (which
+        keys the audit log) is back, so both events are in the log."""
+        log.warning("HSM %s: %s", "available" if available else "UNAVAILABLE", reason)
+        self.ue.set_serving(available)
+        self.li.set_serving(available)
+        self.metrics.hsm_available.set(1 if available else 0)
+        now = self.clock()
+        self.alarms.raise_alarm(
+            "HSM_RESTORED" if available else "HSM_REMOVED", "hsm", "", "", reason
+        )
+        if not available:
+            self._hsm_lost_at = now
+            return
+        lost, self._hsm_lost_at = self._hsm_lost_at, None
+
+        def record() -> None:
+            try:
+                if lost is not None:
+                    self.audit.append(lost, "HSM_REMOVED", {})
+                self.audit.append(now, "HSM_RESTORED", {"reason": reason})
+            except KmsError:
+                log.error("HSM events could not be written to the audit log")
+
+        threading.Thread(target=record, name="hsm-audit", daemon=True).start()
 
     def _sweeper(self) -> None:
         """Destroy retired ticket key versions once their tickets have expired (hourly)."""
@@ -151,5 +213,8 @@ class Node:
         li_done = self.li.server.stop(grace)
         ue_done.wait()
         li_done.wait()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+        self.audit.close()
         self.store.close()
         self.vault.close()

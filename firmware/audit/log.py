@@ -62,8 +62,9 @@ class _Pending:
 class AuditLog:
     """The writer side. One instance per log file per process."""
 
-    def __init__(self, path: Path, mac: Mac) -> None:
+    def __init__(self, path: Path, mac: Mac, counted: Callable[[int], None] | None = None) -> None:
         self.path = Path(path)
+        self._counted = counted
         self.head_path = self.path.with_name(self.path.name + ".head")
         self._mac = mac
         self._queue: list[_Pending] = []
@@ -163,6 +164,8 @@ class AuditLog:
                 item.done.set()
             return
         self._seq, self._last = seq, last
+        if self._counted is not None:
+            self._counted(len(batch))
         for item in batch:
             item.done.set()
 

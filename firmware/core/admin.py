@@ -25,6 +25,7 @@ from firmware.core.ports import (
     Store,
     StoreConflict,
     User,
+    Warrant,
 )
 
 PSK_LENGTHS = (16, 24, 32)
@@ -88,6 +89,35 @@ class Admin:
 
     def list_users(self) -> list[User]:
         return self.store.list_users()
+
+    # --- warrants ---------------------------------------------------------------------------
+
+    def put_warrant(
+        self,
+        liid: str,
+        target: str,
+        valid_from: float,
+        valid_until: float,
+        df2_identities: Sequence[str],
+    ) -> Warrant:
+        """Create or replace the warrant `liid`; its target is stored canonical."""
+        if not liid or len(liid) > 256:
+            raise InvalidRequest("liid must be 1 to 256 characters")
+        if not valid_from < valid_until:
+            raise InvalidRequest("valid_from must be before valid_until")
+        df2 = tuple(sorted({d.strip() for d in df2_identities if d.strip()}))
+        if not df2:
+            raise InvalidRequest("a warrant names at least one DF2 identity")
+        warrant = Warrant(liid, _canonical(target, "target_identity"), valid_from, valid_until, df2)
+        self.store.put_warrant(warrant)
+        return warrant
+
+    def delete_warrant(self, liid: str) -> None:
+        if not self.store.delete_warrant(liid):
+            raise NotFound("no such warrant")
+
+    def list_warrants(self) -> list[Warrant]:
+        return self.store.list_warrants()
 
     # --- key versions -----------------------------------------------------------------------
 

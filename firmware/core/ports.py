@@ -132,6 +132,7 @@ class Resolution:
     responder: str  # canonical identity that resolved the ticket
     randr_kms: bytes  # RANDRkms given with key forking; empty without
     resolved_at: float  # unix seconds
+    id_data: bytes = b""  # IDRr ID Data as the responder sent it (the K7 forking label input)
 
 
 @dataclass(frozen=True)

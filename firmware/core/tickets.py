@@ -403,7 +403,9 @@ class TicketCore:
         ticket = msg.find(Ticket)
         assert ticket is not None
         self.store.add_resolution(
-            Resolution(ticket_id(ticket.ticket_data), auth.peer, rand_kms or b"", now)
+            Resolution(
+                ticket_id(ticket.ticket_data), auth.peer, rand_kms or b"", now, auth.peer_data
+            )
         )
         return answer
 

@@ -77,6 +77,10 @@ MIGRATIONS: tuple[str, ...] = (
         value INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 3: the responder's ID Data as sent (key forking derives TGK' from these exact bytes)
+    """
+    ALTER TABLE resolutions ADD COLUMN id_data BLOB NOT NULL DEFAULT x'';
+    """,
 )
 
 
@@ -278,11 +282,13 @@ class SqliteStore:
 
     def resolutions(self, ticket_id: bytes) -> list[Resolution]:
         rows = self._query(
-            "SELECT responder, randr_kms, resolved_at FROM resolutions WHERE ticket_id = ?"
-            " ORDER BY resolved_at",
+            "SELECT responder, randr_kms, resolved_at, id_data FROM resolutions"
+            " WHERE ticket_id = ? ORDER BY resolved_at",
             (ticket_id,),
         )
-        return [Resolution(ticket_id, str(r[0]), bytes(r[1]), float(r[2])) for r in rows]
+        return [
+            Resolution(ticket_id, str(r[0]), bytes(r[1]), float(r[2]), bytes(r[3])) for r in rows
+        ]
 
     # --- warrants ---------------------------------------------------------------------------
 

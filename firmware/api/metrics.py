@@ -1,0 +1,135 @@
+"""Prometheus metrics of the node, served on a loopback port.
+
+Rules: one CollectorRegistry per node (tests run several nodes in one process); names follow
+Prometheus conventions (`kmsnode_` prefix, `_total` counters, `_seconds` histograms); labels carry
+methods, status codes, operations and alarm reasons, never identities or key material.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from firmware.core.ports import KeyName, KeyVault, KeyVersionInfo, WrappedKey
+from firmware.mikey.prf import PrfFunc
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+HSM_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.025, 0.1)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "kmsnode_requests", "RPCs by method and status", ["method", "code"], registry=r
+        )
+        self.latency = Histogram(
+            "kmsnode_request_seconds", "RPC latency", ["method"], buckets=LATENCY_BUCKETS,
+            registry=r,
+        )  # fmt: skip
+        self.hsm_latency = Histogram(
+            "kmsnode_hsm_op_seconds", "HSM operation latency", ["op"], buckets=HSM_BUCKETS,
+            registry=r,
+        )  # fmt: skip
+        self.alarms = Counter("kmsnode_alarms", "alarms raised", ["reason"], registry=r)
+        self.audit_records = Counter("kmsnode_audit_records", "audit records written", registry=r)
+        self.hsm_available = Gauge("kmsnode_hsm_available", "1 while the HSM serves", registry=r)
+
+    def serve(self, address: str) -> Any:
+        host, _, port = address.rpartition(":")
+        server, _thread = start_http_server(int(port), addr=host or "127.0.0.1",
+                                            registry=self.registry)  # fmt: skip
+        return server
+
+
+class MetricsInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Counts every unary RPC by method and final status code and observes its latency."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        method = details.method.rsplit("/", 1)[-1]
+        metrics = self.metrics
+
+        def observed(request: Any, context: Any) -> Any:
+            start = time.perf_counter()
+            code = "OK"
+            try:
+                return inner(request, context)
+            except BaseException:
+                found = context.code() if hasattr(context, "code") else None
+                code = found.name if found is not None else "UNKNOWN"
+                raise
+            finally:
+                metrics.requests.labels(method, code).inc()
+                metrics.latency.labels(method).observe(time.perf_counter() - start)
+
+        return grpc.unary_unary_rpc_method_handler(
+            observed, handler.request_deserializer, handler.response_serializer
+        )
+
+
+class InstrumentedVault:
+    """A KeyVault that times every call into kmsnode_hsm_op_seconds{op}."""
+
+    def __init__(self, inner: Any, metrics: Metrics) -> None:
+        self._inner = inner
+        self._h = metrics.hsm_latency
+
+    def __getattr__(self, name: str) -> Any:  # lifecycle and adapter extras pass through
+        return getattr(self._inner, name)
+
+    def _timed(self, op: str, fn: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            self._h.labels(op).observe(time.perf_counter() - start)
+
+    def ticket_hmac(self, version: int, prf: PrfFunc, data: bytes) -> bytes:
+        return self._timed("ticket_hmac", lambda: self._inner.ticket_hmac(version, prf, data))  # type: ignore[no-any-return]
+
+    def ticket_prf(self, version: int, prf: PrfFunc, label: bytes, out_len: int) -> bytes:
+        return self._timed(  # type: ignore[no-any-return]
+            "ticket_prf", lambda: self._inner.ticket_prf(version, prf, label, out_len)
+        )
+
+    def wrap_psk(self, psk: bytes) -> WrappedKey:
+        return self._timed("wrap_psk", lambda: self._inner.wrap_psk(psk))  # type: ignore[no-any-return]
+
+    def unwrap_psk(self, wrapped: WrappedKey) -> bytes:
+        return self._timed("unwrap_psk", lambda: self._inner.unwrap_psk(wrapped))  # type: ignore[no-any-return]
+
+    def random_bytes(self, n: int) -> bytes:
+        return self._timed("random", lambda: self._inner.random_bytes(n))  # type: ignore[no-any-return]
+
+    def audit_hmac(self, data: bytes) -> bytes:
+        return self._timed("audit_hmac", lambda: self._inner.audit_hmac(data))  # type: ignore[no-any-return]
+
+    def versions(self, name: KeyName) -> list[KeyVersionInfo]:
+        return self._inner.versions(name)  # type: ignore[no-any-return]
+
+    def active_version(self, name: KeyName) -> int:
+        return self._inner.active_version(name)  # type: ignore[no-any-return]
+
+    def create_version(self, name: KeyName) -> KeyVersionInfo:
+        return self._timed("create_version", lambda: self._inner.create_version(name))  # type: ignore[no-any-return]
+
+    def destroy_version(self, name: KeyName, version: int) -> None:
+        self._timed("destroy_version", lambda: self._inner.destroy_version(name, version))
+
+    def available(self) -> bool:
+        return self._inner.available()  # type: ignore[no-any-return]
+
+
+_check: type[KeyVault] = InstrumentedVault
