@@ -32,9 +32,13 @@ KMS = b"sip:kms.ims.example.net"
 ALICE, BOB = b"sip:alice@ims.example.net", b"sip:bob@ims.example.net"
 PSK_A, PSK_B = bytes(range(32)), bytes(range(32, 64))
 POLICY = TicketPolicy(
-    1, 1, 1, PrfFunc.MIKEY_1, TpFlags.E | TpFlags.H | TpFlags.I | TpFlags.F,
+    1,
+    1,
+    1,
+    PrfFunc.MIKEY_1,
+    TpFlags.E | TpFlags.H | TpFlags.I | TpFlags.F,
     (RoleIdentity(IdRole.IDRr, IdType.URI, BOB),),
-)  # fmt: skip
+)
 
 
 def t_now() -> Timestamp:
@@ -42,8 +46,9 @@ def t_now() -> Timestamp:
 
 
 def kmsnode(*args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "firmware.cli", *args], capture_output=True,
-                         text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "firmware.cli", *args], capture_output=True, text=True, check=True
+    )
     return out.stdout
 
 
@@ -71,8 +76,13 @@ async def pair(call) -> int:  # type: ignore[no-untyped-def]
     alice.process_request_resp(
         await call(alice.request_init(csb_id=csb, t=t_now(), rand_i=rand[4:20], policy=POLICY))
     )
-    ti = alice.transfer_init(csb_id=csb, t=t_now(), rand_i=rand[20:36],
-                             sessions=[GenericIdEntry.srtp(1, csb)], responder=BOB)  # fmt: skip
+    ti = alice.transfer_init(
+        csb_id=csb,
+        t=t_now(),
+        rand_i=rand[20:36],
+        sessions=[GenericIdEntry.srtp(1, csb)],
+        responder=BOB,
+    )
     bob.receive_transfer_init(ti)
     answer = await call(bob.resolve_init(csb_id=csb ^ 1, t=t_now(), rand_r=rand[36:52]))
     if answer[1] != DataType.RESOLVE_RESP:
@@ -107,9 +117,17 @@ def add_users(db: Path, count: int) -> None:
         base = con.execute("SELECT coalesce(max(id), 0) FROM users").fetchone()[0] + 1
         con.executemany(
             "INSERT INTO users (id, identity, psk_id, kek_version, wrapped_psk) VALUES (?,?,?,?,?)",
-            ((base + i, f"sip:u{i}@bench.example.net", f"sip:u{i}@bench.example.net".encode(),
-              kek, blob) for i in range(count)),
-        )  # fmt: skip
+            (
+                (
+                    base + i,
+                    f"sip:u{i}@bench.example.net",
+                    f"sip:u{i}@bench.example.net".encode(),
+                    kek,
+                    blob,
+                )
+                for i in range(count)
+            ),
+        )
         con.executemany(
             "INSERT INTO identities (identity, user_id, is_alias) VALUES (?,?,0)",
             ((f"sip:u{i}@bench.example.net", base + i) for i in range(count)),
@@ -137,8 +155,13 @@ def main() -> int:
     pki = work / "pki"
     ca = (pki / "ca.pem").read_bytes()
     serve = [sys.executable, "-m", "firmware.cli", "serve", "--config", config]
-    echo_cmd = [sys.executable, "-m", "bench.echo_server", str(pki / "server.pem"),
-                str(pki / "server.key")]  # fmt: skip
+    echo_cmd = [
+        sys.executable,
+        "-m",
+        "bench.echo_server",
+        str(pki / "server.pem"),
+        str(pki / "server.key"),
+    ]
     small, large = sample_messages()
 
     async def echo_pair(call) -> int:  # type: ignore[no-untyped-def]
@@ -146,8 +169,10 @@ def main() -> int:
         await call(large)
         return 2
 
-    header = (f"{'server':<28} {'pairs/s':>9} {'RPC/s':>9} {'p50 ms':>7} {'p99 ms':>7}"
-              f" {'srv us/RPC':>10} {'cli us/RPC':>10} {'errors':>6}")  # fmt: skip
+    header = (
+        f"{'server':<28} {'pairs/s':>9} {'RPC/s':>9} {'p50 ms':>7} {'p99 ms':>7}"
+        f" {'srv us/RPC':>10} {'cli us/RPC':>10} {'errors':>6}"
+    )
     print(header)
     echo, port = start(echo_cmd, r"PORT (\d+)")
     node, node_port = start(serve, r"UE listener on .*:(\d+)")
@@ -177,8 +202,10 @@ def main() -> int:
     print(f"KMS RPC rate / echo RPC rate: {r_kms.rpc_rate / r_echo.rpc_rate:.2f} (goal >= 0.40)")
     print(f"KMS p99: {r_kms.pct(99):.1f} ms (goal < 50 ms)")
     if r_big is not None:
-        print(f"rate with {args.users:,} users / with 2 users: "
-              f"{r_big.unit_rate / r_kms.unit_rate:.2f} (goal >= 0.90)")  # fmt: skip
+        print(
+            f"rate with {args.users:,} users / with 2 users: "
+            f"{r_big.unit_rate / r_kms.unit_rate:.2f} (goal >= 0.90)"
+        )
     return 0
 
 

@@ -10,6 +10,7 @@ Rules:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import secrets
@@ -109,6 +110,13 @@ key_forking = true
 
 [metrics]
 address = "127.0.0.1:{metrics_port}"
+
+[clients]
+ca = "pki/ca.pem"
+admin_cert = "pki/admin.pem"
+admin_key = "pki/admin.key"
+df2_cert = "pki/df2.pem"
+df2_key = "pki/df2.key"
 """
 
 
@@ -165,10 +173,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    print(f"UE listener on {cfg.ue_listener.host}:{node.ue_port}", flush=True)
-    print(f"LI listener on {cfg.li_listener.host}:{node.li_port}", flush=True)
+    ue = f"{cfg.ue_listener.host}:{node.ue_port}"
+    li = f"{cfg.li_listener.host}:{node.li_port}"
+    cfg.runtime_file.write_text(json.dumps({"ue": ue, "li": li, "pid": os.getpid()}) + "\n")
+    print(f"UE listener on {ue}", flush=True)
+    print(f"LI listener on {li}", flush=True)
     stop.wait()
     node.stop(cfg.grace_period)
+    cfg.runtime_file.unlink(missing_ok=True)
     return 0
 
 
@@ -269,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub.add_parser("list", parents=[cfg])
     keys_sub.add_parser("rotate", parents=[cfg])
     p.set_defaults(func=cmd_keys)
+
+    from firmware.cli_li import add_commands
+
+    add_commands(sub, cfg)
     return parser
 
 

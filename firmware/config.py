@@ -54,6 +54,17 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class ClientConfig:
+    """TLS credentials the `kmsnode` CLI uses to reach the LI listener (admin and DF2 tools)."""
+
+    ca: Path | None = None
+    admin_cert: Path | None = None
+    admin_key: Path | None = None
+    df2_cert: Path | None = None
+    df2_key: Path | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     kms_identity: str
@@ -68,9 +79,15 @@ class Config:
     metrics_address: str | None
     grace_period: float = 10.0
     workers: int = 16
+    clients: ClientConfig = field(default_factory=ClientConfig)
+
+    @property
+    def runtime_file(self) -> Path:
+        """Where `serve` records the addresses it listens on (ports may be chosen at bind)."""
+        return self.data_dir / "listeners.json"
 
 
-_SECTIONS = {"node", "hsm", "ue_listener", "li_listener", "roles", "policy", "metrics"}
+_SECTIONS = {"node", "hsm", "ue_listener", "li_listener", "roles", "policy", "metrics", "clients"}
 
 
 class _Section:
@@ -214,6 +231,16 @@ def load(path: Path | str) -> Config:
     metrics_address = metrics.text("address")
     metrics.done()
 
+    cl = _Section("clients", raw.get("clients", {}), base)
+    clients = ClientConfig(
+        ca=cl.path("ca"),
+        admin_cert=cl.path("admin_cert"),
+        admin_key=cl.path("admin_key"),
+        df2_cert=cl.path("df2_cert"),
+        df2_key=cl.path("df2_key"),
+    )
+    cl.done()
+
     return Config(
         path=path,
         kms_identity=kms_identity,
@@ -228,4 +255,5 @@ def load(path: Path | str) -> Config:
         metrics_address=metrics_address,
         grace_period=grace,
         workers=workers,
+        clients=clients,
     )

@@ -35,6 +35,8 @@ def generate(out: Path) -> list[Path]:
         f"--grpc_python_out={out}",
         f"--plugin=protoc-gen-mypy={Path(sys.executable).parent / 'protoc-gen-mypy'}",
         f"--mypy_out={out}",
+        f"--plugin=protoc-gen-mypy_grpc={Path(sys.executable).parent / 'protoc-gen-mypy_grpc'}",
+        f"--mypy_grpc_out={out}",
         *SOURCES,
     ]
     if protoc.main(args) != 0:

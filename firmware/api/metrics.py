@@ -29,21 +29,28 @@ class Metrics:
             "kmsnode_requests", "RPCs by method and status", ["method", "code"], registry=r
         )
         self.latency = Histogram(
-            "kmsnode_request_seconds", "RPC latency", ["method"], buckets=LATENCY_BUCKETS,
+            "kmsnode_request_seconds",
+            "RPC latency",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
             registry=r,
-        )  # fmt: skip
+        )
         self.hsm_latency = Histogram(
-            "kmsnode_hsm_op_seconds", "HSM operation latency", ["op"], buckets=HSM_BUCKETS,
+            "kmsnode_hsm_op_seconds",
+            "HSM operation latency",
+            ["op"],
+            buckets=HSM_BUCKETS,
             registry=r,
-        )  # fmt: skip
+        )
         self.alarms = Counter("kmsnode_alarms", "alarms raised", ["reason"], registry=r)
         self.audit_records = Counter("kmsnode_audit_records", "audit records written", registry=r)
         self.hsm_available = Gauge("kmsnode_hsm_available", "1 while the HSM serves", registry=r)
 
     def serve(self, address: str) -> Any:
         host, _, port = address.rpartition(":")
-        server, _thread = start_http_server(int(port), addr=host or "127.0.0.1",
-                                            registry=self.registry)  # fmt: skip
+        server, _thread = start_http_server(
+            int(port), addr=host or "127.0.0.1", registry=self.registry
+        )
         return server
 
 

@@ -1,0 +1,246 @@
+"""`kmsnode` commands for the LI side: warrants, alarms, audit verification and the DF2 tool.
+
+Rules:
+- warrant/alarms/df2 talk to the node's LI listener over mutual TLS with the admin or DF2
+  credentials named in the config's [clients] (or --ca/--cert/--key); the endpoint is the one
+  the running node recorded in <data_dir>/listeners.json, else the configured LI address.
+- `audit verify` checks the log on this machine with the HSM audit key and names the first bad
+  record; it exits 0 only when the log is intact.
+- `df2 get-keys` takes TRANSFER_INIT / TRANSFER_RESP from the SDP a=key-mgmt:mikey lines and
+  prints TEK, salt and SPI per crypto session; a refusal prints its reason and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from firmware import config as config_mod
+from firmware.core.errors import ConfigError
+
+
+def _endpoint(cfg: config_mod.Config, given: str | None) -> str:
+    if given:
+        return given
+    try:
+        return str(json.loads(cfg.runtime_file.read_text())["li"])
+    except (OSError, ValueError, KeyError):
+        return cfg.li_listener.address
+
+
+def _channel(cfg: config_mod.Config, args: argparse.Namespace, who: str) -> Any:
+    import grpc
+
+    ca = Path(args.ca) if args.ca else cfg.clients.ca or cfg.li_listener.client_ca
+    cert = Path(args.cert) if args.cert else getattr(cfg.clients, f"{who}_cert")
+    key = Path(args.key) if args.key else getattr(cfg.clients, f"{who}_key")
+    if ca is None or cert is None or key is None:
+        raise ConfigError(f"[clients] needs ca, {who}_cert and {who}_key (or --ca/--cert/--key)")
+    creds = grpc.ssl_channel_credentials(ca.read_bytes(), key.read_bytes(), cert.read_bytes())
+    host_port = _endpoint(cfg, args.endpoint)
+    host, _, port = host_port.rpartition(":")
+    target = f"localhost:{port}" if host in ("127.0.0.1", "localhost", "") else host_port
+    return grpc.secure_channel(target, creds)
+
+
+def _reason(err: Any) -> str:
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(err)
+    if status is not None:
+        from google.rpc import error_details_pb2
+
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                return f"{info.reason}: {status.message}"
+    return f"{err.code().name}: {err.details()}"
+
+
+def _rpc(fn: Any) -> Any:
+    import grpc
+
+    try:
+        return fn()
+    except grpc.RpcError as err:
+        print(f"kmsnode: refused: {_reason(err)}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _parse_time(text: str) -> float:
+    if text == "now":
+        return time.time()
+    if text.startswith("+") and text[-1] in "smhd":
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[text[-1]]
+        return time.time() + float(text[1:-1]) * unit
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _iso(ts: Any) -> str:
+    return ts.ToDatetime(tzinfo=datetime.UTC).isoformat() if ts.seconds or ts.nanos else "-"
+
+
+def cmd_warrant(args: argparse.Namespace) -> int:
+    from google.protobuf import timestamp_pb2
+
+    from firmware.api.proto.kms.v1 import kms_pb2, kms_pb2_grpc
+
+    cfg = config_mod.load(args.config)
+    with _channel(cfg, args, "admin") as channel:
+        stub = kms_pb2_grpc.AdminServiceStub(channel)
+        if args.action == "add":
+            start, end = timestamp_pb2.Timestamp(), timestamp_pb2.Timestamp()
+            start.FromNanoseconds(int(_parse_time(args.valid_from) * 1e9))
+            end.FromNanoseconds(int(_parse_time(args.valid_until) * 1e9))
+            w = _rpc(
+                lambda: stub.PutWarrant(
+                    kms_pb2.Warrant(
+                        liid=args.liid,
+                        target_identity=args.target,
+                        valid_from=start,
+                        valid_until=end,
+                        df2_identities=args.df2,
+                    ),
+                    timeout=30,
+                )
+            )
+            print(f"warrant {w.liid} for {w.target_identity} stored")
+        elif args.action == "remove":
+            _rpc(
+                lambda: stub.DeleteWarrant(kms_pb2.DeleteWarrantRequest(liid=args.liid), timeout=30)
+            )
+            print(f"warrant {args.liid} removed")
+        else:
+            listing = _rpc(lambda: stub.ListWarrants(kms_pb2.ListWarrantsRequest(), timeout=30))
+            for w in listing.warrants:
+                print(
+                    f"{w.liid}\t{w.target_identity}\t{_iso(w.valid_from)} .. "
+                    f"{_iso(w.valid_until)}\tdf2={','.join(w.df2_identities)}"
+                )
+    return 0
+
+
+def cmd_alarms(args: argparse.Namespace) -> int:
+    from firmware.api.proto.kms.v1 import kms_pb2, kms_pb2_grpc
+
+    cfg = config_mod.load(args.config)
+    who = "admin" if cfg.clients.admin_cert or args.cert else "df2"
+    with _channel(cfg, args, who) as channel:
+        stream = kms_pb2_grpc.AdminServiceStub(channel).WatchAlarms(
+            kms_pb2.WatchAlarmsRequest(), timeout=args.timeout
+        )
+
+        def watch() -> int:
+            stream.initial_metadata()
+            print("watching alarms", flush=True)
+            for seen, alarm in enumerate(stream, start=1):
+                print(
+                    f"ALARM {_iso(alarm.time)} {alarm.reason} caller={alarm.caller} "
+                    f"liid={alarm.liid or '-'} correlation={alarm.correlation_id or '-'} "
+                    f"{alarm.detail}",
+                    flush=True,
+                )
+                if args.count and seen >= args.count:
+                    stream.cancel()
+                    break
+            return 0
+
+        return int(_rpc(watch))
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from firmware.audit.log import verify
+    from firmware.cli import open_vault
+
+    cfg = config_mod.load(args.config)
+    vault = open_vault(cfg, monitor=False)
+    try:
+        result = verify(cfg.audit_log, vault.audit_hmac)
+    finally:
+        vault.close()
+    if result.intact:
+        print(f"audit log intact: {result.records} records")
+        return 0
+    print(
+        f"audit log NOT intact: first bad record {result.first_bad} of {result.records}"
+        f" ({result.detail})"
+    )
+    return 1
+
+
+def cmd_df2(args: argparse.Namespace) -> int:
+    from firmware.api.proto.kms.v1 import kms_pb2, kms_pb2_grpc
+    from firmware.mikey.sdp import find_key_mgmt
+
+    cfg = config_mod.load(args.config)
+    offer = find_key_mgmt(Path(args.sdp_offer).read_text())
+    if not offer:
+        raise ConfigError("the SDP offer has no a=key-mgmt:mikey line")
+    answer = find_key_mgmt(Path(args.sdp_answer).read_text()) if args.sdp_answer else []
+    role = {"initiator": kms_pb2.TARGET_ROLE_INITIATOR, "responder": kms_pb2.TARGET_ROLE_RESPONDER}
+    request = kms_pb2.GetKeysRequest(
+        target_identity=args.target,
+        target_role=role[args.role],
+        transfer_init=offer[0],
+        transfer_resp=answer[0] if answer else b"",
+        liid=args.liid,
+        correlation_id=args.correlation_id,
+    )
+    with _channel(cfg, args, "df2") as channel:
+        keys = _rpc(lambda: kms_pb2_grpc.XkServiceStub(channel).GetKeys(request, timeout=30))
+    print(f"CSB ID 0x{keys.csb_id:08x}, valid until {_iso(keys.valid_until)}")
+    for s in keys.sessions:
+        print(
+            f"  CS {s.cs_id}: TEK {s.session_key.hex()} salt {s.salt.hex()}"
+            f"{' SPI ' + s.spi.hex() if s.spi else ''}"
+        )
+    return 0
+
+
+def add_commands(sub: Any, cfg: argparse.ArgumentParser) -> None:
+    tls = argparse.ArgumentParser(add_help=False, parents=[cfg])
+    tls.add_argument("--endpoint", help="LI listener HOST:PORT (default: the running node's)")
+    tls.add_argument("--ca")
+    tls.add_argument("--cert")
+    tls.add_argument("--key")
+
+    p = sub.add_parser("warrant", help="lawful-interception warrants (AdminService)")
+    w = p.add_subparsers(dest="action", required=True)
+    a = w.add_parser("add", parents=[tls])
+    a.add_argument("--liid", required=True)
+    a.add_argument("--target", required=True)
+    a.add_argument("--df2", action="append", required=True, help="DF2 certificate identity")
+    a.add_argument("--valid-from", default="now", help="ISO time, 'now' or +N[smhd]")
+    a.add_argument("--valid-until", default="+30d")
+    r = w.add_parser("remove", parents=[tls])
+    r.add_argument("--liid", required=True)
+    w.add_parser("list", parents=[tls])
+    p.set_defaults(func=cmd_warrant)
+
+    p = sub.add_parser("alarms", help="alarms")
+    al = p.add_subparsers(dest="action", required=True)
+    watch = al.add_parser("watch", parents=[tls])
+    watch.add_argument("--count", type=int, default=0, help="exit after N alarms")
+    watch.add_argument("--timeout", type=float, default=None)
+    p.set_defaults(func=cmd_alarms)
+
+    p = sub.add_parser("audit", help="the audit log")
+    au = p.add_subparsers(dest="action", required=True)
+    au.add_parser("verify", parents=[cfg])
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("df2", help="DF2/MF tool: fetch session keys over Xk")
+    d = p.add_subparsers(dest="action", required=True)
+    g = d.add_parser("get-keys", parents=[tls])
+    g.add_argument("--target", required=True)
+    g.add_argument("--role", choices=["initiator", "responder"], required=True)
+    g.add_argument("--liid", required=True)
+    g.add_argument("--sdp-offer", required=True)
+    g.add_argument("--sdp-answer")
+    g.add_argument("--correlation-id", default="")
+    p.set_defaults(func=cmd_df2)
