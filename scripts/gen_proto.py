@@ -53,7 +53,8 @@ def generate(out: Path) -> list[Path]:
         if not init.exists():
             init.write_text("")
             files.append(init)
-    (out / "__init__.py").write_text('"""Generated protobuf code; regenerate with `make proto`."""\n')
+    doc = '"""Generated protobuf code; regenerate with `make proto`."""\n'
+    (out / "__init__.py").write_text(doc)
     files.append(out / "__init__.py")
     return files
 
