@@ -30,8 +30,13 @@ def _descriptor(include: Path, tmp_path: Path) -> descriptor_pb2.FileDescriptorP
     out = tmp_path / f"{include.name}-{abs(hash(str(include)))}.pb"
     well_known = str(importlib.resources.files("grpc_tools") / "_proto")
     rc = protoc.main(
-        ["protoc", f"-I{include}", f"-I{well_known}", f"--descriptor_set_out={out}",
-         "kms/v1/kms.proto"]
+        [
+            "protoc",
+            f"-I{include}",
+            f"-I{well_known}",
+            f"--descriptor_set_out={out}",
+            "kms/v1/kms.proto",
+        ]
     )
     assert rc == 0
     fds = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
@@ -70,7 +75,10 @@ def test_protos_are_wire_compatible_with_the_contract(tmp_path: Path) -> None:
         for method in service.method:
             mine = our_services[service.name][method.name]
             assert (mine.input_type, mine.output_type, mine.server_streaming) == (
-                method.input_type, method.output_type, method.server_streaming)
+                method.input_type,
+                method.output_type,
+                method.server_streaming,
+            )
     our_enums = {e.name: {v.name: v.number for v in e.value} for e in ours.enum_type}
     for enum in contract.enum_type:
         for value in enum.value:
