@@ -36,6 +36,20 @@ from firmware.core.xk import KeyRelease
 log = logging.getLogger("kmsnode.node")
 
 
+def _start_hotplug(match: dict[str, str], vault: Any) -> Any:
+    """udev watcher for the HSM device (config [hsm.device]: SUBSYSTEM, DEVTYPE and properties
+    such as ID_VENDOR_ID / ID_MODEL_ID). Its events reach the vault, whose availability listener
+    raises the alarms (so one event is one alarm)."""
+    from hsm.hotplug import HotplugWatcher, UdevMatch
+
+    props = dict(match)
+    subsystem = props.pop("SUBSYSTEM", "usb")
+    device_type = props.pop("DEVTYPE", None)
+    watcher = HotplugWatcher(UdevMatch(subsystem, props, device_type), vault)
+    watcher.start()
+    return watcher
+
+
 def _read(path: Path) -> bytes:
     return path.read_bytes()
 
@@ -54,6 +68,7 @@ class Node:
     alarms: AlarmBus
     audit: AuditLog
     metrics_server: Any = None
+    hotplug: Any = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _hsm_lost_at: float | None = None
 
@@ -164,6 +179,8 @@ class Node:
         li.set_serving(serving)
         if cfg.metrics_address:
             node.metrics_server = metrics.serve(cfg.metrics_address)
+        if cfg.hsm.device_match:
+            node.hotplug = _start_hotplug(cfg.hsm.device_match, raw_vault)
         threading.Thread(target=node._sweeper, name="key-sweeper", daemon=True).start()
         return node
 
@@ -215,6 +232,8 @@ class Node:
         li_done.wait()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
+        if self.hotplug is not None:
+            self.hotplug.stop()
         self.audit.close()
         self.store.close()
         self.vault.close()
