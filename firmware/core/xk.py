@@ -23,6 +23,9 @@ Rules:
 - A release is answered only once its audit record is durable; if it cannot be written, nothing
   is released (fail closed). Records hold identities, reasons and ids, never key material.
 - Warrant, target and ticket identities are compared in canonical form.
+- With key forking and no TRANSFER_RESP, TGK' comes from the KMS's resolution record only when
+  that record holds the responder's ID Data and RANDRkms; otherwise MALFORMED_MESSAGE (send the
+  TRANSFER_RESP). Keys that no UE uses are never released.
 """
 
 from __future__ import annotations
@@ -353,4 +356,12 @@ class KeyRelease:
             # INITIATOR without TRANSFER_RESP: the forked keys depend on who answered.
             raise MalformedMessage("key forking: TRANSFER_RESP needed to know who answered", 12)
         record = records[-1]
+        if not record.id_data or not record.randr_kms:
+            # TGK' is derived from the exact IDRr bytes the responder sent; a record without
+            # them (older rows, or a store that lost them) would yield keys nobody uses.
+            raise MalformedMessage(
+                "key forking: the resolution record lacks the responder's ID Data;"
+                " TRANSFER_RESP needed",
+                12,
+            )
         return fork_keys(opened.policy, opened.session_keys, record.id_data, record.randr_kms)
