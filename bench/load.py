@@ -45,13 +45,22 @@ class Result:
 
 
 async def _run(
-    target: str, ca: bytes, unit: Unit, in_flight: int, seconds: float, warmup: float
+    target: str,
+    ca: bytes,
+    unit: Unit,
+    in_flight: int,
+    seconds: float,
+    warmup: float,
+    path: str = "/kms.v1.TicketService/Exchange",
+    client_cert: tuple[bytes, bytes] | None = None,
+    raw: bool = False,
 ) -> Result:
-    channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(ca))
+    key, cert = client_cert if client_cert else (None, None)
+    channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(ca, key, cert))
     method = channel.unary_unary(
-        "/kms.v1.TicketService/Exchange",
-        request_serializer=lambda b: _frame(b),
-        response_deserializer=lambda b: _unframe(b),
+        path,
+        request_serializer=(lambda b: b) if raw else _frame,
+        response_deserializer=(lambda b: b) if raw else _unframe,
     )
     latencies: list[float] = []
     counts = {"units": 0, "rpcs": 0, "errors": 0}
@@ -116,3 +125,19 @@ def run(
     warmup: float = 1.5,
 ) -> Result:  # fmt: skip
     return asyncio.run(_run(target, ca, unit, in_flight, seconds, warmup))
+
+
+def run_raw(
+    target: str,
+    ca: bytes,
+    unit: Unit,
+    path: str,
+    client_cert: tuple[bytes, bytes] | None = None,
+    in_flight: int = 64,
+    seconds: float = 8.0,
+    warmup: float = 1.5,
+) -> Result:
+    """As `run`, for any unary method: `unit` gets a caller taking serialized request bytes."""
+    return asyncio.run(
+        _run(target, ca, unit, in_flight, seconds, warmup, path, client_cert, raw=True)
+    )
