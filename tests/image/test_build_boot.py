@@ -149,13 +149,22 @@ def health(port: int, ca_pem: bytes) -> str:
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
 
 
+def console_ca(console: str) -> bytes | None:
+    """The CA certificate the first-boot script prints between markers (journal prefixes cut)."""
+    m = re.search(r"KMSNODE-CA-BEGIN(.*?)KMSNODE-CA-END", console, re.S)
+    if not m:
+        return None
+    lines = [line.split("]: ")[-1].strip() for line in m.group(1).replace("\r", "").splitlines()]
+    pem = "\n".join(x for x in lines if x) + "\n"
+    return pem.encode() if "-----END CERTIFICATE-----" in pem else None
+
+
 def wait_serving(g: boot.Guest, deadline: float) -> tuple[str, float]:
     last = "no answer"
     while time.monotonic() < deadline and g.proc.poll() is None:
         out = g.output()
-        m = re.search(r"KMSNODE-CA-BEGIN\r?\n(.*?)KMSNODE-CA-END", out, re.S)
-        if m:
-            ca = m.group(1).replace("\r", "").encode()
+        ca = console_ca(out)
+        if ca:
             try:
                 last = health(g.ue_port, ca)
                 if last == "SERVING":
