@@ -267,10 +267,10 @@ class SqliteStore:
             try:
                 with self._tx() as db:
                     db.executemany(
-                        "INSERT INTO resolutions (ticket_id, responder, randr_kms, resolved_at)"
-                        " VALUES (?,?,?,?)",
+                        "INSERT INTO resolutions (ticket_id, responder, randr_kms, resolved_at,"
+                        " id_data) VALUES (?,?,?,?,?)",
                         [
-                            (r.ticket_id, r.responder, r.randr_kms, r.resolved_at)
+                            (r.ticket_id, r.responder, r.randr_kms, r.resolved_at, r.id_data)
                             for r, _, _ in batch
                         ],
                     )

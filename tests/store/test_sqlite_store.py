@@ -75,7 +75,7 @@ def test_delete_user_removes_its_identities(store: SqliteStore) -> None:
 def test_resolutions_warrants_and_key_records_round_trip(
     store: SqliteStore, tmp_path: Path
 ) -> None:
-    r = Resolution(b"t" * 16, "sip:bob@x.net", b"r" * 16, 1000.0)
+    r = Resolution(b"t" * 16, "sip:bob@x.net", b"r" * 16, 1000.0, b"sip:Bob@X.net")
     store.add_resolution(r)
     w = Warrant("LI-1", "sip:bob@x.net", 0.0, 2000.0, ("df2.li.example.net",))
     store.put_warrant(w)
