@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -28,13 +29,24 @@ from grpc_status import rpc_status
 from firmware.api.proto.kms.v1 import kms_pb2, kms_pb2_grpc
 from firmware.config import load
 from firmware.devpki import make_dev_pki
+from firmware.mikey.codec import GenericIdEntry
 from firmware.mikey.prf import PrfFunc
 from firmware.node import Node
 from firmware.store.sqlite import SqliteStore
 from hsm.softhsm import SoftHsmToken
 from hsm.vault import Pkcs11Vault, VaultSettings
 from tests.api.conftest import CONFIG, Clock, RunningNode, exchange_via
-from tests.calls import ALICE, ALICE_PSK, BOB, BOB_PSK, Call, full_call
+from tests.calls import (
+    ALICE,
+    ALICE_PSK,
+    BOB,
+    BOB_PSK,
+    Call,
+    full_call,
+    requested_policy,
+    t_at,
+    ues,
+)
 
 DF2 = "df2.li.example.net"
 ADMIN = "admin.li.example.net"
@@ -154,6 +166,30 @@ class Xk:
         """A whole call alice -> bob through the UE listener at the node's clock."""
         stub = kms_pb2_grpc.TicketServiceStub(self.channel("ue", None))
         return full_call(exchange_via(stub), self.rn.clock.now, prf, forking, sessions, **kw)
+
+    def offer(self, forking: bool = True, responders: tuple[str, ...] = (BOB,)) -> bytes:
+        """Alice's TRANSFER_INIT of a call nobody has answered (no resolution at the KMS)."""
+        alice, _ = ues(PrfFunc.MIKEY_1)
+        now = self.rn.clock.now
+        exchange = exchange_via(kms_pb2_grpc.TicketServiceStub(self.channel("ue", None)))
+        policy = requested_policy(PrfFunc.MIKEY_1, forking, [r.encode() for r in responders])
+        alice.process_request_resp(
+            exchange(
+                alice.request_init(
+                    csb_id=int.from_bytes(os.urandom(4), "big"),
+                    t=t_at(now),
+                    rand_i=os.urandom(16),
+                    policy=policy,
+                )
+            )
+        )
+        return alice.transfer_init(
+            csb_id=int.from_bytes(os.urandom(4), "big"),
+            t=t_at(now),
+            rand_i=os.urandom(16),
+            sessions=[GenericIdEntry.srtp(1, 0x1000)],
+            responder=responders[0].encode(),
+        )
 
     def warrant(
         self,
