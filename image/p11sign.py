@@ -7,8 +7,9 @@ a DER OCTET STRING of the 32-byte key) so the manifest's key id is the token key
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -21,9 +22,8 @@ class Pkcs11Signer:
     token_label: str
     key_label: str
     pin_file: Path
-    _pin: str = field(default="", repr=False, compare=False)
 
-    def _open(self):  # type: ignore[no-untyped-def]
+    def _open(self) -> tuple[Any, Any]:
         import pkcs11
 
         lib = pkcs11.lib(self.module)

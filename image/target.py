@@ -27,7 +27,7 @@ BLKGETSIZE64 = 0x80081272
 
 
 def _mounted_devices() -> set[tuple[int, int]]:
-    devs = set()
+    devs: set[tuple[int, int]] = set()
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError:

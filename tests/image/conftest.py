@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from image.disk import MIB, DiskLayout
-from image.manifest import FileSigner, generate_key_files
+from image.manifest import FileSigner, Signer, generate_key_files
 from image.release import ReleaseInfo, ReleaseOutputs, assemble
 
 ROOT_BLOCKS = 300
@@ -50,7 +50,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
 
 def make_release(
     out: Path,
-    signer: FileSigner,
+    signer: Signer,
     version: str = "1.0.0",
     security_version: int = 5,
     product: str = "kmsnode",
