@@ -11,8 +11,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from firmware.api.proto.kms.v1 import kms_pb2, kms_pb2_grpc
-from firmware.core.ports import KeyName, KeyState
-from firmware.mikey.codec import Ticket
+from firmware.core.ports import KeyState
+from firmware.mikey.codec import GenericIdEntry, Ticket
 from firmware.mikey.constants import DataType, ErrNo
 from firmware.mikey.exchange import Initiator
 from firmware.mikey.message import Message, decode, encode
@@ -167,46 +167,43 @@ def test_an_alias_of_the_user_is_accepted_as_idri(running: RunningNode) -> None:
     assert decode(answer).header.data_type == DataType.REQUEST_RESP
 
 
-def _resolve_refusal(running: RunningNode, call_kwargs, tamper=None, advance: float = 0.0):
-    """Run a call up to RESOLVE_INIT and return the KMS answer to it."""
-    ch, stub = running.exchanger()
-    ex = exchange_via(stub)
-    alice, bob = ues(PrfFunc.MIKEY_1)
-    now = running.clock.now
+def _transfer_init(ex, now: float, responders=(BOB,), after_request=None) -> bytes:
+    """Alice gets a ticket (for `responders`) and builds her TRANSFER_INIT to bob."""
+    alice = ues(PrfFunc.MIKEY_1)[0]
+    policy = requested_policy(PrfFunc.MIKEY_1, True, [r.encode() for r in responders])
     alice.process_request_resp(
-        ex(
-            alice.request_init(
-                csb_id=1,
-                t=t_at(now),
-                rand_i=os.urandom(16),
-                policy=requested_policy(PrfFunc.MIKEY_1, True, **call_kwargs),
-            )
-        )
+        ex(alice.request_init(csb_id=1, t=t_at(now), rand_i=os.urandom(16), policy=policy))
     )
-    from firmware.mikey.codec import GenericIdEntry
-
-    ti = alice.transfer_init(
+    if after_request is not None:
+        after_request()
+    return alice.transfer_init(
         csb_id=2,
         t=t_at(now),
         rand_i=os.urandom(16),
         sessions=[GenericIdEntry.srtp(1, 5)],
         responder=BOB.encode(),
     )
-    if tamper is not None:
-        ti = tamper(ti)
+
+
+def _resolve(ex, ti: bytes, now: float) -> bytes:
+    """Bob resolves the ticket of `ti`; returns the KMS's answer."""
+    bob = ues(PrfFunc.MIKEY_1)[1]
     bob.receive_transfer_init(ti)
-    running.clock.now += advance
+    return ex(bob.resolve_init(csb_id=3, t=t_at(now), rand_r=os.urandom(16)))
+
+
+def _resolve_refusal(running: RunningNode, responders=(BOB,), tamper=None, advance=0.0) -> bytes:
+    """Run a call up to RESOLVE_INIT and return the KMS answer to it."""
+    ch, stub = running.exchanger()
     with ch:
-        return stub.Exchange(
-            kms_pb2.MikeyMessage(
-                data=bob.resolve_init(csb_id=3, t=t_at(running.clock.now), rand_r=os.urandom(16))
-            ),
-            timeout=10,
-        ).data
+        ex = exchange_via(stub)
+        ti = _transfer_init(ex, running.clock.now, responders)
+        running.clock.now += advance
+        return _resolve(ex, tamper(ti) if tamper else ti, running.clock.now)
 
 
 def test_refuses_a_responder_the_ticket_does_not_allow(running: RunningNode) -> None:
-    answer = _resolve_refusal(running, {"responders": [b"sip:carol@ims.example.net"]})
+    answer = _resolve_refusal(running, responders=("sip:carol@ims.example.net",))
     assert _error_answer(answer) == [ErrNo.INVALID_ID]
     assert running.store.count_users() == 2
 
@@ -223,13 +220,13 @@ def _flip_ticket_byte(ti: bytes) -> bytes:
 
 
 def test_refuses_a_tampered_ticket_and_stores_no_resolution(running: RunningNode) -> None:
-    answer = _resolve_refusal(running, {"responders": [BOB.encode()]}, tamper=_flip_ticket_byte)
+    answer = _resolve_refusal(running, tamper=_flip_ticket_byte)
     assert _error_answer(answer) == [ErrNo.INVALID_TICKET]
     assert running.store._query("SELECT count(*) FROM resolutions")[0][0] == 0
 
 
 def test_refuses_an_expired_ticket(running: RunningNode) -> None:
-    answer = _resolve_refusal(running, {"responders": [BOB.encode()]}, advance=3600 + 120)
+    answer = _resolve_refusal(running, advance=3600 + 120)
     assert _error_answer(answer) == [ErrNo.INVALID_TICKET]
     assert running.store._query("SELECT count(*) FROM resolutions")[0][0] == 0
 
@@ -239,45 +236,24 @@ def test_rotation_keeps_old_tickets_until_they_expire_then_destroys_the_version(
 ) -> None:
     ch, stub = running.exchanger()
     ex = exchange_via(stub)
-    alice, bob = ues(PrfFunc.MIKEY_1)
+    rotated = []
     now = running.clock.now
-    alice.process_request_resp(
-        ex(
-            alice.request_init(
-                csb_id=1,
-                t=t_at(now),
-                rand_i=os.urandom(16),
-                policy=requested_policy(PrfFunc.MIKEY_1, True, [BOB.encode()]),
-            )
-        )
-    )
-    new = running.node.admin.rotate(KeyName.TICKET_PROTECTION)
-    from firmware.mikey.codec import GenericIdEntry
-
-    ti = alice.transfer_init(
-        csb_id=2,
-        t=t_at(now),
-        rand_i=os.urandom(16),
-        sessions=[GenericIdEntry.srtp(1, 5)],
-        responder=BOB.encode(),
-    )
-    # A ticket issued before the rotation still resolves.
+    ti = _transfer_init(ex, now, after_request=lambda: rotated.append(running.node.admin.rotate()))
+    # A ticket issued before the rotation still resolves; new tickets use the new version.
     full = full_call(ex, now)
     assert full.alice_keys == full.bob_keys
-    bob.receive_transfer_init(ti)
     running.clock.now += 10
-    answer = ex(bob.resolve_init(csb_id=3, t=t_at(running.clock.now), rand_r=os.urandom(16)))
+    answer = _resolve(ex, ti, running.clock.now)
     assert decode(answer).header.data_type == DataType.RESOLVE_RESP
     # Once every ticket of the old version has expired, the sweep destroys it ...
     running.clock.now += 86400 + 120
     destroyed = running.node.sweep()
+    new = rotated[0]
     assert new.version - 1 in destroyed and new.version not in destroyed
     states = {v.version: v.state for v in running.node.admin.key_versions()}
     assert states[new.version - 1] is KeyState.DESTROYED
     # ... and its tickets are refused.
-    bob2 = ues(PrfFunc.MIKEY_1)[1]
-    bob2.receive_transfer_init(ti)
-    answer = ex(bob2.resolve_init(csb_id=4, t=t_at(running.clock.now), rand_r=os.urandom(16)))
+    answer = _resolve(ex, ti, running.clock.now)
     ch.close()
     assert _error_answer(answer) == [ErrNo.INVALID_TICKET]
 
