@@ -1214,6 +1214,7 @@ def parse_key_data(data: bytes, base: int = 0) -> tuple[KeyData, ...]:
         return ()
     keys = []
     while True:
+        start = r.pos
         np = r.u8("key data Next Payload")
         b = r.u8("key data Type/KV")
         ktype = _enum(KeyDataType, b >> 4, r, ErrNo.UNSPECIFIED, 1)
@@ -1224,7 +1225,7 @@ def parse_key_data(data: bytes, base: int = 0) -> tuple[KeyData, ...]:
         if np == 0:
             break
         if np != PayloadType.KEY_DATA:
-            raise r.fail(f"payload type {np} inside KEMAC key data", at=r.pos)
+            raise r.fail(f"payload type {np} inside KEMAC key data", at=start)
     if r.pos != r.end:
         raise r.fail(f"{r.end - r.pos} bytes after the last key data sub-payload")
     return tuple(keys)

@@ -7,7 +7,8 @@ Rules and invariants:
 - ``decode`` is total: it returns a Message or raises MikeyError (see errors.py).
 - MAC input (``mac_input``) = the received message with only the MAC bytes removed (V's Next
   Payload and Auth alg bytes stay), followed by what Table 5.2 appends; for TRANSFER_INIT the
-  TICKET's Initiator Data length and Initiator Data fields are cut out.
+  TICKET's Initiator Data length and Initiator Data fields are cut out (a TRANSFER_INIT without
+  its mandatory TICKET has no MAC input: MikeyError(INVALID_TICKET)).
 - The base ticket's V (RFC 6043 A.1) covers the TICKET payload minus its Next Payload byte, the
   Initiator Data length and data, and the MAC bytes (``ticket_mac_input``).
 """
@@ -96,10 +97,14 @@ class Message:
 
     def ticket_bytes(self) -> bytes:
         """Received bytes of the TICKET payload (for ticket verification)."""
-        for i, p in enumerate(self.payloads):
-            if isinstance(p, Ticket):
-                return self.payload_bytes(i)
-        raise MikeyError("TICKET payload missing", -1, ErrNo.INVALID_TICKET)
+        return self.payload_bytes(_ticket_index(self))
+
+
+def _ticket_index(msg: Message) -> int:
+    for i, p in enumerate(msg.payloads):
+        if isinstance(p, Ticket):
+            return i
+    raise MikeyError("TICKET payload missing", -1, ErrNo.INVALID_TICKET)
 
 
 _MSG_HEADER, _MSG_PAYLOADS, _MSG_RAW, _MSG_OFFSETS = _setters(Message)
@@ -179,11 +184,10 @@ def mac_input(msg: Message, appended: bytes = b"") -> bytes:
     complete initial message)."""
     mac_start = _v_mac_start(msg)
     raw = msg.raw
-    if msg.header.data_type == DataType.TRANSFER_INIT:
-        for i, p in enumerate(msg.payloads):
-            if isinstance(p, Ticket):  # never last (V is), so payload i + 1 starts its end
-                cut = _initiator_data_at(raw, msg.offsets[i])
-                return b"".join((raw[:cut], raw[msg.offsets[i + 1] : mac_start], appended))
+    if msg.header.data_type == DataType.TRANSFER_INIT:  # its TICKET is mandatory (RFC 6043 4.2.2)
+        i = _ticket_index(msg)  # never last (V is), so payload i + 1 starts at the TICKET's end
+        cut = _initiator_data_at(raw, msg.offsets[i])
+        return b"".join((raw[:cut], raw[msg.offsets[i + 1] : mac_start], appended))
     return b"".join((raw[:mac_start], appended))
 
 
@@ -251,9 +255,9 @@ def coverage(
 
 def with_mac(msg: Message, mac: bytes) -> Message:
     """Replace the MAC of the final V payload."""
-    v = msg.payloads[-1]
-    _check(isinstance(v, Verification), "last payload is not V")
-    assert isinstance(v, Verification)
+    v = msg.payloads[-1] if msg.payloads else None
+    if not isinstance(v, Verification):
+        raise MikeyError("last payload is not V", -1, ErrNo.UNSPECIFIED)
     _check(len(mac) == len(v.mac), "MAC length does not match Auth alg")
     return Message(msg.header, (*msg.payloads[:-1], Verification(v.mac_alg, mac)))
 

@@ -51,11 +51,17 @@ def policy(flags: TpFlags, prf: PrfFunc = PrfFunc.MIKEY_1) -> TicketPolicy:
     ))  # fmt: skip
 
 
-def run(flags: TpFlags = FORKING, *, sessions: int = 2, prf: PrfFunc = PrfFunc.MIKEY_1) -> Run:
+def run(
+    flags: TpFlags = FORKING,
+    *,
+    sessions: int = 2,
+    prf: PrfFunc = PrfFunc.MIKEY_1,
+    psk_ids: bool = True,
+) -> Run:
     kms = KmsDouble(KMS_ID, {ALICE: PSK_A, BOB: PSK_B})
     pol = policy(flags, prf)
-    i = Initiator(ALICE, PSK_A, KMS_ID, psk_id=b"alice-psk", prf_func=prf)
-    r = Responder(BOB, PSK_B, KMS_ID, psk_id=b"bob-psk", prf_func=prf)
+    i = Initiator(ALICE, PSK_A, KMS_ID, psk_id=b"alice-psk" if psk_ids else None, prf_func=prf)
+    r = Responder(BOB, PSK_B, KMS_ID, psk_id=b"bob-psk" if psk_ids else None, prf_func=prf)
     req = i.request_init(csb_id=0x01020304, t=ntp_t(0), rand_i=b"\x11" * 16, policy=pol)
     rresp = kms.handle_request(req, pol)
     i.process_request_resp(rresp)

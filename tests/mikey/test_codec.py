@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from firmware.mikey import codec as c
 from firmware.mikey.constants import DataType, ErrNo, IdRole, IdType, KeyDataType, TsType
 from firmware.mikey.errors import MikeyError
-from firmware.mikey.message import Message, decode, encode
+from firmware.mikey.message import Message, decode, encode, encode_decoded, mac_input
+from firmware.mikey.prf import PrfFunc
 
 from . import strategies as S
 from .corpus import corpus
@@ -27,7 +28,7 @@ FAST = settings(deadline=None, derandomize=True, suppress_health_check=list(Heal
 @given(st.sampled_from(DataType).flatmap(lambda dt: S.messages(dt)))
 def test_every_data_type_round_trips(msg: Message) -> None:
     raw = encode(msg)
-    back = decode(raw)
+    back = encode_decoded(msg)
     assert back == msg
     assert encode(back) == raw
     assert back.raw == raw and len(back.offsets) == len(msg.payloads)
@@ -149,3 +150,96 @@ def test_encoder_refuses_values_it_could_not_decode() -> None:
         encode(Message(h, (c.Signature(c.SignType.RSA_PSS, b""), c.Rand(b""))))
     with pytest.raises(MikeyError, match="carries no salt"):
         c.serialize_key_data([c.KeyData(KeyDataType.TEK, b"k", b"s")])
+
+
+def test_decode_accepts_any_bytes_like_and_keeps_bytes_fields() -> None:
+    for form in (bytearray(SEEDS[1]), memoryview(SEEDS[1])):
+        msg = decode(form)  # type: ignore[arg-type]
+        assert msg == decode(SEEDS[1]) and type(msg.raw) is bytes
+        assert all(type(p.value) is bytes for p in msg.find_all(c.Rand))
+
+
+def test_key_data_refusals_name_the_offending_sub_payload() -> None:
+    tgk = c.serialize_key_data([c.KeyData(KeyDataType.TGK, b"k" * 16)])
+    second = c.serialize_key_data([c.KeyData(KeyDataType.TEK, b"t" * 16)])
+    chained = b"\x05" + tgk[1:] + second  # Next Payload 5 (T) instead of 20 (key data)
+    with pytest.raises(MikeyError, match="payload type 5 inside KEMAC key data") as exc:
+        c.parse_key_data(chained, base=100)
+    assert exc.value.offset == 100
+    with pytest.raises(MikeyError, match="1 bytes after the last key data") as exc:
+        c.parse_key_data(tgk + b"\x00")
+    assert exc.value.offset == len(tgk)
+
+
+def test_encoder_refuses_chains_it_could_not_decode() -> None:
+    h = c.Header(DataType.TRANSFER_INIT, 1)
+    with pytest.raises(MikeyError, match="KeyData is not a MIKEY payload"):
+        encode(Message(h, (c.KeyData(KeyDataType.TEK, b"k"),)))  # type: ignore[arg-type]
+    tp = c.TicketPolicy(1, 1, 1, PrfFunc.MIKEY_1, c.TpFlags.D, ())
+    with pytest.raises(MikeyError, match="TP Data may not contain TP or TICKET"):
+        encode(Message(h, (c.TicketPolicy(1, 1, 1, PrfFunc.MIKEY_1, c.TpFlags.D, (tp,)),)))
+    with pytest.raises(MikeyError, match="Policy no does not fit in 8 bits"):
+        encode(Message(h, (c.SecurityPolicy(256, 0),)))
+
+
+def test_cs_ids_follow_the_map_type() -> None:
+    srtp = c.SrtpIdMap((c.SrtpIdEntry(0, 1, 0), c.SrtpIdEntry(0, 2, 0)))
+    generic = c.GenericIdMap((c.GenericIdEntry.srtp(7, 1), c.GenericIdEntry.srtp(3, 2)))
+    assert c.Header(DataType.PSK_INIT, 1, srtp).cs_ids == (1, 2)  # position, 1-based
+    assert c.Header(DataType.TRANSFER_INIT, 1, generic).cs_ids == (7, 3)  # the CS ID fields
+    assert c.Header(DataType.REQUEST_INIT_PSK, 1, c.EmptyMap()).cs_ids == ()
+
+
+def test_generic_id_srtp_session_data_is_ssrc_then_roc_and_seq_under_the_s_flag() -> None:
+    short = c.GenericIdEntry.srtp(1, 0x01020304)
+    assert (short.s_flag, short.session_data, short.ssrc) == (
+        False,
+        bytes((1, 2, 3, 4)),
+        0x01020304,
+    )
+    full = c.GenericIdEntry.srtp(1, 0x01020304, roc=5, seq=6)
+    assert full.s_flag and full.session_data == bytes((1, 2, 3, 4, 0, 0, 0, 5, 0, 6))
+    assert c.GenericIdEntry(1, session_data=b"\x01").ssrc is None
+    header = c.Header(DataType.TRANSFER_INIT, 1, c.GenericIdMap((full,)))
+    assert decode(encode(Message(header))).header == header
+
+
+@pytest.mark.parametrize(
+    ("ts_type", "value", "as_64"),
+    [
+        (TsType.NTP_UTC, bytes(range(8)), bytes(range(8))),
+        (TsType.COUNTER, b"\x00\x00\x01\x02", bytes(6) + b"\x01\x02"),  # zero-extended counter
+        (TsType.NTP_UTC_32, b"\xe0\x00\x00\x01", b"\xe0\x00\x00\x01" + bytes(4)),  # zero fraction
+    ],
+)
+def test_timestamps_widen_to_64_bits_for_the_aes_cm_iv(
+    ts_type: TsType, value: bytes, as_64: bytes
+) -> None:
+    assert c.Timestamp(ts_type, value).as_64() == as_64
+
+
+def test_ticket_policy_lookups_when_tp_data_is_absent() -> None:
+    tp = c.TicketPolicy(1, 1, 1, PrfFunc.MIKEY_1, c.TpFlags.D, None)
+    assert tp.tr(c.TsRole.TRs) is None and tp.idr(IdRole.IDRi) == [] and tp.find_all(c.Rand) == []
+    assert decode(encode(Message(c.Header(DataType.REQUEST_INIT_PSK, 1), (tp,)))).payloads == (tp,)
+
+
+def test_message_lookups_of_absent_payloads() -> None:
+    msg = decode(SEEDS[1])
+    assert msg.find(c.Ticket) is None and msg.find_all(c.Ticket) == []
+    assert msg.idr(IdRole.IDRi) is None and msg.randr(c.RandRole.RANDRi) is None
+    with pytest.raises(MikeyError, match="Ticket payload missing"):
+        msg.require(c.Ticket)
+    with pytest.raises(MikeyError, match="not decoded"):
+        Message(msg.header, msg.payloads).payload_bytes(0)
+    with pytest.raises(MikeyError, match="not decoded"):
+        mac_input(Message(msg.header, msg.payloads))
+
+
+def test_mikey_error_text_names_offset_and_err_but_no_data() -> None:
+    e = MikeyError("truncated RAND", 12, ErrNo.UNSPECIFIED)
+    assert str(e) == "truncated RAND at offset 12 (ERR 12 UNSPECIFIED)"
+    assert repr(e) == "MikeyError('truncated RAND', offset=12, err=UNSPECIFIED)"
+    assert str(MikeyError("MAC verification failed", -1, ErrNo.AUTH_FAILURE)) == (
+        "MAC verification failed (ERR 0 AUTH_FAILURE)"
+    )
