@@ -4,9 +4,15 @@ forking, for one and two crypto sessions; the keys are the ones both UEs derived
 
 from __future__ import annotations
 
+import os
+
 import grpc
 import pytest
 
+from firmware.core.ports import Resolution
+from firmware.core.tickets import ticket_id
+from firmware.mikey.codec import Ticket
+from firmware.mikey.message import decode
 from firmware.mikey.prf import PrfFunc
 from tests.xk.conftest import ALICE, BOB, DF2_URI, INITIATOR, RESPONDER, Xk, error_reason, unique
 
@@ -16,12 +22,6 @@ pytestmark = pytest.mark.softhsm
 def _keys(answer) -> list[tuple[int, bytes, bytes]]:  # type: ignore[no-untyped-def]
     return [(s.cs_id, s.session_key, s.salt) for s in answer.sessions]
 
-
-STORE_LOSES_ID_DATA = (
-    "firmware/store/sqlite.py _write_resolutions does not insert Resolution.id_data, so a forked "
-    "release from the resolution record cannot derive TGK' (refused MALFORMED_MESSAGE, see "
-    "test_a_forked_release_from_the_record_is_right_or_refused)"
-)
 
 # (target, role, with TRANSFER_RESP)
 KINDS = {
@@ -37,11 +37,9 @@ KINDS = {
 @pytest.mark.parametrize("sessions", [1, 2])
 @pytest.mark.parametrize("prf", list(PrfFunc), ids=lambda p: p.name)
 def test_every_valid_request_gets_the_keys_both_ues_use(
-    xk: Xk, request: pytest.FixtureRequest, prf: PrfFunc, sessions: int, forking: bool, kind: str
+    xk: Xk, prf: PrfFunc, sessions: int, forking: bool, kind: str
 ) -> None:
     target, role, with_resp = KINDS[kind]
-    if forking and not with_resp:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=STORE_LOSES_ID_DATA))
     call = xk.call(prf, forking, sessions)
     expected = [(k.cs_id, k.tek, k.salt) for k in call.alice_keys]
     assert expected == [(k.cs_id, k.tek, k.salt) for k in call.bob_keys]
@@ -63,19 +61,24 @@ def test_every_valid_request_gets_the_keys_both_ues_use(
 
 
 @pytest.mark.parametrize("target", [ALICE, BOB])
-def test_a_forked_release_from_the_record_is_right_or_refused(xk: Xk, target: str) -> None:
-    """Without TRANSFER_RESP a forked TGK' needs the responder's exact ID Data from the KMS's
-    record: the answer is the UEs' keys or MALFORMED_MESSAGE, never other keys."""
-    call = xk.call(forking=True)
+def test_a_forked_release_from_a_record_without_the_responders_id_data_is_refused(
+    xk: Xk, target: str
+) -> None:
+    """TGK' needs the exact IDRr bytes bob sent; a resolution record without them (a row from
+    before the store kept them) gives MALFORMED_MESSAGE, never keys nobody uses."""
+    transfer_init = xk.offer(forking=True)
+    ticket = decode(transfer_init).require(Ticket)
+    xk.rn.store.add_resolution(
+        Resolution(ticket_id(ticket.ticket_data), BOB, os.urandom(16), xk.rn.clock.now, b"")
+    )
     role = INITIATOR if target == ALICE else RESPONDER
-    try:
-        answer = xk.get_keys(call.transfer_init, target, role, xk.warrant(target))
-    except grpc.RpcError as err:
-        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert error_reason(err) == "MALFORMED_MESSAGE"
-        assert xk.audit_records()[-1]["event"] == "KEY_REFUSED"
-    else:
-        assert _keys(answer) == [(k.cs_id, k.tek, k.salt) for k in call.alice_keys]
+    before = xk.node.audit.count
+    with pytest.raises(grpc.RpcError) as info:
+        xk.get_keys(transfer_init, target, role, xk.warrant(target))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_reason(info.value) == "MALFORMED_MESSAGE"
+    assert "ID Data" in (info.value.details() or "")
+    assert [r["event"] for r in xk.audit_records()[before:]] == ["KEY_REFUSED"]
 
 
 def test_a_target_spelled_otherwise_is_compared_in_canonical_form(xk: Xk) -> None:
