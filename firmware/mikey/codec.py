@@ -6,10 +6,14 @@ Rules and invariants:
   ``_SERIALIZERS`` map payload types to the pair (aioquic tls.py / hyperframe frame.py style).
 - Payload dataclasses never store their own Next Payload byte: chains are serialized from the
   payload order, so encode(decode(b)) == b for every valid message and decode(encode(m)) == m.
-- All reads go through ``Reader``, which checks bounds before every read; any problem raises
-  MikeyError(message, absolute offset, ERR number).  struct.error, IndexError and ValueError cannot
-  escape: ``Reader`` only unpacks after checking lengths, and enum conversions go through
-  ``_enum``.
+- Every read is bounds-checked first: through ``Reader``'s methods, or - in the hot parsers (HDR,
+  T, RANDR, IDR, V, TP, TICKET, the chain) - by indexing ``Reader.buf`` after one check of a
+  fixed-layout run, whose failure (``Reader.short``) names the same field and offset the
+  field-by-field reads would.  Any problem raises MikeyError(message, absolute offset, ERR
+  number); struct.error, IndexError and ValueError cannot escape.  Enum values are looked up in
+  dicts built at import (``_enum`` / ``_DATA_TYPES`` ...), never through ``Enum.__call__``.
+- The decoder builds the hot payloads with ``_mk_*`` constructors that set the slots directly
+  (same objects as the dataclass constructors, without their per-field ``object.__setattr__``).
 - Unknown Next Payload values are refused (the payload's length cannot be known, so it cannot be
   skipped); payloads of a known type in an unexpected place are kept, so callers may ignore them
   as RFC 6043 asks.  TP Data and Initiator Data may not contain TP/TICKET (bounds recursion) nor
@@ -54,7 +58,6 @@ from firmware.mikey.prf import PrfFunc
 _E = TypeVar("_E", bound=enum.IntEnum)
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
-_U64 = struct.Struct("!Q")
 
 
 # --- reader / writer ----------------------------------------------------------------------------
@@ -309,8 +312,9 @@ def _parse_header(r: Reader) -> tuple[Header, int]:
             q3 = q2 + 1 + buf[q2]
             if q3 > end:
                 raise r.short(q2 + 1, (("GENERIC-ID SPI", buf[q2]),))
-            gentries.append(_mk_generic_entry(buf[p], buf[p + 1], sp > 0x7F, tuple(buf[p + 3 : q]),
-                                           buf[q + 2 : q2], buf[q2 + 1 : q3]))  # fmt: skip
+            entry = _mk_generic_entry(buf[p], buf[p + 1], sp > 0x7F, tuple(buf[p + 3 : q]),
+                                      buf[q + 2 : q2], buf[q2 + 1 : q3])  # fmt: skip
+            gentries.append(entry)
             p = q3
         cs_map = _mk_generic_map(tuple(gentries))
     elif map_type == CsIdMapType.EMPTY:
