@@ -11,7 +11,11 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -20,6 +24,8 @@ from pathlib import Path
 
 from image.errors import BuildError
 from image.manifest import Manifest
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def free_port() -> int:
@@ -46,8 +52,9 @@ class Guest:
     started: float = field(default_factory=time.monotonic)
 
     def output(self) -> str:
+        """Console text without ANSI colour codes (systemd's status lines carry them)."""
         try:
-            return self.console.read_text(errors="replace")
+            return ANSI.sub("", self.console.read_text(errors="replace"))
         except FileNotFoundError:
             return ""
 
@@ -65,8 +72,9 @@ class Guest:
         return None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
+        """Kill `timeout` and QEMU together (QEMU runs in the new process group of `timeout`)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
 
 

@@ -73,15 +73,16 @@ def require_tools(*tools: str) -> None:
         )
 
 
-def git_commit(repo: Path) -> tuple[str, int]:
-    sha = run(["git", "-C", str(repo), "rev-parse", "HEAD"]).stdout.strip()
-    when = int(run(["git", "-C", str(repo), "log", "-1", "--format=%ct"]).stdout.strip())
-    return sha, when
+def git_commit(repo: Path, rev: str = "HEAD") -> str:
+    return run(
+        ["git", "-C", str(repo), "rev-parse", "--verify", f"{rev}^{{commit}}"]
+    ).stdout.strip()
 
 
-def build_wheels(repo: Path, paths: BuildPaths, config: ImageConfig, env: dict[str, str]) -> Path:
+def build_wheels(
+    repo: Path, sha: str, paths: BuildPaths, config: ImageConfig, env: dict[str, str]
+) -> Path:
     """The node's wheel from the committed tree plus pinned cp313 dependency wheels."""
-    sha, _ = git_commit(repo)
     wheels = paths.work / "wheels"
     shutil.rmtree(wheels, ignore_errors=True)
     wheels.mkdir(parents=True)
@@ -270,8 +271,11 @@ def package_list(rootdir: Path, kernel_out: Path) -> dict[str, str]:
         ["dpkg-query", f"--admindir={rootdir}/var/lib/dpkg", "-W", "-f", "${Package}\t${Version}\n"]
     )
     pkgs = dict(line.split("\t", 1) for line in q.stdout.splitlines() if line)
-    name, version = (kernel_out / "kernel-package").read_text().strip().split("\t")
-    pkgs[name] = version
+    # "Package: linux-image-X<TAB>Version: Y" as written by the base hook
+    fields = dict(
+        f.split(": ", 1) for f in (kernel_out / "kernel-package").read_text().strip().split("\t")
+    )
+    pkgs[fields["Package"]] = fields["Version"]
     return dict(sorted(pkgs.items()))
 
 
@@ -369,12 +373,14 @@ def build(
     config: ImageConfig,
     signer: Signer,
     progress: Progress | None = None,
+    commit: str = "HEAD",
 ) -> ReleaseOutputs:
+    """Build `commit` (default HEAD) of `repo`; the working tree's uncommitted files are ignored."""
     require_tools("mmdebstrap", "mkfs.erofs", "systemd-repart", "mkfs.vfat", "cpio", "git")
     if os.geteuid() != 0:
         raise BuildError("the build runs mmdebstrap in root mode: run as root")
     progress = progress or Progress()
-    sha, _ = git_commit(repo)
+    sha = git_commit(repo, commit)
     env = {
         **os.environ,
         "SOURCE_DATE_EPOCH": str(config.source_date_epoch),
@@ -387,7 +393,7 @@ def build(
     pub = paths.work / "release.pub"
     pub.write_bytes(public_key_pem(signer.public_key()))
     with progress.step("wheels (node from git HEAD, pinned cp313 dependencies)"):
-        wheels = build_wheels(repo, paths, config, env)
+        wheels = build_wheels(repo, sha, paths, config, env)
     key = base_cache_key(config, BUILDER)
     cached = paths.rootfs_cache / key
     tar, kernel_out = cached / "rootfs.tar", cached / "kernel"

@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repo", default=str(Path(__file__).resolve().parent.parent))
     b.add_argument("--cache", default="/var/cache/kmsnode-image")
     b.add_argument("--out", default=None, help="output directory (default CACHE/out)")
+    b.add_argument("--commit", default="HEAD", help="git revision to build (never the dirty tree)")
     b.add_argument("--version", default=None)
     b.add_argument("--security-version", type=int, default=None)
     b.add_argument("--key", help="Ed25519 private key (PEM)")
@@ -97,7 +98,7 @@ def _run(args: argparse.Namespace) -> int:
             config = replace(config, security_version=args.security_version)
         cache = Path(args.cache)
         paths = BuildPaths(Path(args.repo), cache, Path(args.out) if args.out else cache / "out")
-        out = build(Path(args.repo), paths, config, _signer(args))
+        out = build(Path(args.repo), paths, config, _signer(args), commit=args.commit)
         m = out.manifest
         print(f"built {m.product} {m.version} (security_version {m.security_version})")
         print(f"disk   {out.disk} ({m.artifacts['disk.img'].size} bytes)")

@@ -61,11 +61,15 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     keys = tmp_path_factory.mktemp("image-keys")
     generate_key_files(keys / "release.pem", keys / "release.pub")
     signer = FileSigner.load(keys / "release.pem")
+    # Pin the commit: other engineers may commit between the two builds.
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     outs, times = [], []
     for n in (1, 2):
         paths = BuildPaths(REPO, CACHE, CACHE / f"test-out-{n}")
         t0 = time.monotonic()
-        outs.append(build(REPO, paths, ImageConfig(), signer, Progress()))
+        outs.append(build(REPO, paths, ImageConfig(), signer, Progress(), commit=commit))
         times.append(time.monotonic() - t0)
     print(f"\nbuild times: first {times[0]:.1f}s, second (cached) {times[1]:.1f}s")
     return Built(outs[0], outs[1], times[0], times[1], paths)
@@ -215,7 +219,9 @@ def _file_offset_in_root(built: Built, tmp: Path, inner: str) -> int:
 def test_one_changed_byte_in_the_root_keeps_the_service_down(built: Built, tmp_path: Path) -> None:
     if shutil.which("qemu-io") is None or shutil.which("filefrag") is None:
         pytest.skip("qemu-utils / e2fsprogs (filefrag) not installed")
-    inner = "opt/kmsnode/lib/python3.13/site-packages/firmware/__pycache__/cli.cpython-313.pyc"
+    # The source, not the .pyc: Python falls back to the source when a .pyc read fails, but the
+    # checked-hash .pyc (SOURCE_DATE_EPOCH) makes it read the source on every import.
+    inner = "opt/kmsnode/lib/python3.13/site-packages/firmware/cli.py"
     offset = _file_offset_in_root(built, tmp_path, inner)
     disk_offset = gpt.read_layout(str(built.first.disk))["root-a"].offset + offset + 100
     with guest(built, tmp_path, corrupt_at=disk_offset) as g:
