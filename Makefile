@@ -42,7 +42,7 @@ lint: deps
 	$(VENV)/bin/mypy
 
 test: deps lint
-	$(VENV)/bin/pytest -m "not slow"
+	$(VENV)/bin/pytest -m "not slow" --cov=firmware/mikey --cov-branch --cov-report=
 
 test-image: deps
 	$(VENV)/bin/pytest -m slow tests/image
