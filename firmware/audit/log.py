@@ -13,7 +13,14 @@ Rules:
   `append` raises AuditUnavailable and the caller must refuse what it was about to do.
 - Records never hold key material: callers pass only identities, reasons, ids and counts.
 - `verify` names the first record (1-based position in the file) that was changed, removed,
-  reordered or is missing; `first_bad == 0` when the log is intact.
+  reordered or is missing; `first_bad == 0` when the log is intact. A record must be byte for
+  byte the canonical form that was MACed (any flipped byte shows, even one that would parse to
+  the same values, e.g. the case of a hex digit).
+- A live log is verified against `AuditLog.snapshot()`: the file's size and signed head taken
+  between two commits (a commit writes records, fsyncs, then replaces the head, all under the
+  commit lock), plus the writer's own count and last MAC held in memory. Verification then never
+  sees a half-written batch or a head newer than the records it read, and a tail cut while the
+  node runs is found even if an older (genuine) head file was put back.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import json
 import os
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +57,16 @@ class VerifyResult:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """A consistent view of a live log (see the module rules)."""
+
+    size: int  # bytes of the log file after the last commit
+    head: bytes = field(repr=False)  # the signed head file's content then (b"" if absent)
+    count: int  # records the writer has made durable
+    last: bytes = field(repr=False)  # MAC of its last record (GENESIS when none)
+
+
 class _Pending:
     __slots__ = ("done", "error", "event", "fields", "time")
 
@@ -69,6 +86,7 @@ class AuditLog:
         self._mac = mac
         self._queue: list[_Pending] = []
         self._cv = threading.Condition()
+        self._commit_lock = threading.Lock()  # a commit vs. a snapshot
         self._closed = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._seq, self._last = self._recover()
@@ -107,6 +125,16 @@ class AuditLog:
     def count(self) -> int:
         return self._seq
 
+    def snapshot(self) -> Snapshot:
+        """The log as of the last commit, for `verify` while the node keeps writing."""
+        with self._commit_lock:
+            size = os.fstat(self._fd).st_size
+            try:
+                head = self.head_path.read_bytes()
+            except OSError:
+                head = b""
+            return Snapshot(size, head, self._seq, self._last)
+
     # --- writing ----------------------------------------------------------------------------
 
     def append(self, time: float, event: str, fields: Mapping[str, Any]) -> int:
@@ -133,6 +161,10 @@ class AuditLog:
             self._commit(batch)
 
     def _commit(self, batch: list[_Pending]) -> None:
+        with self._commit_lock:
+            self._commit_locked(batch)
+
+    def _commit_locked(self, batch: list[_Pending]) -> None:
         seq, last = self._seq, self._last
         lines = []
         size = os.lseek(self._fd, 0, os.SEEK_END)
@@ -199,6 +231,8 @@ def _check_chain(lines: list[bytes], mac: Mac) -> tuple[int, bytes]:
                 record.get("seq") == position
                 and bytes.fromhex(record.get("prev", "")) == prev
                 and mac(canonical(record)) == claimed
+                # byte for byte as written: hex case, escapes, number forms cannot be altered
+                and canonical({**record, "mac": claimed.hex()}) == line
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             ok = False
@@ -208,27 +242,57 @@ def _check_chain(lines: list[bytes], mac: Mac) -> tuple[int, bytes]:
     return 0, prev
 
 
-def _read_head(path: Path, mac: Mac) -> tuple[int, bytes, bool] | None:
-    """(count, mac, signature valid) of the head checkpoint, or None when absent/unreadable."""
+def _parse_head(data: bytes, mac: Mac) -> tuple[int, bytes, bool] | None:
+    """(count, mac, signature valid) of a head checkpoint, or None when empty/unreadable."""
     try:
-        head = json.loads(path.read_bytes())
+        head = json.loads(data)
         count, head_mac = int(head["count"]), bytes.fromhex(head["mac"])
         return count, head_mac, mac(_head_input(count, head_mac)) == bytes.fromhex(head["sig"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         return None
 
 
-def verify(path: Path, mac: Mac) -> VerifyResult:
-    """Check every record's chain and MAC, and the signed head. Never raises for bad content."""
+def _read_head(path: Path, mac: Mac) -> tuple[int, bytes, bool] | None:
+    """(count, mac, signature valid) of the head checkpoint, or None when absent/unreadable."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return _parse_head(data, mac)
+
+
+def verify(path: Path, mac: Mac, snapshot: Snapshot | None = None) -> VerifyResult:
+    """Check every record's chain and MAC, and the signed head. Never raises for bad content.
+
+    With `snapshot` (of the live writer of `path`), only the bytes it counted are read, its head
+    is used, and every record the writer made durable must still be there."""
     path = Path(path)
     try:
-        lines = path.read_bytes().splitlines() if path.exists() else []
+        if snapshot is not None:
+            with open(path, "rb") as handle:
+                lines = handle.read(snapshot.size).splitlines()
+        else:
+            lines = path.read_bytes().splitlines() if path.exists() else []
     except OSError as exc:
         return VerifyResult(False, 0, 1, f"cannot read the log: {exc.strerror}")
     bad, last = _check_chain(lines, mac)
     if bad:
         return VerifyResult(False, len(lines), bad, f"record {bad} was changed, removed or moved")
-    head = _read_head(path.with_name(path.name + ".head"), mac)
+    if snapshot is not None:
+        if len(lines) < snapshot.count:
+            return VerifyResult(
+                False,
+                len(lines),
+                len(lines) + 1,
+                f"{snapshot.count - len(lines)} record(s) this node wrote are missing at the end",
+            )
+        if snapshot.count and json.loads(lines[snapshot.count - 1])["mac"] != snapshot.last.hex():
+            return VerifyResult(
+                False, len(lines), snapshot.count, "the log is not the one this node wrote"
+            )
+        head = _parse_head(snapshot.head, mac)
+    else:
+        head = _read_head(path.with_name(path.name + ".head"), mac)
     if head is None:
         if not lines:
             return VerifyResult(True, 0, 0)

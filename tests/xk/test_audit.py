@@ -111,6 +111,21 @@ def test_a_flipped_byte_anywhere_names_its_record(audited: Xk, tmp_path: Path) -
     flipped()
 
 
+@pytest.mark.parametrize("field", [b'"mac":"', b'"prev":"'])
+def test_a_hex_digit_of_another_case_is_a_changed_record(
+    audited: Xk, tmp_path: Path, field: bytes
+) -> None:
+    """It parses to the same bytes, but it is not what was written (found by the test above)."""
+    lines = _lines(audited.rn.cfg.audit_log)
+    line = bytearray(lines[7])
+    start = line.index(field) + len(field)
+    letter = next(i for i in range(start, start + 64) if chr(line[i]) in "abcdef")
+    line[letter] ^= 0x20  # 'a' -> 'A'
+    lines[7] = bytes(line)
+    result = verify(_copy(audited, tmp_path, lines, "case"), audited.node.vault.audit_hmac)
+    assert (result.intact, result.first_bad) == (False, 8)
+
+
 @pytest.mark.parametrize("index", [0, 13, RECORDS - 1])
 def test_a_deleted_record_is_named(audited: Xk, tmp_path: Path, index: int) -> None:
     lines = _lines(audited.rn.cfg.audit_log)
@@ -146,6 +161,55 @@ def test_verify_audit_over_the_li_listener_names_a_record_changed_in_place(audit
     log.write_bytes(b"".join(lines))
     answer = audited.admin().VerifyAudit(kms_pb2.VerifyAuditRequest(), timeout=DEADLINE)
     assert (answer.intact, answer.records, answer.first_bad_record) == (False, RECORDS, 12)
+
+
+def test_verify_audit_during_a_burst_of_releases_finds_the_log_intact_every_time(
+    audited: Xk,
+) -> None:
+    """The node appends while it verifies: no half-written batch, no head newer than the
+    records read, is taken for tampering."""
+    call = audited.call(forking=False)
+    liid = audited.warrant(BOB)
+    stop = threading.Event()
+
+    def burst() -> int:
+        n = 0
+        while not stop.is_set():
+            audited.get_keys(call.transfer_init, BOB, RESPONDER, liid, call.transfer_resp)
+            n += 1
+        return n
+
+    answers = []
+    with ThreadPoolExecutor(3) as pool:
+        running = [pool.submit(burst) for _ in range(3)]
+        try:
+            start = audited.node.audit.count
+            while audited.node.audit.count < start + 60 or len(answers) < 30:
+                answers.append(
+                    audited.admin().VerifyAudit(kms_pb2.VerifyAuditRequest(), timeout=DEADLINE)
+                )
+        finally:
+            stop.set()
+        released = sum(f.result(timeout=DEADLINE) for f in running)
+    assert released >= 60
+    assert [(a.intact, a.first_bad_record) for a in answers] == [(True, 0)] * len(answers)
+    assert [a.records for a in answers] == sorted(a.records for a in answers)
+
+
+def test_a_tail_cut_on_a_running_node_is_found_though_an_older_head_was_put_back(
+    audited: Xk,
+) -> None:
+    log = audited.rn.cfg.audit_log
+    head = log.with_name(log.name + ".head")
+    old_head, kept = head.read_bytes(), _lines(log)
+    call = audited.call(forking=False)
+    liid = audited.warrant(BOB)
+    for _ in range(5):
+        audited.get_keys(call.transfer_init, BOB, RESPONDER, liid, call.transfer_resp)
+    log.write_bytes(b"".join(kept))  # the five releases cut off ...
+    head.write_bytes(old_head)  # ... and the genuine head of that time put back
+    answer = audited.admin().VerifyAudit(kms_pb2.VerifyAuditRequest(), timeout=DEADLINE)
+    assert (answer.intact, answer.records, answer.first_bad_record) == (False, RECORDS, RECORDS + 1)
 
 
 # --- kill -9 during a burst of releases ---------------------------------------------------------
