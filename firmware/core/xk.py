@@ -19,7 +19,8 @@ Order of checks (each refusal names the contract's reason):
 
 Rules:
 - A refusal of the PERMISSION_DENIED kind raises an alarm to every watcher and writes an audit
-  record before the caller learns of it; a malformed request writes an audit record.
+  record before the caller learns of it; a malformed request writes an audit record. The alarm
+  is raised even when the record cannot be written (the caller then gets AUDIT_UNAVAILABLE).
 - A release is answered only once its audit record is durable; if it cannot be written, nothing
   is released (fail closed). Records hold identities, reasons and ids, never key material.
 - Warrant, target and ticket identities are compared in canonical form.
@@ -187,23 +188,25 @@ class KeyRelease:
         self, caller: Caller, request: GetKeysRequest, refusal: Exception, now: float
     ) -> None:
         reason = self.reason_of(refusal)
-        self.audit.append(
-            now,
-            "KEY_REFUSED",
-            {
-                "caller": caller.name,
-                "liid": request.liid,
-                "correlation_id": request.correlation_id,
-                "target": request.target,
-                "role": request.role.name if request.role else "",
-                "reason": reason,
-                "detail": str(refusal),
-            },
-        )
-        if isinstance(refusal, PermissionDenied):
-            self.alarms.raise_alarm(
-                reason, caller.name, request.liid, request.correlation_id, str(refusal)
+        try:
+            self.audit.append(
+                now,
+                "KEY_REFUSED",
+                {
+                    "caller": caller.name,
+                    "liid": request.liid,
+                    "correlation_id": request.correlation_id,
+                    "target": request.target,
+                    "role": request.role.name if request.role else "",
+                    "reason": reason,
+                    "detail": str(refusal),
+                },
             )
+        finally:  # the alarm goes out even when the record cannot be written
+            if isinstance(refusal, PermissionDenied):
+                self.alarms.raise_alarm(
+                    reason, caller.name, request.liid, request.correlation_id, str(refusal)
+                )
 
     # --- the checks -------------------------------------------------------------------------
 

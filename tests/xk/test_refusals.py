@@ -289,3 +289,34 @@ def test_hsm_loss_refuses_unavailable_alarms_once_and_audits_loss_and_return(
     # and releases resume
     answer = xk.get_keys(call.transfer_init, ALICE, INITIATOR, liid, call.transfer_resp)
     assert [s.session_key for s in answer.sessions] == [k.tek for k in call.alice_keys]
+
+
+def test_a_refusal_while_the_audit_log_cannot_be_written_still_alarms_at_once(
+    xk: Xk, watcher: AlarmWatcher
+) -> None:
+    """The HSM keys the audit log: without it no record can be written, yet a refused request
+    (here: no warrant, decided before the HSM is needed) must still reach the watchers."""
+    corr, liid = unique("audit-down"), unique("no-such-liid")
+    records = xk.node.audit.count
+    vault = xk.node.vault
+    vault.device_removed("test: HSM unplugged")
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            xk.get_keys(b"\x01", ALICE, INITIATOR, liid, correlation_id=corr)
+    finally:
+        vault.device_added()
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_reason(info.value) == "AUDIT_UNAVAILABLE"
+    alarms = [watcher.next() for _ in range(3)]
+    assert [(a.reason, a.correlation_id) for a in alarms] == [
+        ("HSM_REMOVED", ""),
+        ("NO_ACTIVE_WARRANT", corr),
+        ("HSM_RESTORED", ""),
+    ]
+    assert alarms[1].liid == liid
+    for thread in threading.enumerate():
+        if thread.name == "hsm-audit":
+            thread.join(timeout=DEADLINE)
+    events = [r["event"] for r in xk.audit_records()[records:]]
+    assert events == ["HSM_REMOVED", "HSM_RESTORED"]  # the refusal's record could not be written
+    sentinel(xk, watcher)
