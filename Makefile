@@ -5,14 +5,16 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-APT_PACKAGES := softhsm2 opensc tshark umockdev gir1.2-umockdev-1.0 python3-gi python3-pyudev libsrtp2-1
+APT_PACKAGES := softhsm2 opensc tshark umockdev gir1.2-umockdev-1.0 python3-gi python3-pyudev \
+	libsrtp2-1 cryptsetup-bin dosfstools
+IMAGE_APT_PACKAGES := mmdebstrap erofs-utils qemu-system-x86 qemu-utils cpio e2fsprogs
 
 .PHONY: all deps apt demo test test-fast test-image lint proto proto-check bench clean
 
 all: test
 
 apt: .stamp-apt
-.stamp-apt:
+.stamp-apt: Makefile
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
@@ -44,8 +46,19 @@ lint: deps
 test: deps lint
 	$(VENV)/bin/pytest -m "not slow" --cov=firmware/mikey --cov-branch --cov-report=
 
-test-image: deps
+test-image: deps .stamp-apt-image
 	$(VENV)/bin/pytest -m slow tests/image
+
+.stamp-apt-image:
+	@missing=""; for p in $(IMAGE_APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing apt packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@touch $@
 
 demo: deps
 	$(PY) -m firmware.demo

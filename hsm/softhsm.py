@@ -23,7 +23,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
-TEMPLATE = Path(__file__).resolve().parent.parent / "softhsm-config" / "softhsm2.conf.in"
+# The template ships inside the package (softhsm-config/softhsm2.conf.in links to it), so an
+# installed node (the appliance image) renders the same conf as a checkout.
+TEMPLATE = Path(__file__).resolve().parent / "data" / "softhsm2.conf.in"
 
 
 class SoftHsmError(RuntimeError):

@@ -96,14 +96,6 @@ def build_wheels(
         tree.mkdir()
         with tarfile.open(tar_path) as t:
             t.extractall(tree, filter="data")
-        # hsm/softhsm.py reads ../softhsm-config/softhsm2.conf.in next to its package, which the
-        # wheel does not ship: carry it from the same commit (see the report; fix belongs in hsm/).
-        extra = paths.work / "extra"
-        shutil.rmtree(extra, ignore_errors=True)
-        if (tree / "softhsm-config").is_dir():
-            shutil.copytree(tree / "softhsm-config", extra / "softhsm-config")
-        else:
-            extra.mkdir(parents=True)
         pip = str(repo / ".venv/bin/pip")
         run(
             [pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(tree)],
@@ -206,7 +198,6 @@ def install_node(rootdir: Path, wheels: Path, pubkey: Path, env: dict[str, str])
         "KMSNODE_WHEELS": str(wheels),
         "KMSNODE_PUBKEY": str(pubkey),
         "KMSNODE_RECIPE": str(RECIPE_DIR),
-        "KMSNODE_EXTRA": str(rootdir.parent / "extra"),
     }
     mounts = [(rootdir / "dev", ["--bind", "/dev"]), (rootdir / "proc", ["-t", "proc", "proc"])]
     done: list[Path] = []

@@ -2,7 +2,7 @@
 # Install the node into the extracted base root ($1), run as root on the build host:
 # the venv with the node's wheel and its pinned wheels (offline), the service user, units, udev
 # rules, mounts, network and the release public key. Inputs: KMSNODE_WHEELS, KMSNODE_PUBKEY,
-# KMSNODE_RECIPE, KMSNODE_EXTRA. Needs /dev/null and /proc only for pip; bind-mounted by image/build.py.
+# KMSNODE_RECIPE. Needs /dev/null and /proc only for pip; bind-mounted by image/build.py.
 set -eu
 R="$1"
 W="$KMSNODE_WHEELS"; r="$KMSNODE_RECIPE"
@@ -13,11 +13,6 @@ chroot "$R" sh -c 'PIP=$(ls /tmp/wheels/pip-*.whl)
   /opt/kmsnode/bin/python "$PIP/pip" install -q --no-index --no-cache-dir \
     --disable-pip-version-check --find-links /tmp/wheels kmsnode'
 rm -rf "$R/tmp/wheels"
-# hsm/softhsm.py looks for softhsm-config/ next to its package (not shipped in the wheel).
-if [ -d "$KMSNODE_EXTRA/softhsm-config" ]; then
-    SP=$(echo "$R"/opt/kmsnode/lib/python3*/site-packages)
-    cp -r "$KMSNODE_EXTRA/softhsm-config" "$SP/softhsm-config"
-fi
 # Recipe: users, units, udev rules, mounts, network, HSM config, update key.
 install -D -m 0644 "$r/kmsnode.sysusers" "$R/usr/lib/sysusers.d/kmsnode.conf"
 chroot "$R" systemd-sysusers /usr/lib/sysusers.d/kmsnode.conf
