@@ -155,12 +155,17 @@ def cmd_alarms(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from firmware.audit.log import verify
-    from firmware.cli import open_vault
+    from firmware.cli import open_store, open_vault
 
     cfg = config_mod.load(args.config)
+    store = open_store(cfg)
+    try:
+        kept = store.audit_head()  # read before the log: a running node only adds records
+    finally:
+        store.close()
     vault = open_vault(cfg, monitor=False)
     try:
-        result = verify(cfg.audit_log, vault.audit_hmac)
+        result = verify(cfg.audit_log, vault.audit_hmac, kept=kept)
     finally:
         vault.close()
     if result.intact:

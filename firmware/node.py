@@ -96,7 +96,9 @@ class Node:
         vault = InstrumentedVault(raw_vault, metrics)
         alarms = AlarmBus(clock, lambda reason: metrics.alarms.labels(reason).inc())
         cfg.audit_log.parent.mkdir(parents=True, exist_ok=True)
-        audit = AuditLog(cfg.audit_log, vault.audit_hmac, metrics.audit_records.inc)
+        audit = AuditLog(
+            cfg.audit_log, vault.audit_hmac, metrics.audit_records.inc, head_store=store
+        )
         admin = Admin(vault, store, clock, cfg.policy.max_ticket_lifetime, cfg.policy.clock_skew)
         admin.record_existing()
         replay = ReplayCache(cfg.policy.clock_skew, clock(), cfg.policy.replay_cache_capacity)

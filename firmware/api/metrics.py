@@ -55,18 +55,37 @@ class Metrics:
 
 
 class MetricsInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Counts every unary RPC by method and final status code and observes its latency."""
+    """Counts every RPC by method and final status code; observes unary RPCs' latency."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
     def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
         handler = continuation(details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
-        inner = handler.unary_unary
         method = details.method.rsplit("/", 1)[-1]
         metrics = self.metrics
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            def streamed(request: Any, context: Any) -> Any:
+                code = "OK"
+                try:
+                    yield from inner_stream(request, context)
+                except BaseException:
+                    found = context.code() if hasattr(context, "code") else None
+                    code = found.name if found is not None else "CANCELLED"
+                    raise
+                finally:
+                    metrics.requests.labels(method, code).inc()
+
+            return grpc.unary_stream_rpc_method_handler(
+                streamed, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
 
         def observed(request: Any, context: Any) -> Any:
             start = time.perf_counter()

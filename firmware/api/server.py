@@ -1,8 +1,10 @@
 """The node's two gRPC listeners over TLS, with health, reflection and graceful shutdown.
 
 Rules:
-- UE listener: TicketService + health + reflection; TLS (server authentication), client
-  certificates optional (verified when given).
+- UE listener: TicketService + health + reflection; TLS with server authentication only: the
+  MIKEY V payload authenticates each UE message with the user's PSK, so client certificates are
+  optional in the contract, and gRPC Python cannot ask for an optional one (it either requires a
+  certificate or does not request one), so none is requested.
 - LI listener: XkService + AdminService + health + reflection; client certificates required and
   TLS 1.3 only (enforced per RPC by `TlsPolicyInterceptor`, because gRPC Python cannot set a
   minimum protocol version on a server).

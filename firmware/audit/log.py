@@ -16,6 +16,10 @@ Rules:
   reordered or is missing; `first_bad == 0` when the log is intact. A record must be byte for
   byte the canonical form that was MACed (any flipped byte shows, even one that would parse to
   the same values, e.g. the case of a hex digit).
+- The chain head (count, MAC of the last record) is also kept in the state store (`HeadStore`),
+  written in the same commit after the records are durable and before the head file is
+  replaced; `verify` given that head names a cut tail even when an older, genuine head file was
+  put back while the node was stopped.
 - A live log is verified against `AuditLog.snapshot()`: the file's size and signed head taken
   between two commits (a commit writes records, fsyncs, then replaces the head, all under the
   commit lock), plus the writer's own count and last MAC held in memory. Verification then never
@@ -31,14 +35,22 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from firmware.core.errors import AuditUnavailable, KmsError
+from firmware.core.errors import AuditUnavailable
 
 GENESIS = bytes(32)
 HEAD_CONTEXT = b"kmsnode-audit-head"
 
 Mac = Callable[[bytes], bytes]
+
+
+class HeadStore(Protocol):
+    """Where the chain head is kept besides the head file (the node's state store)."""
+
+    def audit_head(self) -> tuple[int, bytes] | None: ...
+
+    def set_audit_head(self, count: int, mac: bytes) -> None: ...
 
 
 def canonical(obj: Mapping[str, Any]) -> bytes:
@@ -79,9 +91,16 @@ class _Pending:
 class AuditLog:
     """The writer side. One instance per log file per process."""
 
-    def __init__(self, path: Path, mac: Mac, counted: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        mac: Mac,
+        counted: Callable[[int], None] | None = None,
+        head_store: HeadStore | None = None,
+    ) -> None:
         self.path = Path(path)
         self._counted = counted
+        self._head_store = head_store
         self.head_path = self.path.with_name(self.path.name + ".head")
         self._mac = mac
         self._queue: list[_Pending] = []
@@ -117,7 +136,14 @@ class AuditLog:
         # and the old head is genuine and not ahead of the log.
         bad, _ = _check_chain(lines, self._mac)
         head = _read_head(self.head_path, self._mac)
-        if bad == 0 and (head is None or (head[0] <= len(lines) and head[2])):
+        kept = self._head_store.audit_head() if self._head_store is not None else None
+        if (
+            bad == 0
+            and (head is None or (head[0] <= len(lines) and head[2]))
+            and _covers(lines, kept)
+        ):
+            if self._head_store is not None:
+                self._head_store.set_audit_head(seq, mac)
             self._write_head(seq, mac)
         return seq, mac
 
@@ -184,8 +210,10 @@ class AuditLog:
                 item.fields["_seq"] = seq
             os.write(self._fd, b"".join(lines))
             os.fsync(self._fd)
+            if self._head_store is not None:
+                self._head_store.set_audit_head(seq, last)
             self._write_head(seq, last)
-        except (OSError, KmsError, ValueError) as exc:
+        except Exception as exc:
             # Nothing of a failed batch may stay: its callers are told it was not written.
             try:
                 os.ftruncate(self._fd, size)
@@ -218,6 +246,19 @@ class AuditLog:
             self._cv.notify()
         self._writer.join()
         os.close(self._fd)
+
+
+def _covers(lines: list[bytes], kept: tuple[int, bytes] | None) -> bool:
+    """True when the log still holds the record the kept head names (or nothing was kept)."""
+    if kept is None or kept[0] == 0:
+        return True
+    count, mac = kept
+    if len(lines) < count:
+        return False
+    try:
+        return bool(json.loads(lines[count - 1])["mac"] == mac.hex())
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def _check_chain(lines: list[bytes], mac: Mac) -> tuple[int, bytes]:
@@ -261,11 +302,17 @@ def _read_head(path: Path, mac: Mac) -> tuple[int, bytes, bool] | None:
     return _parse_head(data, mac)
 
 
-def verify(path: Path, mac: Mac, snapshot: Snapshot | None = None) -> VerifyResult:
+def verify(
+    path: Path,
+    mac: Mac,
+    snapshot: Snapshot | None = None,
+    kept: tuple[int, bytes] | None = None,
+) -> VerifyResult:
     """Check every record's chain and MAC, and the signed head. Never raises for bad content.
 
     With `snapshot` (of the live writer of `path`), only the bytes it counted are read, its head
-    is used, and every record the writer made durable must still be there."""
+    is used, and every record the writer made durable must still be there. With `kept` (the
+    head from the state store), the log must still hold the record it names."""
     path = Path(path)
     try:
         if snapshot is not None:
@@ -278,6 +325,12 @@ def verify(path: Path, mac: Mac, snapshot: Snapshot | None = None) -> VerifyResu
     bad, last = _check_chain(lines, mac)
     if bad:
         return VerifyResult(False, len(lines), bad, f"record {bad} was changed, removed or moved")
+    if not _covers(lines, kept):
+        assert kept is not None
+        first = min(len(lines), kept[0] - 1) + 1
+        return VerifyResult(
+            False, len(lines), first, "records the state store counted are missing or replaced"
+        )
     if snapshot is not None:
         if len(lines) < snapshot.count:
             return VerifyResult(

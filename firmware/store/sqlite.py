@@ -81,6 +81,14 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE resolutions ADD COLUMN id_data BLOB NOT NULL DEFAULT x'';
     """,
+    # 4: the audit chain head, so a cut audit log shows even with an old head file put back
+    """
+    CREATE TABLE audit_head (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        count INTEGER NOT NULL,
+        mac BLOB NOT NULL
+    );
+    """,
 )
 
 
@@ -326,6 +334,16 @@ class SqliteStore:
     def warrants_for(self, target: str) -> list[Warrant]:
         rows = self._query("SELECT * FROM warrants WHERE target = ? ORDER BY liid", (target,))
         return [self._warrant(r) for r in rows]
+
+    # --- audit chain head -------------------------------------------------------------------
+
+    def audit_head(self) -> tuple[int, bytes] | None:
+        rows = self._query("SELECT count, mac FROM audit_head WHERE id = 1")
+        return (int(rows[0][0]), bytes(rows[0][1])) if rows else None
+
+    def set_audit_head(self, count: int, mac: bytes) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO audit_head VALUES (1, ?, ?)", (count, mac))
 
     # --- key versions -----------------------------------------------------------------------
 

@@ -119,3 +119,51 @@ def test_append_fails_closed_when_the_hsm_cannot_mac(tmp_path: Path) -> None:
     assert log.append(3.0, "C", {}) == 2
     log.close()
     assert verify(tmp_path / "audit.log", mac).intact
+
+
+class _Heads:
+    def __init__(self) -> None:
+        self.head: tuple[int, bytes] | None = None
+
+    def audit_head(self) -> tuple[int, bytes] | None:
+        return self.head
+
+    def set_audit_head(self, count: int, mac: bytes) -> None:
+        self.head = (count, mac)
+
+
+def test_a_cut_tail_with_an_old_genuine_head_put_back_shows_through_the_store(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "audit.log"
+    heads = _Heads()
+    log = AuditLog(path, mac, head_store=heads)
+    log.append(1.0, "A", {})
+    old_head = (tmp_path / "audit.log.head").read_bytes()
+    size = path.stat().st_size
+    log.append(2.0, "B", {})
+    log.close()
+    assert heads.head is not None and heads.head[0] == 2
+    with open(path, "r+b") as handle:
+        handle.truncate(size)
+    (tmp_path / "audit.log.head").write_bytes(old_head)
+    assert verify(path, mac).intact  # the file alone cannot tell
+    result = verify(path, mac, kept=heads.head)
+    assert not result.intact and result.first_bad == 2
+
+
+def test_restart_after_a_crash_before_the_head_moves_both_heads_forward(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    heads = _Heads()
+    log = AuditLog(path, mac, head_store=heads)
+    log.append(1.0, "A", {})
+    log.close()
+    stale = heads.head
+    log = AuditLog(path, mac, head_store=heads)
+    log.append(2.0, "B", {})
+    log.close()
+    heads.head = stale  # the crash hit between the log's fsync and the store's commit
+    log = AuditLog(path, mac, head_store=heads)
+    log.close()
+    assert heads.head is not None and heads.head[0] == 2
+    assert verify(path, mac, kept=heads.head).intact
