@@ -14,8 +14,9 @@ IMAGE_APT_PACKAGES := mmdebstrap erofs-utils qemu-system-x86 qemu-utils cpio e2f
 all: test
 
 apt: .stamp-apt
-.stamp-apt: Makefile
-	@missing=""; for p in $(APT_PACKAGES); do \
+# Install the apt packages of $(1) that are missing (as root, or through sudo).
+define apt_install
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -24,6 +25,10 @@ apt: .stamp-apt
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	@touch $@
+endef
+
+.stamp-apt: Makefile
+	$(call apt_install,$(APT_PACKAGES))
 
 deps: $(VENV)/.stamp-deps
 $(VENV)/.stamp-deps: pyproject.toml constraints.txt .stamp-apt
@@ -49,16 +54,8 @@ test: deps lint
 test-image: deps .stamp-apt-image
 	$(VENV)/bin/pytest -m slow tests/image
 
-.stamp-apt-image:
-	@missing=""; for p in $(IMAGE_APT_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing apt packages:$$missing"; \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
-	fi
-	@touch $@
+.stamp-apt-image: Makefile
+	$(call apt_install,$(IMAGE_APT_PACKAGES))
 
 demo: deps
 	$(PY) -m firmware.demo
@@ -67,4 +64,4 @@ bench: deps
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) .stamp-apt build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .stamp-apt .stamp-apt-image build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

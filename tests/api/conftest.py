@@ -89,8 +89,15 @@ class RunningNode:
 
 
 def start_node(
-    tmp_path: Path, token: SoftHsmToken, settings: VaultSettings, forking: bool = True
+    tmp_path: Path,
+    token: SoftHsmToken,
+    settings: VaultSettings,
+    forking: bool = True,
+    extra_config: str = "",
+    extra_users: tuple[tuple[str, bytes], ...] = (),
 ) -> RunningNode:
+    """A node in `tmp_path` with users alice (alias tel:+15550100) and bob, plus `extra_users`;
+    `extra_config` is appended to the TOML config."""
     pki = tmp_path / "pki"
     make_dev_pki(pki)
     path = tmp_path / "kmsnode.toml"
@@ -98,6 +105,7 @@ def start_node(
         CONFIG.format(
             label=token.label, pin_file=token.pin_file, forking="true" if forking else "false"
         )
+        + extra_config
     )
     cfg = load(path)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
@@ -107,6 +115,8 @@ def start_node(
     node = Node.start(cfg, vault=vault, store=store, clock=clock)
     node.admin.put_user(ALICE, ["tel:+15550100"], ALICE_PSK, b"")
     node.admin.put_user(BOB, [], BOB_PSK, b"")
+    for identity, psk in extra_users:
+        node.admin.put_user(identity, [], psk, b"")
     return RunningNode(node, cfg, clock, pki, store)
 
 

@@ -27,20 +27,15 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from firmware.api.proto.kms.v1 import kms_pb2, kms_pb2_grpc
-from firmware.config import load
-from firmware.devpki import make_dev_pki
 from firmware.mikey.codec import GenericIdEntry
 from firmware.mikey.prf import PrfFunc
 from firmware.node import Node
-from firmware.store.sqlite import SqliteStore
 from hsm.softhsm import SoftHsmToken
-from hsm.vault import Pkcs11Vault, VaultSettings
-from tests.api.conftest import CONFIG, Clock, RunningNode, exchange_via
+from hsm.vault import VaultSettings
+from tests.api.conftest import RunningNode, exchange_via, start_node
 from tests.calls import (
     ALICE,
-    ALICE_PSK,
     BOB,
-    BOB_PSK,
     Call,
     full_call,
     requested_policy,
@@ -59,6 +54,8 @@ DEADLINE = 30.0
 
 INITIATOR = kms_pb2.TARGET_ROLE_INITIATOR
 RESPONDER = kms_pb2.TARGET_ROLE_RESPONDER
+
+__all__ = ["ALICE", "BOB"]  # re-exported for the test modules of this directory
 
 _ids = itertools.count(1)
 
@@ -86,25 +83,14 @@ def start_xk_node(
 ) -> RunningNode:
     """Like tests.api.conftest.start_node, plus [metrics] on an ephemeral loopback port and
     carol as a third user. `forking=False` grants key forking only when the ticket asks for it."""
-    pki = directory / "pki"
-    make_dev_pki(pki)
-    path = directory / "kmsnode.toml"
-    path.write_text(
-        CONFIG.format(
-            label=token.label, pin_file=token.pin_file, forking="true" if forking else "false"
-        )
-        + '\n[metrics]\naddress = "127.0.0.1:0"\n'
+    return start_node(
+        directory,
+        token,
+        settings,
+        forking=forking,
+        extra_config='\n[metrics]\naddress = "127.0.0.1:0"\n',
+        extra_users=((CAROL, CAROL_PSK),),
     )
-    cfg = load(path)
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    clock = Clock()
-    vault = Pkcs11Vault.open(settings, monitor=False)
-    store = SqliteStore(cfg.state_db)
-    node = Node.start(cfg, vault=vault, store=store, clock=clock)
-    node.admin.put_user(ALICE, ["tel:+15550100"], ALICE_PSK, b"")
-    node.admin.put_user(BOB, [], BOB_PSK, b"")
-    node.admin.put_user(CAROL, [], CAROL_PSK, b"")
-    return RunningNode(node, cfg, clock, pki, store)
 
 
 class AlarmWatcher:
