@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 
+from hsm.softhsm import SoftHsmToken
 from image.flash import flash
 from image.manifest import key_id, sign_manifest, verify_signature
 from image.p11sign import Pkcs11Signer
@@ -19,47 +18,43 @@ ED25519_OID = bytes.fromhex("06032b6570")
 
 
 @pytest.fixture(scope="module")
-def token_signer(tmp_path_factory: pytest.TempPathFactory) -> Pkcs11Signer:
-    # One token per module: python-pkcs11 loads the module once per process, and SoftHSM reads
-    # SOFTHSM2_CONF only at its first C_Initialize.
-    tmp_path = tmp_path_factory.mktemp("release-token")
-    if shutil.which("softhsm2-util") is None:
-        pytest.skip("softhsm2 not installed")
+def token_signer(softhsm_token: SoftHsmToken) -> Pkcs11Signer:
+    # The session's token (tests/conftest.py): python-pkcs11 loads the module once per process,
+    # and SoftHSM reads SOFTHSM2_CONF only at its first C_Initialize, so every test of the
+    # process shares one token; the release key gets a label of its own in it.
     import pkcs11
     from pkcs11 import Attribute, KeyType, Mechanism
 
-    from hsm.softhsm import create_token
+    from hsm.vault import PKCS11_LOCK
 
-    tok = create_token(tmp_path / "hsm", "release", "1234", "5678")
-    os.environ.setdefault("SOFTHSM2_CONF", str(tok.conf))
-    if os.environ["SOFTHSM2_CONF"] != str(tok.conf):
-        pytest.skip("another SoftHSM configuration is already loaded in this process")
+    label = "release-signing"
     with (
-        pkcs11.lib(tok.module_path)
-        .get_token(token_label="release")
-        .open(user_pin="1234", rw=True) as s
+        PKCS11_LOCK,
+        pkcs11.lib(softhsm_token.module_path)
+        .get_token(token_label=softhsm_token.label)
+        .open(user_pin=softhsm_token.pin, rw=True) as s,
     ):
-        s.generate_keypair(
-            KeyType.EC_EDWARDS,
-            mechanism=Mechanism.EC_EDWARDS_KEY_PAIR_GEN,
-            public_template={
-                Attribute.EC_PARAMS: ED25519_OID,
-                Attribute.LABEL: "rel",
-                Attribute.TOKEN: True,
-                Attribute.VERIFY: True,
-            },
-            private_template={
-                Attribute.LABEL: "rel",
-                Attribute.TOKEN: True,
-                Attribute.SIGN: True,
-                Attribute.SENSITIVE: True,
-                Attribute.EXTRACTABLE: False,
-            },
-        )
-    pin = tmp_path / "pin"
-    pin.write_text("1234\n")
-    os.chmod(pin, 0o600)
-    return Pkcs11Signer(tok.module_path, "release", "rel", pin)
+        if not list(s.get_objects({Attribute.LABEL: label})):
+            s.generate_keypair(
+                KeyType.EC_EDWARDS,
+                mechanism=Mechanism.EC_EDWARDS_KEY_PAIR_GEN,
+                public_template={
+                    Attribute.EC_PARAMS: ED25519_OID,
+                    Attribute.LABEL: label,
+                    Attribute.TOKEN: True,
+                    Attribute.VERIFY: True,
+                },
+                private_template={
+                    Attribute.LABEL: label,
+                    Attribute.TOKEN: True,
+                    Attribute.SIGN: True,
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: False,
+                },
+            )
+    return Pkcs11Signer(
+        softhsm_token.module_path, softhsm_token.label, label, softhsm_token.pin_file
+    )
 
 
 def test_a_manifest_signed_in_the_token_verifies_under_its_public_key(
@@ -85,5 +80,5 @@ def test_token_key_and_file_key_have_different_ids(token_signer: Pkcs11Signer, k
         sign_manifest(data, token_signer)
 
 
-def test_signer_repr_shows_no_pin(token_signer: Pkcs11Signer) -> None:
-    assert "1234" not in repr(token_signer)
+def test_signer_repr_shows_no_pin(token_signer: Pkcs11Signer, softhsm_token: SoftHsmToken) -> None:
+    assert softhsm_token.pin not in repr(token_signer)
