@@ -7,7 +7,7 @@ measured 24 us of calls turning into 62 us of wall time). Every PKCS#11 call of 
 already runs under hsm.vault.PKCS11_LOCK, so holding the GIL as well loses no parallelism.
 
 Rules:
-- Only C_SignInit/C_Sign, C_GenerateRandom and C_UnwrapKey/C_GetAttributeValue/C_DestroyObject,
+- Only C_SignInit/C_Sign and C_UnwrapKey/C_GetAttributeValue/C_DestroyObject,
   on session and object handles that python-pkcs11 opened and owns.
 - Callers hold PKCS11_LOCK. A non-zero CK_RV raises DirectCallFailed; the vault then repeats the
   operation through python-pkcs11, which raises its usual, mapped exception (so error handling
@@ -48,7 +48,6 @@ class DirectCalls:
         p, u = ctypes.c_void_p, _ULONG
         self._sign_init = self._fn(dll, "C_SignInit", [u, p, u])
         self._sign = self._fn(dll, "C_Sign", [u, p, u, p, p])
-        self._random = self._fn(dll, "C_GenerateRandom", [u, p, u])
         self._unwrap = self._fn(dll, "C_UnwrapKey", [u, p, u, p, u, p, u, p])
         self._get_attr = self._fn(dll, "C_GetAttributeValue", [u, u, p, u])
         self._destroy = self._fn(dll, "C_DestroyObject", [u, u])
@@ -72,11 +71,6 @@ class DirectCalls:
         size = _ULONG(64)
         self._check("C_Sign", self._sign(session, data, len(data), out, ctypes.byref(size)))
         return out.raw[: size.value]
-
-    def random(self, session: int, n: int) -> bytes:
-        out = ctypes.create_string_buffer(n)
-        self._check("C_GenerateRandom", self._random(session, out, n))
-        return out.raw
 
     def unwrap_value(
         self, session: int, kek: int, mechanism: int, blob: bytes, template: Mapping[Any, Any]
