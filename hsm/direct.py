@@ -49,6 +49,11 @@ class DirectCalls:
         self._sign_init = self._fn(dll, "C_SignInit", [u, p, u])
         self._sign = self._fn(dll, "C_Sign", [u, p, u, p, p])
         self._unwrap = self._fn(dll, "C_UnwrapKey", [u, p, u, p, u, p, u, p])
+        # Reused between calls: every call runs under PKCS11_LOCK, one at a time.
+        self._mechanisms: dict[int, Any] = {}
+        self._templates: dict[tuple[Any, ...], tuple[Any, int, list[Any]]] = {}
+        self._out = ctypes.create_string_buffer(64)
+        self._size = _ULONG(64)
         self._get_attr = self._fn(dll, "C_GetAttributeValue", [u, u, p, u])
         self._destroy = self._fn(dll, "C_DestroyObject", [u, u])
 
@@ -59,56 +64,66 @@ class DirectCalls:
         fn.restype = _ULONG
         return fn
 
-    @staticmethod
-    def _check(function: str, rv: int) -> None:
-        if rv:
-            raise DirectCallFailed(function, rv)
+    def _mechanism(self, mechanism: int) -> Any:
+        ref = self._mechanisms.get(mechanism)
+        if ref is None:
+            mech = _Mechanism(mechanism, None, 0)
+            ref = self._mechanisms[mechanism] = (mech, ctypes.byref(mech))
+        return ref[1]
 
     def sign(self, session: int, key: int, mechanism: int, data: bytes) -> bytes:
-        mech = _Mechanism(mechanism, None, 0)
-        self._check("C_SignInit", self._sign_init(session, ctypes.byref(mech), key))
-        out = ctypes.create_string_buffer(64)
-        size = _ULONG(64)
-        self._check("C_Sign", self._sign(session, data, len(data), out, ctypes.byref(size)))
-        return out.raw[: size.value]
+        rv = self._sign_init(session, self._mechanism(mechanism), key)
+        if rv:
+            raise DirectCallFailed("C_SignInit", rv)
+        size = self._size
+        size.value = 64
+        rv = self._sign(session, data, len(data), self._out, ctypes.byref(size))
+        if rv:
+            raise DirectCallFailed("C_Sign", rv)
+        return self._out.raw[: size.value]
+
+    def _template(self, template: Mapping[Any, Any]) -> tuple[Any, int]:
+        """The CK_ATTRIBUTE array of `template`, built once per distinct template."""
+        key = tuple(template.items())
+        found = self._templates.get(key)
+        if found is None:
+            keep: list[Any] = []
+            attrs = (_Attribute * len(template))()
+            for i, (kind, value) in enumerate(key):
+                if isinstance(value, bool):
+                    raw: Any = ctypes.c_ubyte(1 if value else 0)
+                else:
+                    raw = _ULONG(int(value.value if isinstance(value, Enum) else value))
+                keep.append(raw)
+                attrs[i] = _Attribute(
+                    int(kind), ctypes.cast(ctypes.byref(raw), ctypes.c_void_p), ctypes.sizeof(raw)
+                )
+            found = self._templates[key] = (attrs, len(key), keep)
+        return found[0], found[1]
 
     def unwrap_value(
         self, session: int, kek: int, mechanism: int, blob: bytes, template: Mapping[Any, Any]
     ) -> bytes:
         """Unwrap `blob` into a transient object, read its CKA_VALUE, destroy it."""
-        keep: list[Any] = []
-        attrs = (_Attribute * len(template))()
-        for i, (kind, value) in enumerate(template.items()):
-            if isinstance(value, bool):
-                raw: Any = ctypes.c_ubyte(1 if value else 0)
-            else:
-                raw = _ULONG(int(value.value if isinstance(value, Enum) else value))
-            keep.append(raw)
-            attrs[i] = _Attribute(
-                int(kind), ctypes.cast(ctypes.byref(raw), ctypes.c_void_p), ctypes.sizeof(raw)
-            )
-        mech = _Mechanism(mechanism, None, 0)
+        attrs, count = self._template(template)
         handle = _ULONG(0)
-        self._check(
-            "C_UnwrapKey",
-            self._unwrap(
-                session,
-                ctypes.byref(mech),
-                kek,
-                blob,
-                len(blob),
-                attrs,
-                len(template),
-                ctypes.byref(handle),
-            ),
+        rv = self._unwrap(
+            session,
+            self._mechanism(mechanism),
+            kek,
+            blob,
+            len(blob),
+            attrs,
+            count,
+            ctypes.byref(handle),
         )
+        if rv:
+            raise DirectCallFailed("C_UnwrapKey", rv)
         try:
-            value = ctypes.create_string_buffer(64)
-            attr = _Attribute(0x11, ctypes.cast(value, ctypes.c_void_p), 64)  # CKA_VALUE
-            self._check(
-                "C_GetAttributeValue",
-                self._get_attr(session, handle.value, ctypes.byref(attr), 1),
-            )
-            return value.raw[: attr.length]
+            attr = _Attribute(0x11, ctypes.cast(self._out, ctypes.c_void_p), 64)  # CKA_VALUE
+            rv = self._get_attr(session, handle.value, ctypes.byref(attr), 1)
+            if rv:
+                raise DirectCallFailed("C_GetAttributeValue", rv)
+            return self._out.raw[: attr.length]
         finally:
             self._destroy(session, handle.value)

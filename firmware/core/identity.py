@@ -9,10 +9,12 @@ Rules (RFC 3261 section 19.1.4, RFC 3966 section 3 and 5):
   leading '+', compares as text; parameters other than phone-context are dropped; phone-context
   compares case-insensitively.
 - Anything else is refused (IdentityError): an identity we cannot canonicalise is never matched.
+- Results are memoised (bounded LRU): the same identities recur on every request.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import unquote
 
@@ -34,6 +36,7 @@ def _decode_user(user: str) -> str:
     return re.sub(r"%[0-9A-Fa-f]{2}", repl, user)
 
 
+@functools.lru_cache(maxsize=65536)
 def canonical(identity: str) -> str:
     """The canonical form of a SIP, SIPS or TEL URI; raises IdentityError for anything else."""
     text = identity.strip()
