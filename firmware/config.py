@@ -78,7 +78,7 @@ class Config:
     policy: PolicyConfig
     metrics_address: str | None
     grace_period: float = 10.0
-    workers: int = 16
+    workers: int = 2  # gRPC handler threads per listener (more threads thrash the GIL: measured)
     clients: ClientConfig = field(default_factory=ClientConfig)
 
     @property
@@ -171,7 +171,7 @@ def load(path: Path | str) -> Config:
     state_db = Path(node.text("state_db", "state.sqlite"))
     audit_log = Path(node.text("audit_log", "audit.log"))
     grace = node.number("grace_period", 10.0)
-    workers = int(node.number("workers", 16))
+    workers = int(node.number("workers", 2))
     node.done()
 
     hsm = _Section("hsm", raw.get("hsm", {}), base)
