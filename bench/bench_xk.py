@@ -57,10 +57,16 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=0, help="override [node] workers")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kmsnode-bench-xk-"))
     kmsnode("dev-init", str(work), "--ue-port", "0", "--li-port", "0")
     config = str(work / "kmsnode.toml")
+    if args.workers:
+        text = (work / "kmsnode.toml").read_text()
+        (work / "kmsnode.toml").write_text(
+            text.replace('data_dir = "."', f'data_dir = "."\nworkers = {args.workers}')
+        )
     for who, psk in ((ALICE, PSK_A), (BOB, PSK_B)):
         (work / "psk").write_text(psk.hex())
         kmsnode("user", "add", who.decode(), "--psk-file", str(work / "psk"), "--config", config)
