@@ -135,24 +135,29 @@ def add_users(db: Path, count: int) -> None:
     con.close()
 
 
+def dev_node(prefix: str, workers: int = 0) -> tuple[Path, str, Path]:
+    """A throw-away node (kmsnode dev-init) with alice and bob; (directory, config, pki dir)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    kmsnode("dev-init", str(work), "--ue-port", "0", "--li-port", "0")
+    config = str(work / "kmsnode.toml")
+    if workers:
+        text = (work / "kmsnode.toml").read_text()
+        (work / "kmsnode.toml").write_text(
+            text.replace('data_dir = "."', f'data_dir = "."\nworkers = {workers}')
+        )
+    for who, psk in ((ALICE, PSK_A), (BOB, PSK_B)):
+        (work / "psk").write_text(psk.hex())
+        kmsnode("user", "add", who.decode(), "--psk-file", str(work / "psk"), "--config", config)
+    return work, config, work / "pki"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=0, help="override [node] workers")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="kmsnode-bench-"))
-    kmsnode("dev-init", str(work), "--ue-port", "0", "--li-port", "0")
-    config = str(work / "kmsnode.toml")
-    if args.workers:
-        text = (work / "kmsnode.toml").read_text()
-        (work / "kmsnode.toml").write_text(
-            text.replace('data_dir = "."', f'data_dir = "."\nworkers = {args.workers}')
-        )
-    for who, psk in ((ALICE, PSK_A), (BOB, PSK_B)):
-        (work / "psk").write_text(psk.hex())
-        kmsnode("user", "add", who.decode(), "--psk-file", str(work / "psk"), "--config", config)
-    pki = work / "pki"
+    work, config, pki = dev_node("kmsnode-bench-", args.workers)
     ca = (pki / "ca.pem").read_bytes()
     serve = [sys.executable, "-m", "firmware.cli", "serve", "--config", config]
     echo_cmd = [

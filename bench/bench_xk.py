@@ -13,21 +13,19 @@ alice's) that must be refused with an alarm; the watcher measures from the alarm
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import grpc
 
 from bench.bench_kms import (
     ALICE,
     BOB,
-    PSK_A,
-    PSK_B,
     cpu_seconds,
+    dev_node,
     kmsnode,
     measure,
     row,
@@ -59,27 +57,12 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--workers", type=int, default=0, help="override [node] workers")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="kmsnode-bench-xk-"))
-    kmsnode("dev-init", str(work), "--ue-port", "0", "--li-port", "0")
-    config = str(work / "kmsnode.toml")
-    if args.workers:
-        text = (work / "kmsnode.toml").read_text()
-        (work / "kmsnode.toml").write_text(
-            text.replace('data_dir = "."', f'data_dir = "."\nworkers = {args.workers}')
-        )
-    for who, psk in ((ALICE, PSK_A), (BOB, PSK_B)):
-        (work / "psk").write_text(psk.hex())
-        kmsnode("user", "add", who.decode(), "--psk-file", str(work / "psk"), "--config", config)
-    pki = work / "pki"
+    work, config, pki = dev_node("kmsnode-bench-xk-", args.workers)
     ca = (pki / "ca.pem").read_bytes()
     serve = [sys.executable, "-m", "firmware.cli", "serve", "--config", config]
     node, _ = start(serve, r"UE listener on .*:(\d+)")
-    ue_port = int(
-        __import__("json").loads((work / "listeners.json").read_text())["ue"].rsplit(":")[1]
-    )
-    li_port = int(
-        __import__("json").loads((work / "listeners.json").read_text())["li"].rsplit(":")[1]
-    )
+    listeners = json.loads((work / "listeners.json").read_text())
+    ue_port, li_port = (int(listeners[k].rsplit(":", 1)[1]) for k in ("ue", "li"))
     for liid, target in (("LI-B", BOB), ("LI-A", ALICE)):
         kmsnode(
             "warrant",
