@@ -223,8 +223,24 @@ def cmd_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def _node_running(cfg: config_mod.Config) -> bool:
+    """True when `serve` of this config runs (it records its pid in the runtime file)."""
+    try:
+        pid = int(json.loads(cfg.runtime_file.read_text())["pid"])
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError):
+        return False
+    return True
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
+    if _node_running(cfg):
+        # The running node holds session copies of the keys and sweeps retired versions
+        # itself: change or read them through it (AdminService), never behind its back.
+        from firmware.cli_li import keys_via_node
+
+        return keys_via_node(cfg, args.action)
     admin, vault, store = open_admin(cfg)
     try:
         if args.action == "rotate":

@@ -153,6 +153,24 @@ def cmd_alarms(args: argparse.Namespace) -> int:
         return int(_rpc(watch))
 
 
+def keys_via_node(cfg: config_mod.Config, action: str) -> int:
+    """`kmsnode keys list|rotate` against a running node, with the admin credentials."""
+    from firmware.api.proto.kms.v1 import kms_pb2, kms_pb2_grpc
+
+    args = argparse.Namespace(endpoint=None, ca=None, cert=None, key=None)
+    with _channel(cfg, args, "admin") as channel:
+        stub = kms_pb2_grpc.AdminServiceStub(channel)
+        if action == "rotate":
+            v = _rpc(lambda: stub.RotateTicketKey(kms_pb2.RotateTicketKeyRequest(), timeout=30))
+            print(f"{v.name}/v{v.version} ACTIVE")
+            return 0
+        listing = _rpc(lambda: stub.ListKeyVersions(kms_pb2.ListKeyVersionsRequest(), timeout=30))
+        for v in listing.versions:
+            state = kms_pb2.KeyVersion.State.Name(v.state)
+            print(f"{v.name}/v{v.version}\t{state}\tcreated={_iso(v.created)}")
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from firmware.audit.log import verify
     from firmware.cli import open_store, open_vault

@@ -89,6 +89,15 @@ def test_serve_reports_its_listeners_serves_health_and_exits_0_on_sigterm(devnod
                 health_pb2.HealthCheckRequest(), timeout=10
             )
         assert status.status == health_pb2.HealthCheckResponse.SERVING
+        # While the node runs, key rotation goes through it (AdminService), not behind its back.
+        config = str(devnode / "kmsnode.toml")
+        before = kmsnode("keys", "list", "--config", config).stdout
+        rotated = kmsnode("keys", "rotate", "--config", config).stdout
+        version = re.search(r"ticket-protection/v(\d+) ACTIVE", rotated)
+        assert version is not None
+        after = kmsnode("keys", "list", "--config", config).stdout
+        assert f"ticket-protection/v{version.group(1)}\tACTIVE" in after
+        assert f"ticket-protection/v{version.group(1)}\t" not in before
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     finally:
