@@ -44,6 +44,7 @@ from firmware.core.freshness import ReplayCache, StaleTimestamp, ntp64_to_unix, 
 from firmware.core.identity import IdentityError, canonical
 from firmware.core.ports import KeyName, KeyVault, Resolution, Store, User
 from firmware.mikey.codec import (
+    Kemac,
     KeyData,
     Payload,
     RoleIdentity,
@@ -281,7 +282,9 @@ class TicketCore:
             granted |= TpFlags.F
         if granted & TpFlags.G:
             granted |= TpFlags.F
-        if (granted & ~TpFlags.K) != (flags & ~TpFlags.K):
+        if (granted & ~TpFlags.K) != (flags & ~TpFlags.K) or requested.find_all(Kemac):
+            # K: the KMS changed the policy, or replaced the requested KEMAC template (it always
+            # grants one TGK and never echoes a template, RFC 6043 6.10).
             granted |= TpFlags.K
         responders = requested.idr(IdRole.IDRr)
         if not responders:

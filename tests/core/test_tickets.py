@@ -67,3 +67,34 @@ def test_refuses_garbage_as_malformed(node) -> None:
     core, _, _ = node
     with pytest.raises(MalformedMessage):
         core.exchange(b"\x01\x0b\x00")
+
+
+def test_a_requested_kemac_template_is_replaced_and_flagged_with_k(node) -> None:
+    from firmware.mikey.codec import Kemac, KeyData, Ticket, TpFlags, serialize_key_data
+    from firmware.mikey.constants import EncrAlg, KeyDataType
+    from tests.calls import requested_policy, t_at, ues
+
+    core, _, _ = node
+    alice = ues(PrfFunc.MIKEY_1)[0]
+    template = Kemac(EncrAlg.NULL, serialize_key_data([KeyData(KeyDataType.TEK, bytes(16))]))
+    plain = requested_policy(PrfFunc.MIKEY_1, True, [BOB.encode()])
+    wanted = type(plain)(
+        plain.ticket_type,
+        plain.subtype,
+        plain.version,
+        plain.prf_func,
+        # exactly the flags the KMS grants, so only the replaced template can set K
+        TpFlags.D | TpFlags.E | TpFlags.F | TpFlags.H | TpFlags.I | TpFlags.N | TpFlags.O,
+        (template, *(plain.payloads or ())),
+    )
+    req = alice.request_init(csb_id=9, t=t_at(NOW), rand_i=bytes(16), policy=wanted)
+    granted = decode(core.exchange(req)).require(Ticket).policy
+    assert granted.flags & TpFlags.K
+    assert not granted.find_all(Kemac)
+    plain_req = alice.request_init(
+        csb_id=10,
+        t=t_at(NOW),
+        rand_i=bytes(range(16)),
+        policy=type(plain)(1, 1, 1, PrfFunc.MIKEY_1, wanted.flags, plain.payloads),
+    )
+    assert not decode(core.exchange(plain_req)).require(Ticket).policy.flags & TpFlags.K
