@@ -24,7 +24,6 @@ from firmware.mikey.codec import (
     Kemac,
     KeyData,
     Payload,
-    RoleIdentity,
     RoleRand,
     SecurityPolicy,
     Ticket,
@@ -47,7 +46,7 @@ from firmware.mikey.constants import (
 )
 from firmware.mikey.crypto import compute_mac, fork_mpkr, kemac_crypt, message_keys, vr_auth_key
 from firmware.mikey.errors import MikeyError
-from firmware.mikey.kms import sign_message
+from firmware.mikey.kms import idr, sign_message
 from firmware.mikey.message import Message, appended_identities, decode, encode, mac_input
 from firmware.mikey.transfer import (
     SessionKey,
@@ -83,13 +82,9 @@ def _split_mpks(kd: tuple[KeyData, ...]) -> tuple[list[bytes], tuple[KeyData, ..
     return mpks, tuple(k for k in kd if k.key_type is not KeyDataType.MPK)
 
 
-def _idr(role: IdRole, data: bytes, id_type: IdType = IdType.URI) -> RoleIdentity:
-    return RoleIdentity(role, id_type, data)
-
-
 @dataclass
-class Initiator:
-    """The initiating UE: shares ``psk`` (named by ``psk_id``) with the KMS."""
+class _Ue:
+    """A UE's credentials with the KMS: ``psk`` (named by ``psk_id``) and the identities."""
 
     identity: bytes
     psk: bytes = field(repr=False)
@@ -97,6 +92,35 @@ class Initiator:
     psk_id: bytes | None = None
     prf_func: PrfFunc = PrfFunc.MIKEY_1
     mac_alg: MacAlg = MacAlg.HMAC_SHA_1_160
+
+    def _psk_initial(
+        self, data_type: DataType, csb_id: int, t: Timestamp, rand: RoleRand, last: Payload
+    ) -> bytes:
+        """HDR, T, RANDRx, IDRx, IDRkms, `last`, [IDRpsk], V keyed K1 from the PSK (RFC 6043
+        4.2.1.1 / 4.2.3.1); the MAC covers the message || own identity || KMS identity."""
+        own = IdRole.IDRi if rand.role == RandRole.RANDRi else IdRole.IDRr
+        header = Header(data_type, csb_id, EmptyMap(), self.prf_func, True)
+        payloads: list[Payload] = [
+            t,
+            rand,
+            idr(own, self.identity),
+            idr(IdRole.IDRkms, self.kms_identity),
+            last,
+        ]
+        if self.psk_id is not None:
+            payloads.append(idr(IdRole.IDRpsk, self.psk_id, IdType.BYTE_STRING))
+        initiator = rand.role == RandRole.RANDRi
+        key = message_keys(self.prf_func, self.psk, csb_id, response=False,
+                           rand_i=rand.value if initiator else None,
+                           rand_r=None if initiator else rand.value,
+                           mac_alg=self.mac_alg).auth_key  # fmt: skip
+        return sign_message(header, payloads, key, self.mac_alg, self.identity + self.kms_identity)
+
+
+@dataclass
+class Initiator(_Ue):
+    """The initiating UE: shares ``psk`` (named by ``psk_id``) with the KMS."""
+
     _request: Message | None = field(default=None, repr=False)
     ticket: Ticket | None = field(default=None, repr=False)
     mpki: bytes = field(default=b"", repr=False)
@@ -107,19 +131,8 @@ class Initiator:
     def request_init(self, *, csb_id: int, t: Timestamp, rand_i: bytes,
                      policy: TicketPolicy) -> bytes:  # fmt: skip
         """REQUEST_INIT_PSK = HDR, T, RANDRi, IDRi, IDRkms, TP, [IDRpsk], V."""
-        header = Header(DataType.REQUEST_INIT_PSK, csb_id, EmptyMap(), self.prf_func, True)
-        payloads: list[Payload] = [
-            t,
-            RoleRand(RandRole.RANDRi, rand_i),
-            _idr(IdRole.IDRi, self.identity),
-            _idr(IdRole.IDRkms, self.kms_identity),
-            policy,
-        ]
-        if self.psk_id is not None:
-            payloads.append(_idr(IdRole.IDRpsk, self.psk_id, IdType.BYTE_STRING))
-        key = message_keys(self.prf_func, self.psk, csb_id, response=False, rand_i=rand_i,
-                           rand_r=None, mac_alg=self.mac_alg).auth_key  # fmt: skip
-        data = sign_message(header, payloads, key, self.mac_alg, self.identity + self.kms_identity)
+        data = self._psk_initial(DataType.REQUEST_INIT_PSK, csb_id, t,
+                                 RoleRand(RandRole.RANDRi, rand_i), policy)  # fmt: skip
         self._request = decode(data)
         return data
 
@@ -161,8 +174,8 @@ class Initiator:
         payloads: list[Payload] = [
             t,
             RoleRand(RandRole.RANDRi, rand_i),
-            _idr(IdRole.IDRi, self.identity),
-            _idr(IdRole.IDRr, responder),
+            idr(IdRole.IDRi, self.identity),
+            idr(IdRole.IDRr, responder),
             *policies,
             ticket,
         ]
@@ -204,15 +217,9 @@ class Initiator:
 
 
 @dataclass
-class Responder:
+class Responder(_Ue):
     """The responding UE: shares ``psk`` with the KMS, resolves tickets it receives."""
 
-    identity: bytes
-    psk: bytes = field(repr=False)
-    kms_identity: bytes
-    psk_id: bytes | None = None
-    prf_func: PrfFunc = PrfFunc.MIKEY_1
-    mac_alg: MacAlg = MacAlg.HMAC_SHA_1_160
     init: Message | None = field(default=None, repr=False)
     _resolve: Message | None = field(default=None, repr=False)
     mpki: bytes = field(default=b"", repr=False)
@@ -234,19 +241,9 @@ class Responder:
         """RESOLVE_INIT_PSK = HDR, T, RANDRr, IDRr, IDRkms, TICKET, [IDRpsk], V."""
         if self.init is None:
             raise MikeyError("no TRANSFER_INIT received", -1)
-        header = Header(DataType.RESOLVE_INIT_PSK, csb_id, EmptyMap(), self.prf_func, True)
-        payloads: list[Payload] = [
-            t,
-            RoleRand(RandRole.RANDRr, rand_r),
-            _idr(IdRole.IDRr, self.identity),
-            _idr(IdRole.IDRkms, self.kms_identity),
-            transfer_ticket(self.init),
-        ]
-        if self.psk_id is not None:
-            payloads.append(_idr(IdRole.IDRpsk, self.psk_id, IdType.BYTE_STRING))
-        key = message_keys(self.prf_func, self.psk, csb_id, response=False, rand_i=None,
-                           rand_r=rand_r, mac_alg=self.mac_alg).auth_key  # fmt: skip
-        data = sign_message(header, payloads, key, self.mac_alg, self.identity + self.kms_identity)
+        data = self._psk_initial(DataType.RESOLVE_INIT_PSK, csb_id, t,
+                                 RoleRand(RandRole.RANDRr, rand_r),
+                                 transfer_ticket(self.init))  # fmt: skip
         self._resolve = decode(data)
         return data
 
@@ -291,7 +288,7 @@ class Responder:
             payloads.append(RoleRand(RandRole.RANDRr, rand_r))
         key_in = self.mpki
         if self.modifier is not None and self.mpkr_forked is not None:
-            payloads += [_idr(IdRole.IDRr, self.modifier[0]),
+            payloads += [idr(IdRole.IDRr, self.modifier[0]),
                          RoleRand(RandRole.RANDRkms, self.modifier[1])]  # fmt: skip
             key_in = self.mpkr_forked
         rand_i = self.init.randr(RandRole.RANDRi)

@@ -113,7 +113,8 @@ def _kms_response(
     return sign_message(header, payloads, keys.auth_key, mac, request.raw)
 
 
-def _idr(role: IdRole, data: bytes, id_type: IdType = IdType.URI) -> RoleIdentity:
+def idr(role: IdRole, data: bytes, id_type: IdType = IdType.URI) -> RoleIdentity:
+    """An IDR payload (RFC 6043 6.6); identities are URIs unless said otherwise."""
     return RoleIdentity(role, id_type, data)
 
 
@@ -140,7 +141,7 @@ def build_request_resp(
         kd.append(KeyData(KeyDataType.MPK, mpkr, b"", mpk_kv))
     before: list[Payload] = []
     if kms_identity is not None:
-        before.append(_idr(IdRole.IDRkms, kms_identity))
+        before.append(idr(IdRole.IDRkms, kms_identity))
     before.append(ticket)
     return _kms_response(request, DataType.REQUEST_RESP, psk, t=t, before_kemac=before,
                          kemac_keys=[*kd, *session_keys], after_kemac=(), encr_alg=encr_alg,
@@ -174,12 +175,12 @@ def build_resolve_resp(
         kd.append(KeyData(KeyDataType.MPK, fork_mpkr(func, opened.mpkr, responder_identity,
                                                      rand_kms), b"", opened.mpk_kv))  # fmt: skip
         keys = fork_keys(opened.policy, keys, responder_identity, rand_kms)
-        after = [_idr(IdRole.IDRr, responder_identity), RoleRand(RandRole.RANDRkms, rand_kms)]
+        after = [idr(IdRole.IDRr, responder_identity), RoleRand(RandRole.RANDRkms, rand_kms)]
     elif responder_identity is not None:
-        after = [_idr(IdRole.IDRr, responder_identity)]
+        after = [idr(IdRole.IDRr, responder_identity)]
     before: list[Payload] = []
     if kms_identity is not None:
-        before.append(_idr(IdRole.IDRkms, kms_identity))
+        before.append(idr(IdRole.IDRkms, kms_identity))
     return _kms_response(request, DataType.RESOLVE_RESP, psk, t=t, before_kemac=before,
                          kemac_keys=[*kd, *keys], after_kemac=after, encr_alg=encr_alg,
                          mac_alg=mac_alg)  # fmt: skip
