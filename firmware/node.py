@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from firmware.api import server as api_server
-from firmware.api import status
 from firmware.api.li import AdminServicer, Guard, XkServicer
 from firmware.api.metrics import InstrumentedVault, Metrics, MetricsInterceptor
 from firmware.api.proto.kms.v1 import kms_pb2_grpc
@@ -150,7 +149,6 @@ class Node:
             alarms,
             cfg.kms_identity,
             clock,
-            lambda e: status.reason_of(e) if isinstance(e, KmsError) else "",
         )
         li = api_server.make_listener(
             "li",

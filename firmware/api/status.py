@@ -1,8 +1,9 @@
 """The one table from core errors to gRPC status codes and ErrorInfo reasons.
 
 Rules:
-- Every KmsError subclass resolves to exactly one entry through its MRO (a test proves every class
-  defined in firmware.core.errors resolves to an entry of its own or of a named parent).
+- Every KmsError subclass resolves to exactly one status code through its MRO (a test proves every
+  class defined in firmware.core.errors has an entry of its own); the ErrorInfo reason is the one
+  the error carries (`KmsError.reason`), so core and api can never disagree on it.
 - The status message is the error's text, which by the errors module's rule holds no secret.
 - ErrorInfo carries domain "kms.v1" and the reason from the contract; MIKEY errors add the
   trailing metadata key "mikey-error" with the RFC 3830 / RFC 6043 ERR number.
@@ -21,42 +22,42 @@ from firmware.core import errors
 
 DOMAIN = "kms.v1"
 
-TABLE: dict[type[errors.KmsError], tuple[grpc.StatusCode, str]] = {
-    errors.KmsError: (grpc.StatusCode.INTERNAL, "INTERNAL"),
-    errors.HsmUnavailable: (grpc.StatusCode.UNAVAILABLE, "HSM_UNAVAILABLE"),
-    errors.HsmConfigurationError: (grpc.StatusCode.UNAVAILABLE, "HSM_UNAVAILABLE"),
-    errors.KeyVersionNotFound: (grpc.StatusCode.PERMISSION_DENIED, "TICKET_INVALID"),
-    errors.WrappedKeyInvalid: (grpc.StatusCode.INTERNAL, "STATE_DAMAGED"),
-    errors.AuditUnavailable: (grpc.StatusCode.UNAVAILABLE, "AUDIT_UNAVAILABLE"),
-    errors.ConfigError: (grpc.StatusCode.FAILED_PRECONDITION, "CONFIG_ERROR"),
-    errors.CallerError: (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST"),
-    errors.MalformedMessage: (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE"),
-    errors.NotAuthenticated: (grpc.StatusCode.UNAUTHENTICATED, "AUTHENTICATION_FAILED"),
-    errors.InvalidRequest: (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST"),
-    errors.KeyVersionInUse: (grpc.StatusCode.FAILED_PRECONDITION, "KEY_VERSION_ACTIVE"),
-    errors.NotFound: (grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
-    errors.Conflict: (grpc.StatusCode.ALREADY_EXISTS, "CONFLICT"),
-    errors.PermissionDenied: (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
-    errors.RoleNotAllowed: (grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_ALLOWED"),
-    errors.NoActiveWarrant: (grpc.StatusCode.PERMISSION_DENIED, "NO_ACTIVE_WARRANT"),
-    errors.TicketInvalid: (grpc.StatusCode.PERMISSION_DENIED, "TICKET_INVALID"),
-    errors.TicketExpired: (grpc.StatusCode.PERMISSION_DENIED, "TICKET_EXPIRED"),
-    errors.MessageAuthFailed: (grpc.StatusCode.PERMISSION_DENIED, "MESSAGE_AUTH_FAILED"),
-    errors.TargetMismatch: (grpc.StatusCode.PERMISSION_DENIED, "TARGET_MISMATCH"),
+TABLE: dict[type[errors.KmsError], grpc.StatusCode] = {
+    errors.KmsError: grpc.StatusCode.INTERNAL,
+    errors.HsmUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.HsmConfigurationError: grpc.StatusCode.UNAVAILABLE,
+    errors.KeyVersionNotFound: grpc.StatusCode.PERMISSION_DENIED,
+    errors.WrappedKeyInvalid: grpc.StatusCode.INTERNAL,
+    errors.AuditUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.ConfigError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.CallerError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.MalformedMessage: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotAuthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.KeyVersionInUse: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.Conflict: grpc.StatusCode.ALREADY_EXISTS,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.RoleNotAllowed: grpc.StatusCode.PERMISSION_DENIED,
+    errors.NoActiveWarrant: grpc.StatusCode.PERMISSION_DENIED,
+    errors.TicketInvalid: grpc.StatusCode.PERMISSION_DENIED,
+    errors.TicketExpired: grpc.StatusCode.PERMISSION_DENIED,
+    errors.MessageAuthFailed: grpc.StatusCode.PERMISSION_DENIED,
+    errors.TargetMismatch: grpc.StatusCode.PERMISSION_DENIED,
+    errors.StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.AuditIntegrityError: grpc.StatusCode.UNAVAILABLE,
+    errors.TooManyStreams: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
 def lookup(error: errors.KmsError) -> tuple[grpc.StatusCode, str]:
-    """The status code and reason of `error` (the nearest class in its MRO with an entry)."""
+    """The status code of `error` (the nearest class in its MRO with an entry) and the reason
+    the error carries itself."""
     for cls in type(error).__mro__:
-        entry = TABLE.get(cls)
-        if entry is not None:
-            return entry
+        code = TABLE.get(cls)
+        if code is not None:
+            return code, error.reason
     raise LookupError(type(error).__name__)  # unreachable: KmsError itself is in the table
-
-
-def reason_of(error: errors.KmsError) -> str:
-    return lookup(error)[1]
 
 
 def to_status(error: errors.KmsError) -> grpc.Status:

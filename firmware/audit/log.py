@@ -35,22 +35,15 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from firmware.core.errors import AuditUnavailable
+from firmware.core.ports import HeadStore
 
 GENESIS = bytes(32)
 HEAD_CONTEXT = b"kmsnode-audit-head"
 
 Mac = Callable[[bytes], bytes]
-
-
-class HeadStore(Protocol):
-    """Where the chain head is kept besides the head file (the node's state store)."""
-
-    def audit_head(self) -> tuple[int, bytes] | None: ...
-
-    def set_audit_head(self, count: int, mac: bytes) -> None: ...
 
 
 def canonical(obj: Mapping[str, Any]) -> bytes:

@@ -164,7 +164,20 @@ class StoreConflict(Exception):
     """A write would break a uniqueness rule (an identity or PSK id owned by another user)."""
 
 
-class Store(Protocol):
+class HeadStore(Protocol):
+    """Where the audit chain head is kept besides the signed head file (the state store).
+
+    Rule: a stored head is never lowered (a lower count, or the same count with another MAC,
+    is refused by the store)."""
+
+    def audit_head(self) -> tuple[int, bytes] | None:
+        """(count, MAC of the last record) of the audit chain, or None before the first."""
+        ...
+
+    def set_audit_head(self, count: int, mac: bytes) -> None: ...
+
+
+class Store(HeadStore, Protocol):
     """Durable state. Every write is one transaction: it is wholly done or not at all."""
 
     def put_user(self, user: User) -> None:
@@ -200,12 +213,6 @@ class Store(Protocol):
     def list_warrants(self) -> list[Warrant]: ...
 
     def warrants_for(self, target: str) -> list[Warrant]: ...
-
-    def audit_head(self) -> tuple[int, bytes] | None:
-        """(count, MAC of the last record) of the audit chain, or None before the first."""
-        ...
-
-    def set_audit_head(self, count: int, mac: bytes) -> None: ...
 
     def record_key(self, record: KeyRecord) -> None:
         """Insert or replace the record of one key version."""

@@ -154,12 +154,10 @@ class KeyRelease:
         alarms: AlarmSink,
         kms_identity: str,
         clock: Callable[[], float],
-        reason_of: Callable[[Exception], str],
     ) -> None:
         self.vault, self.store, self.audit, self.alarms = vault, store, audit, alarms
         self.kms_id = kms_identity.encode()
         self.clock = clock
-        self.reason_of = reason_of
 
     def get_keys(self, caller: Caller, request: GetKeysRequest) -> ReleasedKeys:
         now = self.clock()
@@ -185,9 +183,9 @@ class KeyRelease:
         return released
 
     def _refused(
-        self, caller: Caller, request: GetKeysRequest, refusal: Exception, now: float
+        self, caller: Caller, request: GetKeysRequest, refusal: CallerError, now: float
     ) -> None:
-        reason = self.reason_of(refusal)
+        reason = refusal.reason
         try:
             self.audit.append(
                 now,

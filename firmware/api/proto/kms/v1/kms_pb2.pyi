@@ -486,7 +486,7 @@ class Alarm(_message.Message):
     reason: _builtins.str
     """the ErrorInfo reason of the refused request, or e.g. "HSM_REMOVED", "TAMPER" """
     caller: _builtins.str
-    """certificate identity of the caller"""
+    """certificate identities of the caller, comma-separated"""
     liid: _builtins.str
     correlation_id: _builtins.str
     detail: _builtins.str

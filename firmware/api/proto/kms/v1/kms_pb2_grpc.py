@@ -163,7 +163,10 @@ class XkServiceServicer:
         NO_ACTIVE_WARRANT      PERMISSION_DENIED    no active warrant for (liid, target) for this DF2
         ROLE_NOT_ALLOWED       PERMISSION_DENIED    caller's certificate does not hold the DF2 role
         HSM_UNAVAILABLE        UNAVAILABLE          the HSM cannot be reached; retry later
-        Every PERMISSION_DENIED outcome also raises an Alarm at once (AdminService.WatchAlarms).
+        INVALID_REQUEST        INVALID_ARGUMENT     a field is missing, too long, or holds control characters
+        Every refusal, whatever its reason, also raises an Alarm at once (AdminService.WatchAlarms) and
+        writes one audit record. For TARGET_ROLE_RESPONDER only the KMS's own record of the responder's
+        RESOLVE_INIT binds the target; a TRANSFER_RESP, when given, must verify and agree with it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -225,7 +228,8 @@ class XkService:
 class AdminServiceStub:
     """---------------------------------------------------------------------------------------------
     Administration: user credentials, warrants, key versions, alarms, audit. Served on the LI
-    listener (mutual TLS; caller must hold the ADMIN role, except WatchAlarms which ADMIN or DF2 may use).
+    listener (mutual TLS; caller must hold the ADMIN role, except WatchAlarms which ADMIN or DF2 may use:
+    ADMIN receives every alarm, a DF2 only the alarms of its own requests and node alarms naming no LIID).
     ---------------------------------------------------------------------------------------------
     """
 
@@ -285,7 +289,8 @@ class AdminServiceStub:
 class AdminServiceServicer:
     """---------------------------------------------------------------------------------------------
     Administration: user credentials, warrants, key versions, alarms, audit. Served on the LI
-    listener (mutual TLS; caller must hold the ADMIN role, except WatchAlarms which ADMIN or DF2 may use).
+    listener (mutual TLS; caller must hold the ADMIN role, except WatchAlarms which ADMIN or DF2 may use:
+    ADMIN receives every alarm, a DF2 only the alarms of its own requests and node alarms naming no LIID).
     ---------------------------------------------------------------------------------------------
     """
 
@@ -402,7 +407,8 @@ def add_AdminServiceServicer_to_server(servicer, server):
 class AdminService:
     """---------------------------------------------------------------------------------------------
     Administration: user credentials, warrants, key versions, alarms, audit. Served on the LI
-    listener (mutual TLS; caller must hold the ADMIN role, except WatchAlarms which ADMIN or DF2 may use).
+    listener (mutual TLS; caller must hold the ADMIN role, except WatchAlarms which ADMIN or DF2 may use:
+    ADMIN receives every alarm, a DF2 only the alarms of its own requests and node alarms naming no LIID).
     ---------------------------------------------------------------------------------------------
     """
 

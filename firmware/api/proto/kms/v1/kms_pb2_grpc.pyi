@@ -126,7 +126,10 @@ class XkServiceStub:
       NO_ACTIVE_WARRANT      PERMISSION_DENIED    no active warrant for (liid, target) for this DF2
       ROLE_NOT_ALLOWED       PERMISSION_DENIED    caller's certificate does not hold the DF2 role
       HSM_UNAVAILABLE        UNAVAILABLE          the HSM cannot be reached; retry later
-    Every PERMISSION_DENIED outcome also raises an Alarm at once (AdminService.WatchAlarms).
+      INVALID_REQUEST        INVALID_ARGUMENT     a field is missing, too long, or holds control characters
+    Every refusal, whatever its reason, also raises an Alarm at once (AdminService.WatchAlarms) and
+    writes one audit record. For TARGET_ROLE_RESPONDER only the KMS's own record of the responder's
+    RESOLVE_INIT binds the target; a TRANSFER_RESP, when given, must verify and agree with it.
     """
 
 @_typing.type_check_only
@@ -151,7 +154,10 @@ class XkServiceAsyncStub(XkServiceStub):
       NO_ACTIVE_WARRANT      PERMISSION_DENIED    no active warrant for (liid, target) for this DF2
       ROLE_NOT_ALLOWED       PERMISSION_DENIED    caller's certificate does not hold the DF2 role
       HSM_UNAVAILABLE        UNAVAILABLE          the HSM cannot be reached; retry later
-    Every PERMISSION_DENIED outcome also raises an Alarm at once (AdminService.WatchAlarms).
+      INVALID_REQUEST        INVALID_ARGUMENT     a field is missing, too long, or holds control characters
+    Every refusal, whatever its reason, also raises an Alarm at once (AdminService.WatchAlarms) and
+    writes one audit record. For TARGET_ROLE_RESPONDER only the KMS's own record of the responder's
+    RESOLVE_INIT binds the target; a TRANSFER_RESP, when given, must verify and agree with it.
     """
 
 class XkServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -179,7 +185,10 @@ class XkServiceServicer(metaclass=_abc_1.ABCMeta):
           NO_ACTIVE_WARRANT      PERMISSION_DENIED    no active warrant for (liid, target) for this DF2
           ROLE_NOT_ALLOWED       PERMISSION_DENIED    caller's certificate does not hold the DF2 role
           HSM_UNAVAILABLE        UNAVAILABLE          the HSM cannot be reached; retry later
-        Every PERMISSION_DENIED outcome also raises an Alarm at once (AdminService.WatchAlarms).
+          INVALID_REQUEST        INVALID_ARGUMENT     a field is missing, too long, or holds control characters
+        Every refusal, whatever its reason, also raises an Alarm at once (AdminService.WatchAlarms) and
+        writes one audit record. For TARGET_ROLE_RESPONDER only the KMS's own record of the responder's
+        RESOLVE_INIT binds the target; a TRANSFER_RESP, when given, must verify and agree with it.
         """
 
 def add_XkServiceServicer_to_server(servicer: XkServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
@@ -187,7 +196,8 @@ def add_XkServiceServicer_to_server(servicer: XkServiceServicer, server: _typing
 class AdminServiceStub:
     """---------------------------------------------------------------------------------------------
     Administration: user credentials, warrants, key versions, alarms, audit. Served on the LI
-    listener (mutual TLS; caller must hold the ADMIN role, except WatchAlarms which ADMIN or DF2 may use).
+    listener (mutual TLS; caller must hold the ADMIN role, except WatchAlarms which ADMIN or DF2 may use:
+    ADMIN receives every alarm, a DF2 only the alarms of its own requests and node alarms naming no LIID).
     ---------------------------------------------------------------------------------------------
     """
 
@@ -209,7 +219,8 @@ class AdminServiceStub:
 class AdminServiceAsyncStub(AdminServiceStub):
     """---------------------------------------------------------------------------------------------
     Administration: user credentials, warrants, key versions, alarms, audit. Served on the LI
-    listener (mutual TLS; caller must hold the ADMIN role, except WatchAlarms which ADMIN or DF2 may use).
+    listener (mutual TLS; caller must hold the ADMIN role, except WatchAlarms which ADMIN or DF2 may use:
+    ADMIN receives every alarm, a DF2 only the alarms of its own requests and node alarms naming no LIID).
     ---------------------------------------------------------------------------------------------
     """
 
@@ -227,7 +238,8 @@ class AdminServiceAsyncStub(AdminServiceStub):
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------------------------------------
     Administration: user credentials, warrants, key versions, alarms, audit. Served on the LI
-    listener (mutual TLS; caller must hold the ADMIN role, except WatchAlarms which ADMIN or DF2 may use).
+    listener (mutual TLS; caller must hold the ADMIN role, except WatchAlarms which ADMIN or DF2 may use:
+    ADMIN receives every alarm, a DF2 only the alarms of its own requests and node alarms naming no LIID).
     ---------------------------------------------------------------------------------------------
     """
 
