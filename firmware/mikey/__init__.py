@@ -9,13 +9,17 @@ Modules and public API
                TsType, TsRole, IdType, IdRole, RandRole, KeyDataType, KvType, ErrNo, ...) and the
                key-derivation constants.
 ``errors``     ``MikeyError(message, offset, err: ErrNo)`` - the only exception the codec raises.
-``codec``      one frozen dataclass per payload: Header (+ SrtpIdMap / EmptyMap / GenericIdMap),
+``codec``      the facade the node imports payloads from; it re-exports the three below.
+``buffer``     the bounds-checked ``Reader`` and the writer-side checks (aioquic buffer.py style).
+``payloads``   one frozen dataclass per payload: Header (+ SrtpIdMap / EmptyMap / GenericIdMap),
                Timestamp (T), RoleTimestamp (TR), Rand, RoleRand (RANDR), Identity (ID),
                RoleIdentity (IDR), Certificate, CertHash, Kemac, KeyData (+ KvNull/KvSpi/
                KvInterval), Pke, Dh, Signature, Verification (V), SecurityPolicy (+PolicyParam),
                ErrorPayload, GeneralExtension, TicketPolicy (TP, flags ``TpFlags``), Ticket,
-               TicketData/TicketHeader (base ticket); ``parse_key_data``/``serialize_key_data``,
-               ``parse_ticket_data``/``serialize_ticket_data``; Reader, PAYLOAD_TYPES.
+               TicketData/TicketHeader (base ticket); ``PAYLOAD_TYPES``.
+``wire``       the parse/serialize pairs (``PARSERS``, ``SERIALIZERS``), the payload chain,
+               ``parse_key_data``/``serialize_key_data``, ``parse_ticket_data``/
+               ``serialize_ticket_data``.
 ``message``    ``Message(header, payloads)`` with ``raw``/``offsets`` of the received bytes;
                ``decode(bytes) -> Message``, ``encode(Message) -> bytes``; MAC coverage of RFC 6043
                Table 5.2: ``mac_input``, ``coverage``, ``appended_identities``,

@@ -31,7 +31,6 @@ from firmware.mikey.codec import (
     Timestamp,
     TpFlags,
     Verification,
-    _serialize_nested,
     parse_key_data,
 )
 from firmware.mikey.constants import (
@@ -60,6 +59,7 @@ from firmware.mikey.transfer import (
     verify_transfer_resp,
     verify_v,
 )
+from firmware.mikey.wire import serialize_nested
 
 
 def open_kemac(msg: Message, inkey: bytes, initial: Message | None = None) -> tuple[KeyData, ...]:
@@ -189,7 +189,7 @@ class Initiator(_Ue):
                 raise MikeyError("key forking needs MPKr from the KMS", -1)
             vr_key = vr_auth_key(pol.prf_func, self.mpkr, self.mac_alg)
             out = bytearray()
-            _serialize_nested(out, (v, zero), "Initiator Data")
+            serialize_nested(out, (v, zero), "Initiator Data")
             field_bytes = bytes(out[2 : len(out) - n])
             vr = Verification(self.mac_alg, compute_mac(self.mac_alg, vr_key, field_bytes))
             payloads[-1] = Ticket(pol, self.ticket.ticket_data, (v, vr))

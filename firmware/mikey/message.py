@@ -18,27 +18,28 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from firmware.mikey.codec import (
-    _TOP,
+from firmware.mikey.buffer import Reader, check
+from firmware.mikey.constants import DataType, ErrNo, IdRole, PayloadType, RandRole
+from firmware.mikey.errors import MikeyError
+from firmware.mikey.payloads import (
     Header,
     Payload,
-    Reader,
     RoleIdentity,
     RoleRand,
     Signature,
     Ticket,
     Timestamp,
     Verification,
-    _check,
-    _new,
-    _parse_chain,
-    _parse_header,
-    _serialize_chain,
-    _serialize_header,
-    _setters,
+    new_object,
+    slot_setters,
 )
-from firmware.mikey.constants import DataType, ErrNo, IdRole, PayloadType, RandRole
-from firmware.mikey.errors import MikeyError
+from firmware.mikey.wire import (
+    TOP_LEVEL,
+    parse_chain,
+    parse_header,
+    serialize_chain,
+    serialize_header,
+)
 
 _P = TypeVar("_P")
 
@@ -107,7 +108,7 @@ def _ticket_index(msg: Message) -> int:
     raise MikeyError("TICKET payload missing", -1, ErrNo.INVALID_TICKET)
 
 
-_MSG_HEADER, _MSG_PAYLOADS, _MSG_RAW, _MSG_OFFSETS = _setters(Message)
+_MSG_HEADER, _MSG_PAYLOADS, _MSG_RAW, _MSG_OFFSETS = slot_setters(Message)
 
 
 def decode(data: bytes) -> Message:
@@ -115,10 +116,10 @@ def decode(data: bytes) -> Message:
     if type(data) is not bytes:
         data = bytes(data)  # the Reader slices ``bytes``; payload fields are then bytes too
     r = Reader(data)
-    header, np = _parse_header(r)
+    header, np = parse_header(r)
     offsets: list[int] = []
-    payloads, _ = _parse_chain(r, np, _TOP, offsets)
-    m: Message = _new(Message)  # as codec's decoder constructors: fields set through the slots
+    payloads, _ = parse_chain(r, np, TOP_LEVEL, offsets)
+    m: Message = new_object(Message)  # as the decoder constructors: fields set through the slots
     _MSG_HEADER(m, header)
     _MSG_PAYLOADS(m, tuple(payloads))
     _MSG_RAW(m, data)
@@ -129,9 +130,9 @@ def decode(data: bytes) -> Message:
 def encode(message: Message) -> bytes:
     """Encode a message (Next Payload bytes follow the payload order)."""
     body = bytearray()
-    first = _serialize_chain(body, message.payloads)
+    first = serialize_chain(body, message.payloads)
     out = bytearray()
-    _serialize_header(out, message.header, first)
+    serialize_header(out, message.header, first)
     return bytes(out + body)
 
 
@@ -258,7 +259,7 @@ def with_mac(msg: Message, mac: bytes) -> Message:
     v = msg.payloads[-1] if msg.payloads else None
     if not isinstance(v, Verification):
         raise MikeyError("last payload is not V", -1, ErrNo.UNSPECIFIED)
-    _check(len(mac) == len(v.mac), "MAC length does not match Auth alg")
+    check(len(mac) == len(v.mac), "MAC length does not match Auth alg")
     return Message(msg.header, (*msg.payloads[:-1], Verification(v.mac_alg, mac)))
 
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from firmware.mikey.buffer import Reader
 from firmware.mikey.codec import (
     KV_NULL,
     Kemac,
     KeyData,
     KeyValidity,
     Rand,
-    Reader,
     RoleIdentity,
     RoleTimestamp,
     Ticket,
@@ -34,8 +34,6 @@ from firmware.mikey.codec import (
     Timestamp,
     TpFlags,
     Verification,
-    _parse_ticket,
-    _serialize_ticket,
     parse_key_data,
     parse_ticket_data,
     serialize_key_data,
@@ -62,6 +60,7 @@ from firmware.mikey.crypto import (
 )
 from firmware.mikey.errors import MikeyError
 from firmware.mikey.message import ticket_mac_input
+from firmware.mikey.wire import parse_ticket, serialize_ticket
 
 TICKET_CSB_ID = 0xFFFFFFFF
 TGK_TYPES = frozenset({KeyDataType.TGK, KeyDataType.TGK_SALT})
@@ -164,7 +163,7 @@ def _ticket_payload(raw: bytes) -> Ticket:
     if not raw:
         raise MikeyError("empty TICKET payload", 0, ErrNo.INVALID_TICKET)
     r = Reader(raw, 1)
-    t = _parse_ticket(r)
+    t = parse_ticket(r)
     if r.pos != r.end:
         raise r.fail("bytes after the TICKET payload")
     return t
@@ -173,7 +172,7 @@ def _ticket_payload(raw: bytes) -> Ticket:
 def ticket_raw(ticket: Ticket) -> bytes:
     """The bytes of a TICKET payload as a sender would send it (Next Payload byte 0)."""
     out = bytearray(b"\x00")
-    _serialize_ticket(out, ticket)
+    serialize_ticket(out, ticket)
     return bytes(out)
 
 
