@@ -26,7 +26,8 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from firmware.core.ports import KeyName
 from firmware.mikey.prf import PrfFunc
 
-_PURPOSES = (
+# Every usage flag of a secret key; a template sets each one, true or false.
+USAGE = (
     Attribute.ENCRYPT,
     Attribute.DECRYPT,
     Attribute.SIGN,
@@ -38,7 +39,7 @@ _PURPOSES = (
 
 
 def _only(*allowed: Attribute) -> dict[Attribute, Any]:
-    return {a: a in allowed for a in _PURPOSES}
+    return {a: a in allowed for a in USAGE}
 
 
 _LONG_TERM: dict[Attribute, Any] = {
@@ -71,13 +72,6 @@ class KeySpec:
             Attribute.ID: label.encode(),
             **self.purposes,
         }
-
-    def import_template(self, version: int, value: bytes) -> dict[Attribute, Any]:
-        """Template for importing known bytes (tests only: Pkcs11Vault.unsafe_import_key)."""
-        tmpl = self.template(version)
-        del tmpl[Attribute.VALUE_LEN]
-        tmpl[Attribute.VALUE] = value
-        return tmpl
 
 
 SPECS: Mapping[KeyName, KeySpec] = {

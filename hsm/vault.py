@@ -11,8 +11,10 @@ Rules and invariants:
 - One vault per process: recovery re-initialises the library (C_Finalize/C_Initialize), which
   closes every session of the process. The vault uses one read-write session that carries the
   login; session objects (hot-key copies, transient PSKs) belong to it.
-- Long-term keys are found by label `<name>/v<version>` and checked against hsm/templates.py at
-  load (sensitive, not extractable, one purpose each); start is refused otherwise. Hot keys are used
+- Long-term keys are found by label `<name>/v<version>` and checked by hsm/keycheck.py at every
+  load (start, refresh, recovery) and after create_version: every template attribute as set,
+  ALWAYS_SENSITIVE and NEVER_EXTRACTABLE true, one label per object. Start is refused otherwise
+  (HsmConfigurationError naming the label and the attribute). Hot keys are used
   through session copies (C_CopyObject, still sensitive and non-extractable), made at load and on
   create_version, dropped with their session.
 - The highest version of a name is ACTIVE, lower ones DECRYPT_ONLY; the cache is the truth between
@@ -63,6 +65,7 @@ from hsm.errors import (
     login_refused_types,
     to_kms_error,
 )
+from hsm.keycheck import check_key
 from hsm.pin import PinSource
 from hsm.templates import (
     AUDIT_MECHANISM,
@@ -72,7 +75,6 @@ from hsm.templates import (
     SPECS,
     TRANSIENT_PSK,
     WRAP_MECHANISM,
-    KeySpec,
     key_label,
     parse_label,
 )
@@ -86,9 +88,6 @@ LOGIN_REFUSED = login_refused_types()
 PKCS11_LOCK = threading.RLock()
 
 Listener = Callable[[bool, str], None]
-
-# The GENERIC_SECRET length SoftHSM needs for HMAC-SHA-256 (it refuses shorter HMAC keys).
-_HMAC_KEY_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -353,7 +352,11 @@ class Pkcs11Vault:
                     mechanism=spec.gen_mechanism,
                     template=spec.template(version),
                 )
-                self._check_attributes(obj, spec, version, generated=True)
+                try:
+                    check_key(obj, spec, version)
+                except HsmConfigurationError:
+                    obj.destroy()  # the token did not make the key as asked: leave nothing behind
+                    raise
                 self._add_key(name, version, obj)
             except p11e.PKCS11Error as exc:
                 error = self._failed(exc, f"creating {key_label(name, version)}")
@@ -401,36 +404,6 @@ class Pkcs11Vault:
             if missing:
                 created.append(self.create_version(name))
         return created
-
-    def unsafe_import_key(self, name: KeyName, value: bytes) -> KeyVersionInfo:
-        """TESTS ONLY: store known key bytes as the next version of `name`.
-
-        Such a key was extractable once (it came from outside), so NEVER_EXTRACTABLE and
-        ALWAYS_SENSITIVE are false. HMAC keys shorter than 32 bytes are zero-padded to 32: HMAC
-        (RFC 2104) pads keys to the hash block with zeros, so every HMAC, hence the MIKEY PRF of a
-        one-chunk inkey, is unchanged, while SoftHSM refuses HMAC keys shorter than the hash.
-        """
-        spec = SPECS[name]
-        if spec.key_type == KeyType.GENERIC_SECRET:
-            if not 1 <= len(value) <= 64:
-                raise ValueError("an imported HMAC key must be 1..64 bytes")
-            value = value.ljust(_HMAC_KEY_BYTES, b"\0")
-        elif len(value) not in (16, 24, 32):
-            raise ValueError("an imported AES key must be 16, 24 or 32 bytes")
-        log.warning("UNSAFE: importing known key bytes as a new %s version (tests only)", name)
-        with PKCS11_LOCK:
-            session = self._require_session()
-            try:
-                version = self._next_version(session, name)
-                obj = session.create_object(spec.import_template(version, value))
-                self._check_attributes(obj, spec, version, generated=False)
-                self._add_key(name, version, obj)
-            except p11e.PKCS11Error as exc:
-                error = self._failed(exc, "importing a test key")
-            else:
-                return KeyVersionInfo(name, version, KeyState.ACTIVE)
-        self._notify()
-        raise error
 
     def refresh(self) -> None:
         """Re-read the key versions from the token (after another process changed them)."""
@@ -697,9 +670,9 @@ class Pkcs11Vault:
     def _load_keys(self, session: Any) -> None:
         found = self._scan(session)
         keys: dict[KeyName, dict[int, _Key]] = {name: {} for name in KeyName}
-        for name, versions in found.items():
-            for version, obj in versions.items():
-                self._check_attributes(obj, SPECS[name], version, generated=False)
+        for name, versions in sorted(found.items()):
+            for version, obj in sorted(versions.items()):
+                check_key(obj, SPECS[name], version)
                 use = obj.copy(SESSION_COPY) if self._settings.session_copies else obj
                 keys[name][version] = _Key(obj, use)
         self._keys = keys
@@ -709,26 +682,6 @@ class Pkcs11Vault:
         use = obj.copy(SESSION_COPY) if self._settings.session_copies else obj
         self._keys[name][version] = _Key(obj, use)
         self._active[name] = max(self._keys[name])
-
-    def _check_attributes(self, obj: Any, spec: KeySpec, version: int, *, generated: bool) -> None:
-        """Refuse a key whose attributes differ from its template (the token may ignore some)."""
-        wanted: dict[Attribute, Any] = {
-            Attribute.SENSITIVE: True,
-            Attribute.EXTRACTABLE: False,
-            Attribute.KEY_TYPE: spec.key_type,
-            **spec.purposes,
-        }
-        if generated:
-            wanted[Attribute.NEVER_EXTRACTABLE] = True
-        got = obj.get_attributes(list(wanted))
-        wrong = sorted(a.name for a, v in wanted.items() if got.get(a) != v)
-        if wrong:
-            if generated:
-                obj.destroy()
-            raise HsmConfigurationError(
-                f"key {key_label(spec.name, version)} has attributes that break its template: "
-                + ", ".join(wrong)
-            )
 
     def _monitor(self) -> None:
         while not self._stop.is_set():

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -18,25 +15,17 @@ from hsm.errors import LoginRefused
 from hsm.pin import PinSource
 from hsm.softhsm import SoftHsmToken, create_token, write_secret
 from hsm.vault import Pkcs11Vault, VaultSettings
+from tests.hsm.child import run_child
 
 pytestmark = pytest.mark.softhsm
 
 TPK = KeyName.TICKET_PROTECTION
-REPO = Path(__file__).resolve().parents[2]
 BOUND = 10.0  # seconds: an upper bound for waits, never an expected duration
 
 
 def _open_in_child(token: SoftHsmToken, uri: str) -> tuple[dict[str, object], str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.hsm.open_vault", uri, token.module_path],
-        cwd=REPO,
-        env=token.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return json.loads(proc.stdout), proc.stdout + proc.stderr
+    (result,), everything = run_child(token, "open_vault", uri, token.module_path)
+    return result, everything
 
 
 def test_start_is_refused_naming_the_mechanism_the_token_lacks(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from hsm.softhsm import SoftHsmToken
 from hsm.templates import TRANSIENT_PSK
 from hsm.vault import PKCS11_LOCK, Pkcs11Vault, describe
 from tests.hsm import raw
+from tests.hsm.known_keys import import_known_key
 
 pytestmark = pytest.mark.softhsm
 
@@ -178,7 +179,7 @@ def test_prf_in_the_token_matches_the_spec_vectors_and_software(
     out_len: int,
     expected: str,
 ) -> None:
-    version = imported.unsafe_import_key(TPK, key).version
+    version = import_known_key(imported, TPK, key).version
     in_token = imported.ticket_prf(version, func, label, out_len)
     assert in_token == prf(func, key, label, out_len)
     assert in_token.hex() == expected
@@ -196,7 +197,7 @@ def test_prf_in_the_token_matches_the_spec_vectors_and_software(
 def test_prf_in_the_token_equals_software_prf_on_the_same_key_bytes(
     imported: Pkcs11Vault, key: bytes, label: bytes, out_len: int, func: PrfFunc
 ) -> None:
-    version = imported.unsafe_import_key(TPK, key).version
+    version = import_known_key(imported, TPK, key).version
     assert imported.ticket_prf(version, func, label, out_len) == prf(func, key, label, out_len)
     assert imported.ticket_hmac(version, func, label) == prf_hmac(func, key, label)
 
@@ -234,7 +235,7 @@ def test_wrap_is_rfc3394_key_wrap_under_the_kek(imported: Pkcs11Vault) -> None:
     from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 
     kek = bytes(range(32))
-    version = imported.unsafe_import_key(KEK, kek).version
+    version = import_known_key(imported, KEK, kek).version
     try:
         psk = bytes(range(16, 48))
         wrapped = imported.wrap_psk(psk)
