@@ -10,6 +10,7 @@ Rules:
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import os
@@ -20,53 +21,45 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from firmware import config as config_mod
 from firmware.core.admin import Admin
 from firmware.core.errors import ConfigError, KmsError
-from firmware.core.ports import KeyName
+from firmware.core.ports import Caller, KeyName
 
 DEFAULT_CONFIG = os.environ.get("KMSNODE_CONFIG", "/etc/kmsnode/kmsnode.toml")
 log = logging.getLogger("kmsnode")
 
 
 # --- composition ------------------------------------------------------------------------------
+# The node's parts are built in firmware/node.py (the one composition root); offline commands use
+# its open_vault / open_store and write the audit log themselves (the node is then not running,
+# so this process is the log's only writer).
 
 
-def open_vault(cfg: config_mod.Config, monitor: bool = True):  # type: ignore[no-untyped-def]
-    """The PKCS#11 vault named by the config (SOFTHSM2_CONF exported first when configured)."""
-    if cfg.hsm.softhsm2_conf is not None:
-        os.environ["SOFTHSM2_CONF"] = str(cfg.hsm.softhsm2_conf)
-    from hsm.pin import PinSource
-    from hsm.vault import Pkcs11Vault, VaultSettings
+def open_admin(cfg: config_mod.Config) -> tuple[Admin, Any, Any, Any]:
+    """Admin over the config's vault and store, auditing to the node's log (node stopped)."""
+    from firmware.audit.log import AuditLog
+    from firmware.node import open_store, open_vault
 
-    pin = (
-        PinSource.file(cfg.hsm.pin_file)
-        if cfg.hsm.pin_file is not None
-        else PinSource.credential(cfg.hsm.pin_credential or "")
-    )
-    settings = VaultSettings(
-        token_uri=cfg.hsm.token_uri,
-        module_path=str(cfg.hsm.module),
-        pin_source=pin,
-        probe_interval=cfg.hsm.probe_interval,
-        session_copies=cfg.hsm.session_copies,
-    )
-    return Pkcs11Vault.open(settings, monitor=monitor)
-
-
-def open_store(cfg: config_mod.Config):  # type: ignore[no-untyped-def]
-    from firmware.store.sqlite import SqliteStore
-
-    cfg.state_db.parent.mkdir(parents=True, exist_ok=True)
-    return SqliteStore(cfg.state_db)
-
-
-def open_admin(cfg: config_mod.Config) -> tuple[Admin, object, object]:
     vault = open_vault(cfg, monitor=False)
     store = open_store(cfg)
-    admin = Admin(vault, store, time.time, cfg.policy.max_ticket_lifetime, cfg.policy.clock_skew)
-    return admin, vault, store
+    audit = AuditLog(cfg.audit_log, vault.audit_hmac, head_store=store)
+    admin = Admin(
+        vault, store, audit, time.time, cfg.policy.max_ticket_lifetime, cfg.policy.clock_skew
+    )
+    return admin, vault, store, audit
+
+
+def local_operator() -> Caller:
+    """Who runs an offline command: the local user, as audit records name it."""
+    return Caller((f"local:{getpass.getuser()}",))
+
+
+def _close(*parts: Any) -> None:
+    for part in parts:
+        part.close()
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -89,18 +82,20 @@ host = "127.0.0.1"
 port = {ue_port}
 cert = "pki/server.pem"
 key = "pki/server.key"
-client_ca = "pki/ca.pem"
 
 [li_listener]
 host = "127.0.0.1"
 port = {li_port}
-cert = "pki/server.pem"
-key = "pki/server.key"
-client_ca = "pki/ca.pem"
+cert = "pki/li-server.pem"
+key = "pki/li-server.key"
+client_ca = "pki/li-ca.pem"
 
 [roles]
-df2 = ["{df2}"]
-admin = ["{admin}"]
+# each identity names the SAN type it matches: dns:<name> or uri:<uri>
+df2 = ["dns:{df2}"]
+admin = ["dns:{admin}"]
+# revoked = ["serial:<hex>", "sha256:<fingerprint hex>"]   reloaded on SIGHUP
+# crl = "pki/li.crl"
 
 [policy]
 clock_skew = 60
@@ -146,20 +141,31 @@ def cmd_dev_init(args: argparse.Namespace) -> int:
             )
         )
     cfg = config_mod.load(cfg_path)
-    admin, vault, _ = open_admin(cfg)
+    from firmware.node import open_store, open_vault
+
+    vault, store = open_vault(cfg, monitor=False), open_store(cfg)
     try:
-        vault.ensure_keys()  # type: ignore[attr-defined]
-        admin.record_existing()
+        vault.ensure_keys()
+        Admin(vault, store, _NoAudit(), time.time, 0, 0).record_existing()
     finally:
-        vault.close()  # type: ignore[attr-defined]
+        _close(store, vault)
     print(f"dev node ready in {directory}")
     print(f"config: {cfg_path}")
     return 0
 
 
+class _NoAudit:
+    """dev-init only records which key versions the new token holds: no change to audit."""
+
+    def append(self, time: float, event: str, fields: object) -> int:
+        raise AssertionError(f"dev-init must not make audited changes ({event})")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from firmware.node import Node
+    from firmware.process import harden
 
+    harden()
     cfg = config_mod.load(args.config)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -173,6 +179,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, lambda _s, _f: threading.Thread(target=node.reload_roles).start())
     ue = f"{cfg.ue_listener.host}:{node.ue_port}"
     li = f"{cfg.li_listener.host}:{node.li_port}"
     cfg.runtime_file.write_text(json.dumps({"ue": ue, "li": li, "pid": os.getpid()}) + "\n")
@@ -196,10 +203,17 @@ def _read_psk(path: str | None) -> bytes:
 
 def cmd_user(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
-    admin, vault, store = open_admin(cfg)
+    if args.action != "list" and _node_running(cfg):
+        # The running node is the audit log's only writer: change users through it.
+        from firmware.cli_li import user_via_node
+
+        return user_via_node(cfg, args)
+    admin, vault, store, audit = open_admin(cfg)
+    me = local_operator()
     try:
         if args.action == "add":
             user, generated = admin.put_user(
+                me,
                 args.identity,
                 args.alias or [],
                 _read_psk(args.psk_file),
@@ -209,7 +223,7 @@ def cmd_user(args: argparse.Namespace) -> int:
             if generated is not None:
                 print(f"generated PSK (shown once): {generated.hex()}")
         elif args.action == "remove":
-            admin.delete_user(args.identity)
+            admin.delete_user(me, args.identity)
             print(f"user {args.identity} removed")
         else:
             for user in admin.list_users():
@@ -218,8 +232,7 @@ def cmd_user(args: argparse.Namespace) -> int:
                     f"kek=v{user.wrapped_psk.kek_version}"
                 )
     finally:
-        vault.close()  # type: ignore[attr-defined]
-        store.close()  # type: ignore[attr-defined]
+        _close(audit, store, vault)
     return 0
 
 
@@ -241,10 +254,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
         from firmware.cli_li import keys_via_node
 
         return keys_via_node(cfg, args.action)
-    admin, vault, store = open_admin(cfg)
+    admin, vault, store, audit = open_admin(cfg)
     try:
         if args.action == "rotate":
-            view = admin.rotate(KeyName.TICKET_PROTECTION)
+            view = admin.rotate(local_operator(), KeyName.TICKET_PROTECTION)
             print(f"{view.name.value}/v{view.version} ACTIVE")
         destroyed = admin.sweep(KeyName.TICKET_PROTECTION)
         for version in destroyed:
@@ -259,8 +272,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
                     )
                     print(f"{name.value}/v{v.version}\t{v.state.name}\tcreated={created}")
     finally:
-        vault.close()  # type: ignore[attr-defined]
-        store.close()  # type: ignore[attr-defined]
+        _close(audit, store, vault)
     return 0
 
 

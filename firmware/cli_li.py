@@ -171,9 +171,42 @@ def keys_via_node(cfg: config_mod.Config, action: str) -> int:
     return 0
 
 
+def user_via_node(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    """`kmsnode user add|remove` against a running node (AdminService, admin credentials)."""
+    from firmware.api.proto.kms.v1 import kms_pb2, kms_pb2_grpc
+    from firmware.cli import _read_psk
+
+    tls = argparse.Namespace(endpoint=None, ca=None, cert=None, key=None)
+    with _channel(cfg, tls, "admin") as channel:
+        stub = kms_pb2_grpc.AdminServiceStub(channel)
+        if args.action == "add":
+            answer = _rpc(
+                lambda: stub.PutUser(
+                    kms_pb2.PutUserRequest(
+                        identity=args.identity,
+                        aliases=args.alias or [],
+                        psk=_read_psk(args.psk_file),
+                        psk_id=(args.psk_id or "").encode(),
+                    ),
+                    timeout=30,
+                )
+            )
+            print(f"user {args.identity} stored")
+            if answer.psk:
+                print(f"generated PSK (shown once): {answer.psk.hex()}")
+        else:
+            _rpc(
+                lambda: stub.DeleteUser(
+                    kms_pb2.DeleteUserRequest(identity=args.identity), timeout=30
+                )
+            )
+            print(f"user {args.identity} removed")
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from firmware.audit.log import verify
-    from firmware.cli import open_store, open_vault
+    from firmware.node import open_store, open_vault
 
     cfg = config_mod.load(args.config)
     store = open_store(cfg)

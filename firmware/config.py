@@ -33,11 +33,21 @@ class HsmConfig:
 
 @dataclass(frozen=True)
 class ListenerConfig:
+    """One gRPC listener and the limits that keep any one client from starving it."""
+
     host: str
     port: int
     cert: Path
     key: Path
     client_ca: Path | None
+    max_connections: int = 1024
+    max_streams: int = 32  # open streaming RPCs (health Watch, reflection, WatchAlarms)
+    max_streams_per_client: int = 4  # per client certificate (all anonymous clients are one)
+    keepalive_time: float = 60.0
+    keepalive_timeout: float = 20.0
+    max_connection_idle: float = 300.0
+    max_connection_age: float = 14400.0
+    max_connection_age_grace: float = 300.0
 
     @property
     def address(self) -> str:
@@ -51,6 +61,23 @@ class PolicyConfig:
     max_ticket_lifetime: float = 86400.0
     key_forking: bool = True
     replay_cache_capacity: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class RolesConfig:
+    """[roles]: certificate identities per role, typed as the SAN they match, and revocations."""
+
+    members: dict[str, tuple[str, ...]] = field(default_factory=dict)  # role -> dns:/uri: names
+    revoked_serials: frozenset[int] = frozenset()
+    revoked_fingerprints: frozenset[str] = frozenset()  # SHA-256, lower-case hex
+    crl: Path | None = None
+
+
+@dataclass(frozen=True)
+class AlarmConfig:
+    queue_size: int = 1000  # per watcher; the oldest are dropped beyond it
+    watchers_per_identity: int = 4
+    max_watchers: int = 64
 
 
 @dataclass(frozen=True)
@@ -74,12 +101,14 @@ class Config:
     hsm: HsmConfig
     ue_listener: ListenerConfig
     li_listener: ListenerConfig
-    roles: dict[str, tuple[str, ...]]  # role name -> certificate identities (SAN URI or DNS)
+    roles: RolesConfig
     policy: PolicyConfig
     metrics_address: str | None
     grace_period: float = 10.0
     workers: int = 2  # gRPC handler threads per listener (more threads thrash the GIL: measured)
     clients: ClientConfig = field(default_factory=ClientConfig)
+    alarms: AlarmConfig = field(default_factory=AlarmConfig)
+    refused_records_per_second: int = 10  # audit records of refusals per role-less certificate
 
     @property
     def runtime_file(self) -> Path:
@@ -87,7 +116,18 @@ class Config:
         return self.data_dir / "listeners.json"
 
 
-_SECTIONS = {"node", "hsm", "ue_listener", "li_listener", "roles", "policy", "metrics", "clients"}
+_SECTIONS = {
+    "node",
+    "hsm",
+    "ue_listener",
+    "li_listener",
+    "roles",
+    "policy",
+    "metrics",
+    "clients",
+    "alarms",
+    "audit",
+}
 
 
 class _Section:
@@ -142,9 +182,68 @@ def _listener(section: _Section, default_port: int) -> ListenerConfig:
     cert = section.path("cert", required=True)
     key = section.path("key", required=True)
     client_ca = section.path("client_ca")
+    d = ListenerConfig(host, port, Path(), Path(), None)
+    limits = ListenerConfig(
+        host,
+        port,
+        cert or Path(),
+        key or Path(),
+        client_ca,
+        max_connections=int(section.number("max_connections", d.max_connections)),
+        max_streams=int(section.number("max_streams", d.max_streams)),
+        max_streams_per_client=int(
+            section.number("max_streams_per_client", d.max_streams_per_client)
+        ),
+        keepalive_time=section.number("keepalive_time", d.keepalive_time),
+        keepalive_timeout=section.number("keepalive_timeout", d.keepalive_timeout),
+        max_connection_idle=section.number("max_connection_idle", d.max_connection_idle),
+        max_connection_age=section.number("max_connection_age", d.max_connection_age),
+        max_connection_age_grace=section.number(
+            "max_connection_age_grace", d.max_connection_age_grace
+        ),
+    )
     section.done()
-    assert cert is not None and key is not None
-    return ListenerConfig(host, port, cert, key, client_ca)
+    return limits
+
+
+_SAN_TYPES = ("dns:", "uri:")
+
+
+def _roles(raw: Any, base: Path) -> RolesConfig:
+    """[roles]: `df2`, `admin`, `ue` = lists of typed identities; `revoked`; `crl`."""
+    if not isinstance(raw, dict):
+        raise ConfigError("[roles] must be a table")
+    section = _Section("roles", raw, base)
+    members: dict[str, tuple[str, ...]] = {}
+    for role in ("df2", "admin", "ue"):
+        entries = section._get(role, list, [], False)
+        if not all(isinstance(m, str) for m in entries):
+            raise ConfigError(f"roles.{role} must be a list of certificate identities")
+        for entry in entries:
+            if not entry.startswith(_SAN_TYPES) or len(entry) <= 4:
+                raise ConfigError(
+                    f"roles.{role}: each identity names the SAN type it matches, e.g."
+                    ' "dns:df2.li.example.net" or "uri:urn:example:df2"'
+                )
+        if entries:
+            members[role] = tuple(entries)
+    serials, fingerprints = set(), set()
+    revoked = section._get("revoked", list, [], False)
+    for entry in revoked:
+        kind, _, value = str(entry).partition(":")
+        try:
+            if kind == "serial":
+                serials.add(int(value.replace(":", ""), 16))
+                continue
+            if kind == "sha256" and len(bytes.fromhex(value.replace(":", ""))) == 32:
+                fingerprints.add(value.replace(":", "").lower())
+                continue
+        except ValueError:
+            pass
+        raise ConfigError('roles.revoked: entries are "serial:<hex>" or "sha256:<64 hex>"')
+    crl = section.path("crl")
+    section.done()
+    return RolesConfig(members, frozenset(serials), frozenset(fingerprints), crl)
 
 
 def load(path: Path | str) -> Config:
@@ -204,16 +303,7 @@ def load(path: Path | str) -> Config:
     if li.client_ca is None:
         raise ConfigError("li_listener.client_ca is required (Xk needs client certificates)")
 
-    roles_section = raw.get("roles", {})
-    if not isinstance(roles_section, dict):
-        raise ConfigError("[roles] must be a table")
-    roles: dict[str, tuple[str, ...]] = {}
-    for role, members in roles_section.items():
-        if role not in ("df2", "admin", "ue"):
-            raise ConfigError(f"roles.{role}: unknown role (df2, admin, ue)")
-        if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
-            raise ConfigError(f"roles.{role} must be a list of certificate identities")
-        roles[role] = tuple(members)
+    roles = _roles(raw.get("roles", {}), base)
 
     pol = _Section("policy", raw.get("policy", {}), base)
     policy = PolicyConfig(
@@ -230,6 +320,17 @@ def load(path: Path | str) -> Config:
     metrics = _Section("metrics", raw.get("metrics", {}), base)
     metrics_address = metrics.text("address")
     metrics.done()
+
+    al = _Section("alarms", raw.get("alarms", {}), base)
+    alarms = AlarmConfig(
+        queue_size=int(al.number("queue_size", 1000)),
+        watchers_per_identity=int(al.number("watchers_per_identity", 4)),
+        max_watchers=int(al.number("max_watchers", 64)),
+    )
+    al.done()
+    au = _Section("audit", raw.get("audit", {}), base)
+    refused_per_second = int(au.number("refused_records_per_second", 10))
+    au.done()
 
     cl = _Section("clients", raw.get("clients", {}), base)
     clients = ClientConfig(
@@ -256,4 +357,6 @@ def load(path: Path | str) -> Config:
         grace_period=grace,
         workers=workers,
         clients=clients,
+        alarms=alarms,
+        refused_records_per_second=refused_per_second,
     )

@@ -1,8 +1,15 @@
-"""The running node: the composition that `kmsnode serve` starts (and tests start in-process).
+"""The running node: the one composition root. `Node.build` makes every part from the config
+(vault, store, audit, alarms, core, listeners); `start` opens the listeners; `kmsnode serve`,
+the CLI's offline commands and the tests all build through here.
 
 Rules:
-- This module (with cli.py) is the composition root: the only place that wires api, hsm and store.
+- This module is the only place that wires api, hsm and store together; nothing imports it
+  back (cli.py calls it).
 - Health follows the HSM: NOT_SERVING on every listener while the vault is unavailable.
+- Node alarms (no request caused them, so every DF2 watcher sees them): HSM_REMOVED /
+  HSM_RESTORED, CONFIG_RELOAD_FAILED.
+- SIGHUP (`reload_roles`) re-reads [roles] (members, revoked serials and fingerprints, the CRL)
+  from the config file; a config that does not load keeps the old roles and raises an alarm.
 - Stop: listeners stop accepting, in-flight RPCs get `grace` seconds, then state is closed.
 - `clock` is injectable so tests can move time (ticket expiry, key destruction) through the
   real server.
@@ -11,6 +18,7 @@ Rules:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,10 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from firmware import config as config_mod
 from firmware.api import server as api_server
-from firmware.api.li import AdminServicer, Guard, XkServicer
-from firmware.api.metrics import InstrumentedVault, Metrics, MetricsInterceptor
+from firmware.api.li import AdminServicer, Gate, XkServicer
+from firmware.api.metrics import InstrumentedVault, Metrics
 from firmware.api.proto.kms.v1 import kms_pb2_grpc
+from firmware.api.roles import RoleResolver
 from firmware.api.ticket import TicketServicer
 from firmware.audit.alarms import AlarmBus
 from firmware.audit.log import AuditLog
@@ -29,13 +39,47 @@ from firmware.config import Config
 from firmware.core.admin import Admin
 from firmware.core.errors import KmsError
 from firmware.core.freshness import ReplayCache
+from firmware.core.refusals import Refusals
 from firmware.core.tickets import TicketCore, TicketSettings
-from firmware.core.xk import KeyRelease
+from firmware.core.xk import KeyRelease, XkSettings
+from firmware.store.sqlite import SqliteStore
+from hsm.vault import Pkcs11Vault
 
 log = logging.getLogger("kmsnode.node")
 
 
-def _start_hotplug(match: dict[str, str], vault: Any) -> Any:
+def open_vault(cfg: Config, monitor: bool = True) -> Pkcs11Vault:
+    """The PKCS#11 vault named by the config (SOFTHSM2_CONF exported first when configured)."""
+    if cfg.hsm.softhsm2_conf is not None:
+        os.environ["SOFTHSM2_CONF"] = str(cfg.hsm.softhsm2_conf)
+    from hsm.pin import PinSource
+    from hsm.vault import VaultSettings
+
+    pin = (
+        PinSource.file(cfg.hsm.pin_file)
+        if cfg.hsm.pin_file is not None
+        else PinSource.credential(cfg.hsm.pin_credential or "")
+    )
+    settings = VaultSettings(
+        token_uri=cfg.hsm.token_uri,
+        module_path=str(cfg.hsm.module),
+        pin_source=pin,
+        probe_interval=cfg.hsm.probe_interval,
+        session_copies=cfg.hsm.session_copies,
+    )
+    return Pkcs11Vault.open(settings, monitor=monitor)
+
+
+def open_store(cfg: Config) -> SqliteStore:
+    cfg.state_db.parent.mkdir(parents=True, exist_ok=True)
+    return SqliteStore(cfg.state_db)
+
+
+def _read(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def _start_hotplug(match: dict[str, str], vault: Pkcs11Vault) -> Any:
     """udev watcher for the HSM device (config [hsm.device]: SUBSYSTEM, DEVTYPE and properties
     such as ID_VENDOR_ID / ID_MODEL_ID). Its events reach the vault, whose availability listener
     raises the alarms (so one event is one alarm)."""
@@ -49,23 +93,23 @@ def _start_hotplug(match: dict[str, str], vault: Any) -> Any:
     return watcher
 
 
-def _read(path: Path) -> bytes:
-    return path.read_bytes()
-
-
 @dataclass
 class Node:
     cfg: Config
-    vault: Any
-    store: Any
-    admin: Admin
-    tickets: TicketCore
-    ue: api_server.Listener
-    li: api_server.Listener
-    clock: Callable[[], float]
+    raw_vault: Pkcs11Vault
+    vault: InstrumentedVault
+    store: SqliteStore
     metrics: Metrics
     alarms: AlarmBus
     audit: AuditLog
+    refusals: Refusals
+    admin: Admin
+    tickets: TicketCore
+    release: KeyRelease
+    roles: RoleResolver
+    ue: api_server.Listener
+    li: api_server.Listener
+    clock: Callable[[], float]
     metrics_server: Any = None
     hotplug: Any = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -79,30 +123,47 @@ class Node:
     def li_port(self) -> int:
         return self.li.port
 
+    # --- building ---------------------------------------------------------------------------
+
     @classmethod
-    def start(
+    def build(
         cls,
         cfg: Config,
-        vault: Any = None,
-        store: Any = None,
+        vault: Pkcs11Vault | None = None,
+        store: SqliteStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> Node:
-        from firmware import cli  # composition helpers (open_vault, open_store)
-
-        raw_vault = vault if vault is not None else cli.open_vault(cfg)
-        store = store if store is not None else cli.open_store(cfg)
+        """Every part from the config; listeners bound, not started."""
+        raw_vault = vault if vault is not None else open_vault(cfg)
+        store = store if store is not None else open_store(cfg)
         metrics = Metrics()
-        vault = InstrumentedVault(raw_vault, metrics)
-        alarms = AlarmBus(clock, lambda reason: metrics.alarms.labels(reason).inc())
+        ivault = InstrumentedVault(raw_vault, metrics)
+        alarms = AlarmBus(
+            clock,
+            lambda reason: metrics.alarms.labels(reason).inc(),
+            queue_size=cfg.alarms.queue_size,
+            per_identity=cfg.alarms.watchers_per_identity,
+            max_watchers=cfg.alarms.max_watchers,
+            dropped=metrics.alarms_dropped.inc,
+        )
         cfg.audit_log.parent.mkdir(parents=True, exist_ok=True)
         audit = AuditLog(
-            cfg.audit_log, vault.audit_hmac, metrics.audit_records.inc, head_store=store
+            cfg.audit_log, ivault.audit_hmac, metrics.audit_records.inc, head_store=store
         )
-        admin = Admin(vault, store, clock, cfg.policy.max_ticket_lifetime, cfg.policy.clock_skew)
+        refusals = Refusals(
+            audit,
+            alarms,
+            clock,
+            lambda method, reason: metrics.refusals.labels(method, reason).inc(),
+            cfg.refused_records_per_second,
+        )
+        admin = Admin(
+            ivault, store, audit, clock, cfg.policy.max_ticket_lifetime, cfg.policy.clock_skew
+        )
         admin.record_existing()
         replay = ReplayCache(cfg.policy.clock_skew, clock(), cfg.policy.replay_cache_capacity)
         tickets = TicketCore(
-            vault,
+            ivault,
             store,
             replay,
             TicketSettings(
@@ -114,16 +175,22 @@ class Node:
             ),
             clock,
         )
-        ue_creds = api_server.server_credentials(
-            _read(cfg.ue_listener.cert),
-            _read(cfg.ue_listener.key),
-            _read(cfg.ue_listener.client_ca) if cfg.ue_listener.client_ca else None,
-            require_client_auth=False,
+        release = KeyRelease(
+            ivault, store, audit, XkSettings(cfg.kms_identity, cfg.policy.clock_skew), clock
         )
+        assert cfg.li_listener.client_ca is not None  # config.load requires it
+        li_ca = _read(cfg.li_listener.client_ca)
+        roles = RoleResolver(cfg.roles, li_ca)
+        gate = Gate(roles, refusals)
         ue = api_server.make_listener(
             "ue",
-            cfg.ue_listener.address,
-            ue_creds,
+            cfg.ue_listener,
+            api_server.server_credentials(
+                _read(cfg.ue_listener.cert),
+                _read(cfg.ue_listener.key),
+                _read(cfg.ue_listener.client_ca) if cfg.ue_listener.client_ca else None,
+                require_client_auth=False,
+            ),
             [
                 (
                     kms_pb2_grpc.add_TicketServiceServicer_to_server,
@@ -132,57 +199,94 @@ class Node:
                 )
             ],
             cfg.workers,
-            interceptors=[MetricsInterceptor(metrics)],
-        )
-        assert cfg.li_listener.client_ca is not None
-        li_creds = api_server.server_credentials(
-            _read(cfg.li_listener.cert),
-            _read(cfg.li_listener.key),
-            _read(cfg.li_listener.client_ca),
-            require_client_auth=True,
-        )
-        guard = Guard(cfg.roles, alarms, audit, clock)
-        release = KeyRelease(
-            vault,
-            store,
-            audit,
-            alarms,
-            cfg.kms_identity,
-            clock,
+            metrics,
         )
         li = api_server.make_listener(
             "li",
-            cfg.li_listener.address,
-            li_creds,
+            cfg.li_listener,
+            api_server.server_credentials(
+                _read(cfg.li_listener.cert),
+                _read(cfg.li_listener.key),
+                li_ca,
+                require_client_auth=True,
+            ),
             [
                 (
                     kms_pb2_grpc.add_XkServiceServicer_to_server,
-                    XkServicer(release, guard),
+                    XkServicer(release, gate),
                     api_server.service_name("XkService"),
                 ),
                 (
                     kms_pb2_grpc.add_AdminServiceServicer_to_server,
-                    AdminServicer(admin, guard, alarms, cfg.audit_log, vault.audit_hmac),
+                    AdminServicer(
+                        admin, gate, alarms, cfg.audit_log, ivault.audit_hmac, audit.snapshot
+                    ),
                     api_server.service_name("AdminService"),
                 ),
             ],
-            cfg.workers + 8,  # WatchAlarms streams hold a worker each
-            interceptors=[api_server.TlsPolicyInterceptor(), MetricsInterceptor(metrics)],
+            cfg.workers,
+            metrics,
+            require_tls13=True,
+            reflection_guard=gate.guard_reflection,
         )
-        node = cls(cfg, vault, store, admin, tickets, ue, li, clock, metrics, alarms, audit)
-        raw_vault.add_listener(node._on_hsm)
-        ue.server.start()
-        li.server.start()
-        serving = bool(vault.available())
-        metrics.hsm_available.set(1 if serving else 0)
-        ue.set_serving(serving)
-        li.set_serving(serving)
-        if cfg.metrics_address:
-            node.metrics_server = metrics.serve(cfg.metrics_address)
-        if cfg.hsm.device_match:
-            node.hotplug = _start_hotplug(cfg.hsm.device_match, raw_vault)
-        threading.Thread(target=node._sweeper, name="key-sweeper", daemon=True).start()
+        return cls(
+            cfg,
+            raw_vault,
+            ivault,
+            store,
+            metrics,
+            alarms,
+            audit,
+            refusals,
+            admin,
+            tickets,
+            release,
+            roles,
+            ue,
+            li,
+            clock,
+        )
+
+    # --- running ----------------------------------------------------------------------------
+
+    @classmethod
+    def start(
+        cls,
+        cfg: Config,
+        vault: Pkcs11Vault | None = None,
+        store: SqliteStore | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> Node:
+        """Build and start."""
+        node = cls.build(cfg, vault, store, clock)
+        node.run()
         return node
+
+    def run(self) -> None:
+        """Start listening and the node's background work."""
+        self.raw_vault.add_listener(self._on_hsm)
+        self.ue.server.start()
+        self.li.server.start()
+        serving = bool(self.vault.available())
+        self.metrics.hsm_available.set(1 if serving else 0)
+        self.ue.set_serving(serving)
+        self.li.set_serving(serving)
+        if self.cfg.metrics_address:
+            self.metrics_server = self.metrics.serve(self.cfg.metrics_address)
+        if self.cfg.hsm.device_match:
+            self.hotplug = _start_hotplug(self.cfg.hsm.device_match, self.raw_vault)
+        threading.Thread(target=self._sweeper, name="key-sweeper", daemon=True).start()
+
+    def reload_roles(self) -> bool:
+        """SIGHUP: the [roles] of the config file now; False (old roles kept) when it fails."""
+        try:
+            self.roles.reload(config_mod.load(self.cfg.path).roles)
+        except KmsError as exc:
+            log.error("roles not reloaded: %s", exc)
+            self.alarms.raise_alarm("CONFIG_RELOAD_FAILED", detail=str(exc))
+            return False
+        log.info("roles reloaded from %s", self.cfg.path)
+        return True
 
     def _on_hsm(self, available: bool, reason: str) -> None:
         """HSM removal/return: health, metric, alarm now; audit records once the HSM (which
@@ -192,9 +296,7 @@ class Node:
         self.li.set_serving(available)
         self.metrics.hsm_available.set(1 if available else 0)
         now = self.clock()
-        self.alarms.raise_alarm(
-            "HSM_RESTORED" if available else "HSM_REMOVED", "hsm", "", "", reason
-        )
+        self.alarms.raise_alarm("HSM_RESTORED" if available else "HSM_REMOVED", detail=reason)
         if not available:
             self._hsm_lost_at = now
             return

@@ -1,35 +1,45 @@
 """LI listener servicers: XkService.GetKeys and AdminService (contract kms.proto).
 
 Rules:
-- The caller's role comes from its verified client certificate only (firmware/api/roles.py).
-  GetKeys needs DF2; every AdminService RPC needs ADMIN, except WatchAlarms (ADMIN or DF2).
-- A refused role raises a ROLE_NOT_ALLOWED alarm and writes an audit record before the RPC ends.
-- Administrative changes are written to the audit log before they are made (audit before
-  acting); if the record cannot be written the change is refused. Records never hold PSKs.
-- Every core error goes through the one table in firmware/api/status.py; anything unplanned is
-  logged and answered INTERNAL without detail.
+- Every LI RPC passes `Gate.serve` (or `Gate.open_stream`): the caller comes from its verified
+  client certificate only (firmware/api/roles.py); GetKeys needs DF2, every AdminService RPC
+  needs ADMIN except WatchAlarms (ADMIN or DF2); a request that did not decode
+  (server.Undecodable) is refused INVALID_ARGUMENT.
+- Whatever refuses a request (role, decoding, field caps, the core's checks, the HSM, the audit
+  log, or an error nobody planned for) goes through the one refusal path
+  (firmware/core/refusals.py: alarm + audit record + metric) and then the one status table
+  (firmware/api/status.py). Nothing else answers a refusal. Unplanned errors are logged and
+  answered INTERNAL without detail.
+- Administrative changes are audited before they are made by the core (firmware/core/admin.py).
+- WatchAlarms subscribes the caller with its visibility (firmware/audit/alarms.py): ADMIN sees
+  every alarm, a DF2 only its own requests' alarms and node alarms.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
 
 from google.protobuf import timestamp_pb2
 
 from firmware.api import status
 from firmware.api.proto.kms.v1 import kms_pb2, kms_pb2_grpc
-from firmware.api.roles import Caller, Role, caller_of
+from firmware.api.roles import RoleResolver
+from firmware.api.server import Undecodable
 from firmware.audit.alarms import Alarm, AlarmBus
+from firmware.audit.log import Snapshot
 from firmware.audit.log import verify as verify_audit
 from firmware.core.admin import Admin
-from firmware.core.errors import KmsError, RoleNotAllowed
-from firmware.core.ports import KeyName, KeyState
-from firmware.core.xk import Caller as XkCaller
+from firmware.core.errors import InvalidRequest, KmsError, RoleNotAllowed
+from firmware.core.ports import Caller, KeyName, KeyState, Role
+from firmware.core.refusals import Refusals
 from firmware.core.xk import GetKeysRequest, KeyRelease, TargetRole
 
 log = logging.getLogger("kmsnode.api")
+
+T = TypeVar("T")
 
 _ROLES = {1: TargetRole.INITIATOR, 2: TargetRole.RESPONDER}
 _STATES = {
@@ -51,208 +61,218 @@ def _unix(stamp: timestamp_pb2.Timestamp) -> float:
     return float(stamp.ToNanoseconds()) / 1e9
 
 
-class Guard:
-    """Role checks and the audit-before-acting wrapper shared by the LI servicers."""
+def _described(method: str, request: Any) -> dict[str, str]:
+    """The request's identifying fields for the refusal record (fields.describe caps them)."""
+    if isinstance(request, Undecodable):
+        return {}
+    if method == "GetKeys":
+        return {
+            "liid": request.liid,
+            "correlation_id": request.correlation_id,
+            "target": request.target_identity,
+            "role": kms_pb2.TargetRole.Name(request.target_role)
+            if request.target_role in kms_pb2.TargetRole.values()
+            else str(request.target_role),
+        }
+    if method in ("PutUser", "DeleteUser"):
+        return {"identity": request.identity}
+    if method == "PutWarrant":
+        return {"liid": request.liid, "target": request.target_identity}
+    if method == "DeleteWarrant":
+        return {"liid": request.liid}
+    return {}
 
-    def __init__(
-        self,
-        role_map: Mapping[str, Sequence[str]],
-        alarms: AlarmBus,
-        audit: Any,
-        clock: Callable[[], float],
-    ) -> None:
-        self.role_map, self.alarms, self.audit, self.clock = role_map, alarms, audit, clock
+
+class Gate:
+    """Role, decoding and the one refusal path, for every LI RPC."""
+
+    def __init__(self, roles: RoleResolver, refusals: Refusals) -> None:
+        self.roles, self.refusals = roles, refusals
 
     def caller(self, context: Any) -> Caller:
-        return caller_of(context, self.role_map)
+        return self.roles.caller_of(context)
 
-    def require(self, context: Any, method: str, *roles: Role) -> Caller:
-        caller = self.caller(context)
-        if caller.roles & set(roles):
-            return caller
-        detail = f"{method} needs role {' or '.join(r.value.upper() for r in roles)}"
-        try:
-            self.audit.append(
-                self.clock(), "ROLE_REFUSED", {"caller": caller.name, "method": method}
-            )
-        except KmsError:
-            log.error("audit record of a refused role could not be written")
-        self.alarms.raise_alarm("ROLE_NOT_ALLOWED", caller.name, "", "", detail)
-        status.abort(context, RoleNotAllowed(detail))
+    def _admit(self, caller: Caller, method: str, request: Any, roles: tuple[Role, ...]) -> None:
+        if not caller.roles.intersection(roles):
+            needs = " or ".join(r.value.upper() for r in roles)
+            why = "its certificate is revoked" if caller.revoked else "its certificate holds none"
+            raise RoleNotAllowed(f"{method} needs role {needs}; {why}")
+        if isinstance(request, Undecodable):
+            raise InvalidRequest(f"the request does not decode ({request.error})")
 
-    def run(self, context: Any, fn: Callable[[], Any]) -> Any:
-        try:
-            return fn()
-        except KmsError as exc:
-            status.abort(context, exc)
-        except Exception:
-            log.exception("LI RPC failed")
-            status.internal(context)
-
-    def audited(
+    def serve(
         self,
         context: Any,
-        caller: Caller,
-        event: str,
-        fields: dict[str, object],
-        fn: Callable[[], Any],
-    ) -> Any:
-        def act() -> Any:
-            self.audit.append(self.clock(), event, {"caller": caller.name, **fields})
-            return fn()
+        method: str,
+        request: Any,
+        roles: tuple[Role, ...],
+        fn: Callable[[Caller], T],
+    ) -> T:
+        """Run `fn(caller)` for an admitted caller; refuse (alarm + audit + metric + status)
+        whatever goes wrong."""
+        caller = self.caller(context)
+        try:
+            self._admit(caller, method, request, roles)
+            return fn(caller)
+        except KmsError as exc:
+            status.abort(
+                context, self.refusals.refuse(caller, method, exc, _described(method, request))
+            )
+        except Exception:
+            log.exception("LI RPC %s failed", method)
+            internal = KmsError("internal error")
+            status.abort(
+                context, self.refusals.refuse(caller, method, internal, _described(method, request))
+            )
 
-        return self.run(context, act)
+    def guard_reflection(self, context: Any) -> None:
+        """Reflection answers only a caller that holds a role."""
+        self.serve(context, "ServerReflectionInfo", None, tuple(Role), lambda _: None)
 
 
 class XkServicer(kms_pb2_grpc.XkServiceServicer):
-    def __init__(self, release: KeyRelease, guard: Guard) -> None:
-        self.release, self.guard = release, guard
+    def __init__(self, release: KeyRelease, gate: Gate) -> None:
+        self.release, self.gate = release, gate
 
     def GetKeys(self, request: Any, context: Any) -> Any:
-        caller = self.guard.caller(context)
-        req = GetKeysRequest(
-            target=request.target_identity,
-            role=_ROLES.get(request.target_role),
-            transfer_init=bytes(request.transfer_init),
-            transfer_resp=bytes(request.transfer_resp),
-            liid=request.liid,
-            correlation_id=request.correlation_id,
-        )
-        xk_caller = XkCaller(caller.identities, Role.DF2 in caller.roles)
-        keys = self.guard.run(context, lambda: self.release.get_keys(xk_caller, req))
-        return kms_pb2.GetKeysResponse(
-            csb_id=keys.csb_id,
-            sessions=[
-                kms_pb2.CryptoSessionKeys(cs_id=s.cs_id, session_key=s.key, salt=s.salt, spi=s.spi)
-                for s in keys.sessions
-            ],
-            valid_until=_ts(keys.valid_until),
-        )
+        def release(caller: Caller) -> Any:
+            keys = self.release.get_keys(
+                caller,
+                GetKeysRequest(
+                    target=request.target_identity,
+                    role=_ROLES.get(request.target_role),
+                    transfer_init=bytes(request.transfer_init),
+                    transfer_resp=bytes(request.transfer_resp),
+                    liid=request.liid,
+                    correlation_id=request.correlation_id,
+                ),
+            )
+            return kms_pb2.GetKeysResponse(
+                csb_id=keys.csb_id,
+                sessions=[
+                    kms_pb2.CryptoSessionKeys(
+                        cs_id=s.cs_id, session_key=s.key, salt=s.salt, spi=s.spi
+                    )
+                    for s in keys.sessions
+                ],
+                valid_until=_ts(keys.valid_until),
+            )
+
+        return self.gate.serve(context, "GetKeys", request, (Role.DF2,), release)
+
+
+def _warrant(w: Any) -> Any:
+    return kms_pb2.Warrant(
+        liid=w.liid,
+        target_identity=w.target,
+        valid_from=_ts(w.valid_from),
+        valid_until=_ts(w.valid_until),
+        df2_identities=list(w.df2_identities),
+    )
+
+
+def _key_version(v: Any) -> Any:
+    return kms_pb2.KeyVersion(
+        name=v.name.value, version=v.version, state=_STATES[v.state], created=_ts(v.created)
+    )
 
 
 class AdminServicer(kms_pb2_grpc.AdminServiceServicer):
     def __init__(
         self,
         admin: Admin,
-        guard: Guard,
+        gate: Gate,
         alarms: AlarmBus,
-        audit_path: Any,
+        audit_path: Path,
         audit_mac: Callable[[bytes], bytes],
+        audit_snapshot: Callable[[], Snapshot] | None,
     ) -> None:
-        self.admin, self.guard, self.alarms = admin, guard, alarms
-        self.audit_path, self.audit_mac = audit_path, audit_mac
+        self.admin, self.gate, self.alarms = admin, gate, alarms
+        self.audit_path, self.audit_mac, self.audit_snapshot = audit_path, audit_mac, audit_snapshot
+
+    def _admin(self, context: Any, method: str, request: Any, fn: Callable[[Caller], T]) -> T:
+        return self.gate.serve(context, method, request, (Role.ADMIN,), fn)
 
     def PutUser(self, request: Any, context: Any) -> Any:
-        caller = self.guard.require(context, "PutUser", Role.ADMIN)
-        fields = {"identity": request.identity, "aliases": list(request.aliases)}
-        _, generated = self.guard.audited(
-            context,
-            caller,
-            "ADMIN_PUT_USER",
-            fields,
-            lambda: self.admin.put_user(
-                request.identity, list(request.aliases), bytes(request.psk), bytes(request.psk_id)
-            ),
-        )
-        return kms_pb2.PutUserResponse(psk=generated or b"")
+        def put(caller: Caller) -> Any:
+            _, generated = self.admin.put_user(
+                caller,
+                request.identity,
+                list(request.aliases),
+                bytes(request.psk),
+                bytes(request.psk_id),
+            )
+            return kms_pb2.PutUserResponse(psk=generated or b"")
+
+        return self._admin(context, "PutUser", request, put)
 
     def DeleteUser(self, request: Any, context: Any) -> Any:
-        caller = self.guard.require(context, "DeleteUser", Role.ADMIN)
-        self.guard.audited(
-            context,
-            caller,
-            "ADMIN_DELETE_USER",
-            {"identity": request.identity},
-            lambda: self.admin.delete_user(request.identity),
-        )
-        return kms_pb2.DeleteUserResponse()
+        def delete(caller: Caller) -> Any:
+            self.admin.delete_user(caller, request.identity)
+            return kms_pb2.DeleteUserResponse()
 
-    @staticmethod
-    def _warrant(w: Any) -> Any:
-        return kms_pb2.Warrant(
-            liid=w.liid,
-            target_identity=w.target,
-            valid_from=_ts(w.valid_from),
-            valid_until=_ts(w.valid_until),
-            df2_identities=list(w.df2_identities),
-        )
+        return self._admin(context, "DeleteUser", request, delete)
 
     def PutWarrant(self, request: Any, context: Any) -> Any:
-        caller = self.guard.require(context, "PutWarrant", Role.ADMIN)
-        fields = {
-            "liid": request.liid,
-            "target": request.target_identity,
-            "df2_identities": list(request.df2_identities),
-        }
-        warrant = self.guard.audited(
-            context,
-            caller,
-            "ADMIN_PUT_WARRANT",
-            fields,
-            lambda: self.admin.put_warrant(
-                request.liid,
-                request.target_identity,
-                _unix(request.valid_from),
-                _unix(request.valid_until),
-                list(request.df2_identities),
-            ),
-        )
-        return self._warrant(warrant)
+        def put(caller: Caller) -> Any:
+            return _warrant(
+                self.admin.put_warrant(
+                    caller,
+                    request.liid,
+                    request.target_identity,
+                    _unix(request.valid_from),
+                    _unix(request.valid_until),
+                    list(request.df2_identities),
+                )
+            )
+
+        return self._admin(context, "PutWarrant", request, put)
 
     def DeleteWarrant(self, request: Any, context: Any) -> Any:
-        caller = self.guard.require(context, "DeleteWarrant", Role.ADMIN)
-        self.guard.audited(
-            context,
-            caller,
-            "ADMIN_DELETE_WARRANT",
-            {"liid": request.liid},
-            lambda: self.admin.delete_warrant(request.liid),
-        )
-        return kms_pb2.DeleteWarrantResponse()
+        def delete(caller: Caller) -> Any:
+            self.admin.delete_warrant(caller, request.liid)
+            return kms_pb2.DeleteWarrantResponse()
+
+        return self._admin(context, "DeleteWarrant", request, delete)
 
     def ListWarrants(self, request: Any, context: Any) -> Any:
-        self.guard.require(context, "ListWarrants", Role.ADMIN)
-        warrants = self.guard.run(context, self.admin.list_warrants)
-        return kms_pb2.ListWarrantsResponse(warrants=[self._warrant(w) for w in warrants])
+        return self._admin(
+            context,
+            "ListWarrants",
+            request,
+            lambda _: kms_pb2.ListWarrantsResponse(
+                warrants=[_warrant(w) for w in self.admin.list_warrants()]
+            ),
+        )
 
     def RotateTicketKey(self, request: Any, context: Any) -> Any:
-        caller = self.guard.require(context, "RotateTicketKey", Role.ADMIN)
-        view = self.guard.audited(
+        return self._admin(
             context,
-            caller,
-            "ADMIN_ROTATE_TICKET_KEY",
-            {},
-            lambda: self.admin.rotate(KeyName.TICKET_PROTECTION),
-        )
-        return kms_pb2.KeyVersion(
-            name=view.name.value,
-            version=view.version,
-            state=_STATES[view.state],
-            created=_ts(view.created),
+            "RotateTicketKey",
+            request,
+            lambda caller: _key_version(self.admin.rotate(caller, KeyName.TICKET_PROTECTION)),
         )
 
     def ListKeyVersions(self, request: Any, context: Any) -> Any:
-        self.guard.require(context, "ListKeyVersions", Role.ADMIN)
-
-        def collect() -> list[Any]:
-            return [v for name in KeyName for v in self.admin.key_versions(name)]
-
-        versions = self.guard.run(context, collect)
-        return kms_pb2.ListKeyVersionsResponse(
-            versions=[
-                kms_pb2.KeyVersion(
-                    name=v.name.value,
-                    version=v.version,
-                    state=_STATES[v.state],
-                    created=_ts(v.created),
-                )
-                for v in versions
-            ]
+        return self._admin(
+            context,
+            "ListKeyVersions",
+            request,
+            lambda _: kms_pb2.ListKeyVersionsResponse(
+                versions=[
+                    _key_version(v) for name in KeyName for v in self.admin.key_versions(name)
+                ]
+            ),
         )
 
     def WatchAlarms(self, request: Any, context: Any) -> Iterator[Any]:
-        self.guard.require(context, "WatchAlarms", Role.ADMIN, Role.DF2)
-        subscription = self.alarms.subscribe()
+        subscription = self.gate.serve(
+            context,
+            "WatchAlarms",
+            request,
+            (Role.ADMIN, Role.DF2),
+            self.alarms.subscribe,
+        )
         context.add_callback(subscription.close)
         context.send_initial_metadata(())  # the watcher knows it is subscribed
         try:
@@ -264,19 +284,16 @@ class AdminServicer(kms_pb2_grpc.AdminServiceServicer):
             subscription.close()
 
     def VerifyAudit(self, request: Any, context: Any) -> Any:
-        self.guard.require(context, "VerifyAudit", Role.ADMIN)
         # The node keeps writing while it verifies: check the log as of one commit, against
         # what the writer itself knows it wrote (firmware/audit/log.py).
-        snapshot = getattr(self.guard.audit, "snapshot", None)
-        result = self.guard.run(
-            context,
-            lambda: verify_audit(
-                self.audit_path, self.audit_mac, snapshot() if snapshot is not None else None
-            ),
-        )
-        return kms_pb2.VerifyAuditResponse(
-            intact=result.intact, records=result.records, first_bad_record=result.first_bad
-        )
+        def check(_: Caller) -> Any:
+            snapshot = self.audit_snapshot() if self.audit_snapshot is not None else None
+            result = verify_audit(self.audit_path, self.audit_mac, snapshot)
+            return kms_pb2.VerifyAuditResponse(
+                intact=result.intact, records=result.records, first_bad_record=result.first_bad
+            )
+
+        return self._admin(context, "VerifyAudit", request, check)
 
 
 def _alarm(alarm: Alarm) -> Any:

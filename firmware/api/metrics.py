@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from firmware.core.ports import KeyName, KeyVault, KeyVersionInfo, WrappedKey
@@ -43,6 +42,12 @@ class Metrics:
             registry=r,
         )
         self.alarms = Counter("kmsnode_alarms", "alarms raised", ["reason"], registry=r)
+        self.refusals = Counter(
+            "kmsnode_refusals", "refused LI requests", ["method", "reason"], registry=r
+        )
+        self.alarms_dropped = Counter(
+            "kmsnode_alarms_dropped", "alarms dropped from full watcher queues", registry=r
+        )
         self.audit_records = Counter("kmsnode_audit_records", "audit records written", registry=r)
         self.hsm_available = Gauge("kmsnode_hsm_available", "1 while the HSM serves", registry=r)
 
@@ -52,57 +57,6 @@ class Metrics:
             int(port), addr=host or "127.0.0.1", registry=self.registry
         )
         return server
-
-
-class MetricsInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Counts every RPC by method and final status code; observes unary RPCs' latency."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
-        handler = continuation(details)
-        if handler is None:
-            return handler
-        method = details.method.rsplit("/", 1)[-1]
-        metrics = self.metrics
-        if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
-
-            def streamed(request: Any, context: Any) -> Any:
-                code = "OK"
-                try:
-                    yield from inner_stream(request, context)
-                except BaseException:
-                    found = context.code() if hasattr(context, "code") else None
-                    code = found.name if found is not None else "CANCELLED"
-                    raise
-                finally:
-                    metrics.requests.labels(method, code).inc()
-
-            return grpc.unary_stream_rpc_method_handler(
-                streamed, handler.request_deserializer, handler.response_serializer
-            )
-        if handler.unary_unary is None:
-            return handler
-        inner = handler.unary_unary
-
-        def observed(request: Any, context: Any) -> Any:
-            start = time.perf_counter()
-            code = "OK"
-            try:
-                return inner(request, context)
-            except BaseException:
-                found = context.code() if hasattr(context, "code") else None
-                code = found.name if found is not None else "UNKNOWN"
-                raise
-            finally:
-                metrics.requests.labels(method, code).inc()
-                metrics.latency.labels(method).observe(time.perf_counter() - start)
-
-        return grpc.unary_unary_rpc_method_handler(
-            observed, handler.request_deserializer, handler.response_serializer
-        )
 
 
 class InstrumentedVault:

@@ -1,22 +1,35 @@
-"""The node's two gRPC listeners over TLS, with health, reflection and graceful shutdown.
+"""The node's gRPC listeners over TLS: health, reflection, limits, graceful shutdown.
 
 Rules:
-- UE listener: TicketService + health + reflection; TLS with server authentication only: the
-  MIKEY V payload authenticates each UE message with the user's PSK, so client certificates are
-  optional in the contract, and gRPC Python cannot ask for an optional one (it either requires a
-  certificate or does not request one), so none is requested.
+- UE listener: TicketService + health; TLS with server authentication only: the MIKEY V payload
+  authenticates each UE message with the user's PSK, so client certificates are optional in the
+  contract, and gRPC Python cannot ask for an optional one (it either requires a certificate or
+  does not request one), so none is requested. No reflection here.
 - LI listener: XkService + AdminService + health + reflection; client certificates required and
-  TLS 1.3 only (enforced per RPC by `TlsPolicyInterceptor`, because gRPC Python cannot set a
-  minimum protocol version on a server).
+  TLS 1.3 only for every method kind (unary and streaming alike), enforced per RPC by the
+  listener policy because gRPC Python cannot set a minimum protocol version on a server.
+  Reflection answers only a caller that holds a role (`reflection_guard`).
 - TLS 1.2 is limited to ECDHE suites with AEAD ciphers (GRPC_SSL_CIPHER_SUITES, set before gRPC
   creates any credentials; TLS 1.3 suites are all AEAD).
-- Health reports NOT_SERVING for every service while the HSM is unavailable.
+- No client can starve a listener: streaming RPCs (health Watch, reflection, WatchAlarms) run in
+  their own thread pool, never in the unary handler pool; open streams are capped per listener
+  and per client certificate (all anonymous clients count as one), refused RESOURCE_EXHAUSTED
+  beyond; connections are capped (`grpc.max_allowed_incoming_connections`), pinged
+  (keepalive), closed when idle and aged out (max_connection_idle / max_connection_age).
+- A request that does not decode (e.g. invalid UTF-8 in a string field) reaches the servicer as
+  an `Undecodable` marker instead of failing inside gRPC (which answers INTERNAL and logs a
+  traceback), so the servicer can refuse it INVALID_ARGUMENT through the refusal path.
+- Every RPC is counted by method and final status code; unary RPCs' latency is observed.
+- Health reports NOT_SERVING for every service while the HSM (or the state) is unavailable; the
+  unary health Check stays anonymous.
 - SO_REUSEPORT is off: a stale node must never silently share our port.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -38,47 +51,190 @@ import grpc  # noqa: E402  (the cipher suites must be set before gRPC reads them
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # noqa: E402
 from grpc_reflection.v1alpha import reflection  # noqa: E402
 
+from firmware.api.metrics import Metrics  # noqa: E402
 from firmware.api.proto.kms.v1 import kms_pb2  # noqa: E402
+from firmware.api.roles import certificate_facts  # noqa: E402
+from firmware.config import ListenerConfig  # noqa: E402
 
-SERVER_OPTIONS = [
-    ("grpc.so_reuseport", 0),
-    ("grpc.max_receive_message_length", 256 * 1024),
-    ("grpc.max_send_message_length", 1024 * 1024),
-]
+MAX_RECEIVE = 256 * 1024
+REFLECTION_PREFIX = "/grpc.reflection."
+_SPARE_STREAM_THREADS = 4  # so a stream over the cap always finds a thread to be refused in
 
 
-class TlsPolicyInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Refuses every RPC on a connection that is not TLS 1.3 (LI listener)."""
+def server_options(limits: ListenerConfig) -> list[tuple[str, int]]:
+    ms = 1000
+    return [
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", MAX_RECEIVE),
+        ("grpc.max_send_message_length", 1024 * 1024),
+        ("grpc.max_allowed_incoming_connections", limits.max_connections),
+        ("grpc.max_concurrent_streams", 100),
+        ("grpc.keepalive_time_ms", int(limits.keepalive_time * ms)),
+        ("grpc.keepalive_timeout_ms", int(limits.keepalive_timeout * ms)),
+        ("grpc.max_connection_idle_ms", int(limits.max_connection_idle * ms)),
+        ("grpc.max_connection_age_ms", int(limits.max_connection_age * ms)),
+        ("grpc.max_connection_age_grace_ms", int(limits.max_connection_age_grace * ms)),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
 
-    def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
-        handler = continuation(details)
-        if handler is None or (handler.unary_unary is None and handler.unary_stream is None):
-            return handler
 
-        def check(context: Any) -> None:
+@dataclass(frozen=True)
+class Undecodable:
+    """A request whose bytes did not decode as the method's message."""
+
+    error: str
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # DecodeError, invalid UTF-8, ...: the servicer refuses it
+            return Undecodable(type(exc).__name__)
+
+    return decode
+
+
+class StreamSlots:
+    """Caps on open streams: per listener and per client certificate."""
+
+    def __init__(self, total: int, per_client: int) -> None:
+        self.total, self.per_client = total, per_client
+        self._open: dict[str, int] = {}
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def acquire(self, client: str) -> bool:
+        with self._lock:
+            if self._count >= self.total or self._open.get(client, 0) >= self.per_client:
+                return False
+            self._count += 1
+            self._open[client] = self._open.get(client, 0) + 1
+            return True
+
+    def release(self, client: str) -> None:
+        with self._lock:
+            self._count -= 1
+            left = self._open[client] - 1
+            if left:
+                self._open[client] = left
+            else:
+                del self._open[client]
+
+    @property
+    def open(self) -> int:
+        with self._lock:
+            return self._count
+
+
+def _client_key(context: Any) -> str:
+    pems = context.auth_context().get("x509_pem_cert", ())
+    facts = certificate_facts(bytes(pems[0])) if pems else None
+    return facts.fingerprint if facts is not None else "anonymous"
+
+
+class ListenerPolicy(grpc.ServerInterceptor):  # type: ignore[misc]
+    """The one wrapper every RPC of a listener passes: TLS version, decoding, stream pool and
+    caps, reflection guard, metrics (see the module rules)."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        slots: StreamSlots,
+        stream_pool: futures.ThreadPoolExecutor,
+        require_tls13: bool,
+        reflection_guard: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.metrics, self.slots, self.stream_pool = metrics, slots, stream_pool
+        self.require_tls13 = require_tls13
+        self.reflection_guard = reflection_guard
+
+    def _check_tls(self, context: Any) -> None:
+        if self.require_tls13:
             versions = context.auth_context().get("ssl_tls_version", [])
             if versions != [b"TLSv1.3"]:
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, "the LI listener requires TLS 1.3")
 
-        if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
-
-            def unary(request: Any, context: Any) -> Any:
-                check(context)
-                return inner_uu(request, context)
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary, handler.request_deserializer, handler.response_serializer
+    def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        full = details.method
+        method = full.rsplit("/", 1)[-1]
+        guard = self.reflection_guard if full.startswith(REFLECTION_PREFIX) else None
+        kinds = {
+            "unary_unary": (grpc.unary_unary_rpc_method_handler, False),
+            "stream_unary": (grpc.stream_unary_rpc_method_handler, False),
+            "unary_stream": (grpc.unary_stream_rpc_method_handler, True),
+            "stream_stream": (grpc.stream_stream_rpc_method_handler, True),
+        }
+        for kind, (make, streaming) in kinds.items():
+            inner = getattr(handler, kind)
+            if inner is None:
+                continue
+            wrapped = (
+                self._stream(inner, method, guard) if streaming else self._unary(inner, method)
             )
-        inner_us = handler.unary_stream
+            return make(
+                wrapped, _tolerant(handler.request_deserializer), handler.response_serializer
+            )
+        return handler
 
-        def stream(request: Any, context: Any) -> Any:
-            check(context)
-            return inner_us(request, context)
+    def _unary(self, inner: Callable[..., Any], method: str) -> Callable[..., Any]:
+        metrics = self.metrics
 
-        return grpc.unary_stream_rpc_method_handler(
-            stream, handler.request_deserializer, handler.response_serializer
-        )
+        def unary(request: Any, context: Any) -> Any:
+            start = time.perf_counter()
+            code = "OK"
+            try:
+                self._check_tls(context)
+                return inner(request, context)
+            except BaseException:
+                found = context.code() if hasattr(context, "code") else None
+                code = found.name if found is not None else "UNKNOWN"
+                raise
+            finally:
+                metrics.requests.labels(method, code).inc()
+                metrics.latency.labels(method).observe(time.perf_counter() - start)
+
+        return unary
+
+    def _stream(
+        self, inner: Callable[..., Any], method: str, guard: Callable[[Any], None] | None
+    ) -> Callable[..., Any]:
+        """A streaming behaviour run in the stream pool, holding a slot until the RPC ends; the
+        inner behaviour's non-blocking mode (health Watch) is kept."""
+        slots, metrics = self.slots, self.metrics
+        non_blocking = bool(getattr(inner, "experimental_non_blocking", False))
+
+        def stream(request: Any, context: Any, send_response_callback: Any = None) -> Any:
+            self._check_tls(context)
+            if guard is not None:
+                guard(context)
+            client = _client_key(context)
+            if not slots.acquire(client):
+                metrics.requests.labels(method, "RESOURCE_EXHAUSTED").inc()
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many open streams")
+            released = threading.Event()
+
+            def release() -> None:
+                if not released.is_set():
+                    released.set()
+                    slots.release(client)
+
+            if not context.add_callback(release):
+                release()
+            metrics.requests.labels(method, "OPENED").inc()
+            if non_blocking:
+                return inner(request, context, send_response_callback)
+            return inner(request, context)
+
+        stream.experimental_non_blocking = non_blocking  # type: ignore[attr-defined]
+        stream.experimental_thread_pool = self.stream_pool  # type: ignore[attr-defined]
+        return stream
 
 
 @dataclass
@@ -89,6 +245,7 @@ class Listener:
     server: Any
     port: int
     health: health.HealthServicer
+    slots: StreamSlots
     services: list[str] = field(default_factory=list)
 
     def set_serving(self, serving: bool) -> None:
@@ -111,17 +268,27 @@ def server_credentials(
 
 def make_listener(
     name: str,
-    address: str,
+    limits: ListenerConfig,
     credentials: Any,
     register: Iterable[tuple[Callable[[Any, Any], None], Any, str]],
     workers: int,
-    interceptors: list[Any] | None = None,
+    metrics: Metrics,
+    *,
+    require_tls13: bool = False,
+    reflection_guard: Callable[[Any], None] | None = None,
 ) -> Listener:
-    """Build and bind (not start) a server; `register` yields (add_fn, servicer, service name)."""
+    """Build and bind (not start) a server; `register` yields (add_fn, servicer, service name).
+    Reflection is served only with a `reflection_guard`."""
+    slots = StreamSlots(limits.max_streams, limits.max_streams_per_client)
+    stream_pool = futures.ThreadPoolExecutor(
+        max_workers=limits.max_streams + _SPARE_STREAM_THREADS,
+        thread_name_prefix=f"{name}-stream",
+    )
+    policy = ListenerPolicy(metrics, slots, stream_pool, require_tls13, reflection_guard)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name),
-        interceptors=interceptors or [],
-        options=SERVER_OPTIONS,
+        interceptors=[policy],
+        options=server_options(limits),
         maximum_concurrent_rpcs=4096,
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
@@ -130,13 +297,14 @@ def make_listener(
     for add, servicer, service_name in register:
         add(servicer, server)
         services.append(service_name)
-    reflection.enable_server_reflection(
-        [*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
-    port = server.add_secure_port(address, credentials)
+    if reflection_guard is not None:
+        reflection.enable_server_reflection(
+            [*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+    port = server.add_secure_port(limits.address, credentials)
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
-    listener = Listener(name, server, port, health_servicer, services)
+        raise OSError(f"cannot listen on {limits.address}")
+    listener = Listener(name, server, port, health_servicer, slots, services)
     listener.set_serving(False)
     return listener
 

@@ -15,7 +15,8 @@ from typing import Any, Protocol
 
 from firmware.api import status
 from firmware.api.proto.kms.v1 import kms_pb2, kms_pb2_grpc
-from firmware.core.errors import KmsError
+from firmware.api.server import Undecodable
+from firmware.core.errors import KmsError, MalformedMessage
 
 log = logging.getLogger("kmsnode.api")
 
@@ -30,6 +31,8 @@ class TicketServicer(kms_pb2_grpc.TicketServiceServicer):
 
     def Exchange(self, request: Any, context: Any) -> Any:
         try:
+            if isinstance(request, Undecodable):
+                raise MalformedMessage(f"the request does not decode ({request.error})")
             answer = self.core.exchange(bytes(request.data))
         except KmsError as exc:
             status.abort(context, exc)

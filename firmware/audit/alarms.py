@@ -1,41 +1,95 @@
-"""The alarm bus: every alarm reaches every current watcher before `raise_alarm` returns.
+"""The alarm bus: every alarm reaches every current watcher allowed to see it before
+`raise_alarm` returns.
 
 Rules:
-- Watchers subscribe and get their own unbounded queue; `raise_alarm` puts the alarm into every
-  queue synchronously, so an RPC that raised an alarm returns only after each watcher has it.
-- Alarms carry identities, reasons and ids, never key material.
-- The bus counts alarms through an optional callback (the metrics); writing the audit record is
-  the raiser's job (it knows what happened).
+- Visibility (contract AdminService, DESIGN.md "Alarms and roles"): a watcher holding ADMIN sees
+  every alarm; a DF2 watcher sees the alarms caused by requests made with its own certificate
+  (same SHA-256 fingerprint) and node alarms (caused by no request: HSM_REMOVED, TAMPER,
+  AUDIT_UNAVAILABLE, ...), which name no LIID. Anybody else sees nothing.
+- Each watcher's queue is bounded (`queue_size`); on overflow the oldest alarm is dropped and
+  counted (`dropped` callback, the metric), and the watcher's next alarm is one WATCHER_OVERFLOW
+  alarm saying how many were lost. A watcher that never reads costs at most `queue_size` alarms.
+- At most `per_identity` watchers per certificate identity (the caller's identities), at most
+  `max_watchers` in all: `subscribe` refuses more with TooManyStreams.
+- Alarms carry identities, reasons and ids, never key material. The bus counts alarms through an
+  optional callback (the metrics); writing the audit record is the raiser's job.
 """
 
 from __future__ import annotations
 
-import queue
+import collections
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from firmware.core.errors import TooManyStreams
+from firmware.core.ports import NODE, Caller, Role
+
+WATCHER_OVERFLOW = "WATCHER_OVERFLOW"
 
 
 @dataclass(frozen=True)
 class Alarm:
     time: float
     reason: str
-    caller: str
+    caller: str  # every identity of the causing certificate, comma-separated; "" for the node
     liid: str
     correlation_id: str
     detail: str
+    origin: str = ""  # SHA-256 fingerprint of the causing certificate; "" for node alarms
+
+
+def visible_to(alarm: Alarm, watcher: Caller) -> bool:
+    """The visibility rule of the module docstring."""
+    if watcher.holds(Role.ADMIN):
+        return True
+    if not watcher.holds(Role.DF2):
+        return False
+    if not alarm.origin:
+        return not alarm.liid
+    return alarm.origin == watcher.fingerprint
 
 
 class Subscription:
-    def __init__(self, bus: AlarmBus) -> None:
-        self._bus = bus
-        self.queue: queue.SimpleQueue[Alarm] = queue.SimpleQueue()
+    """One watcher: a bounded queue of the alarms it may see."""
+
+    def __init__(self, bus: AlarmBus, watcher: Caller, size: int) -> None:
+        self._bus, self.watcher, self._size = bus, watcher, size
+        self._queue: collections.deque[Alarm] = collections.deque()
+        self._cv = threading.Condition()
+        self._lost = 0
+
+    def put(self, alarm: Alarm) -> bool:
+        """Queue `alarm`; False when the oldest had to be dropped for it."""
+        with self._cv:
+            dropped = len(self._queue) >= self._size
+            if dropped:
+                self._queue.popleft()
+                self._lost += 1
+            self._queue.append(alarm)
+            self._cv.notify()
+            return not dropped
 
     def get(self, timeout: float) -> Alarm | None:
-        try:
-            return self.queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        with self._cv:
+            if not self._queue and not self._lost:
+                self._cv.wait(timeout)
+            if self._lost:
+                lost, self._lost = self._lost, 0
+                return Alarm(
+                    self._bus.now(),
+                    WATCHER_OVERFLOW,
+                    "",
+                    "",
+                    "",
+                    f"{lost} alarm(s) dropped: this watcher did not read fast enough",
+                )
+            return self._queue.popleft() if self._queue else None
+
+    @property
+    def pending(self) -> int:
+        with self._cv:
+            return len(self._queue)
 
     def close(self) -> None:
         self._bus._unsubscribe(self)
@@ -43,16 +97,37 @@ class Subscription:
 
 class AlarmBus:
     def __init__(
-        self, clock: Callable[[], float], counted: Callable[[str], None] | None = None
+        self,
+        clock: Callable[[], float],
+        counted: Callable[[str], None] | None = None,
+        *,
+        queue_size: int = 1000,
+        per_identity: int = 4,
+        max_watchers: int = 64,
+        dropped: Callable[[], None] | None = None,
     ) -> None:
         self._clock = clock
-        self._counted = counted
+        self._counted, self._dropped = counted, dropped
+        self.queue_size, self.per_identity, self.max_watchers = (
+            queue_size,
+            per_identity,
+            max_watchers,
+        )
         self._subscribers: list[Subscription] = []
         self._lock = threading.Lock()
 
-    def subscribe(self) -> Subscription:
-        sub = Subscription(self)
+    def now(self) -> float:
+        return self._clock()
+
+    def subscribe(self, watcher: Caller) -> Subscription:
+        """A new watcher; TooManyStreams beyond the caps."""
         with self._lock:
+            if len(self._subscribers) >= self.max_watchers:
+                raise TooManyStreams("too many alarm watchers on this node")
+            same = sum(1 for s in self._subscribers if s.watcher.name == watcher.name)
+            if same >= self.per_identity:
+                raise TooManyStreams(f"at most {self.per_identity} alarm watchers per identity")
+            sub = Subscription(self, watcher, self.queue_size)
             self._subscribers.append(sub)
         return sub
 
@@ -67,13 +142,28 @@ class AlarmBus:
             return len(self._subscribers)
 
     def raise_alarm(
-        self, reason: str, caller: str, liid: str, correlation_id: str, detail: str
+        self,
+        reason: str,
+        caller: Caller = NODE,
+        liid: str = "",
+        correlation_id: str = "",
+        detail: str = "",
     ) -> Alarm:
-        alarm = Alarm(self._clock(), reason, caller, liid, correlation_id, detail)
+        alarm = Alarm(
+            self._clock(),
+            reason,
+            caller.name if caller.identities else "",
+            liid,
+            correlation_id,
+            detail,
+            # a request always has an origin, so its alarm never passes for a node alarm
+            caller.fingerprint or ("" if caller == NODE else "unidentified"),
+        )
         with self._lock:
             subscribers = list(self._subscribers)
         for sub in subscribers:
-            sub.queue.put(alarm)
+            if visible_to(alarm, sub.watcher) and not sub.put(alarm) and self._dropped:
+                self._dropped()
         if self._counted is not None:
             self._counted(reason)
         return alarm

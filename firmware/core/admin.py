@@ -1,6 +1,11 @@
-"""Administrative use cases: users and their PSKs, ticket key versions and rotation.
+"""Administrative use cases: users and their PSKs, warrants, ticket key versions and rotation.
 
 Rules:
+- Audit before acting: every change is checked first (field caps, identities, lengths), then its
+  ADMIN_* record is written (naming every identity of the caller), and only then applied; if the
+  record cannot be written (AuditUnavailable) nothing changes. Records never hold PSKs.
+- Field caps (firmware/core/fields.py) hold for identities, aliases, LIIDs and DF2 identities
+  before anything is stored or written.
 - Identities are stored canonical; a user's PSK is stored only wrapped under the active KEK.
 - A generated PSK comes from the HSM's RNG and is returned exactly once, to the caller.
 - Rotation creates a new TPK version (it protects new tickets); the previous version becomes
@@ -16,8 +21,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from firmware.core.errors import Conflict, InvalidRequest, NotFound
+from firmware.core.fields import check_field, check_fields
 from firmware.core.identity import IdentityError, canonical
 from firmware.core.ports import (
+    NODE,
+    AuditSink,
+    Caller,
     KeyName,
     KeyRecord,
     KeyState,
@@ -30,6 +39,8 @@ from firmware.core.ports import (
 
 PSK_LENGTHS = (16, 24, 32)
 GENERATED_PSK_LENGTH = 32
+MAX_ALIASES = 64
+MAX_DF2_IDENTITIES = 64
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,7 @@ class KeyVersionView:
 
 
 def _canonical(identity: str, what: str) -> str:
+    check_field(what, identity, required=True)
     try:
         return canonical(identity)
     except IdentityError as exc:
@@ -54,28 +66,40 @@ class Admin:
         self,
         vault: KeyVault,
         store: Store,
+        audit: AuditSink,
         clock: Callable[[], float],
         max_ticket_lifetime: float,
         clock_skew: float,
     ) -> None:
-        self.vault, self.store, self.clock = vault, store, clock
+        self.vault, self.store, self.audit, self.clock = vault, store, audit, clock
         self.ticket_retention = max_ticket_lifetime + clock_skew
+
+    def _audit(self, caller: Caller, event: str, fields: dict[str, object]) -> None:
+        """The record of a change about to be made (raises AuditUnavailable: then do nothing)."""
+        self.audit.append(self.clock(), event, {**caller.who(), **fields})
 
     # --- users ------------------------------------------------------------------------------
 
     def put_user(
-        self, identity: str, aliases: Sequence[str], psk: bytes, psk_id: bytes
+        self, caller: Caller, identity: str, aliases: Sequence[str], psk: bytes, psk_id: bytes
     ) -> tuple[User, bytes | None]:
         """Create or replace a user; returns it and the PSK when the KMS generated it."""
         main = _canonical(identity, "identity")
+        if len(aliases) > MAX_ALIASES:
+            raise InvalidRequest(f"at most {MAX_ALIASES} aliases")
         others = tuple(sorted({_canonical(a, "alias") for a in aliases} - {main}))
-        generated = None
-        if not psk:
-            psk = generated = self.vault.random_bytes(GENERATED_PSK_LENGTH)
-        elif len(psk) not in PSK_LENGTHS:
+        if psk and len(psk) not in PSK_LENGTHS:
             raise InvalidRequest("psk must be 16, 24 or 32 bytes")
         if len(psk_id) > 1024:
             raise InvalidRequest("psk_id is longer than 1024 bytes")
+        self._audit(
+            caller,
+            "ADMIN_PUT_USER",
+            {"identity": main, "aliases": list(others), "psk_generated": not psk},
+        )
+        generated = None
+        if not psk:
+            psk = generated = self.vault.random_bytes(GENERATED_PSK_LENGTH)
         user = User(main, others, psk_id or main.encode(), self.vault.wrap_psk(psk))
         try:
             self.store.put_user(user)
@@ -83,8 +107,10 @@ class Admin:
             raise Conflict(str(exc)) from None
         return user, generated
 
-    def delete_user(self, identity: str) -> None:
-        if not self.store.delete_user(_canonical(identity, "identity")):
+    def delete_user(self, caller: Caller, identity: str) -> None:
+        main = _canonical(identity, "identity")
+        self._audit(caller, "ADMIN_DELETE_USER", {"identity": main})
+        if not self.store.delete_user(main):
             raise NotFound("no such user")
 
     def list_users(self) -> list[User]:
@@ -94,25 +120,41 @@ class Admin:
 
     def put_warrant(
         self,
+        caller: Caller,
         liid: str,
         target: str,
         valid_from: float,
         valid_until: float,
         df2_identities: Sequence[str],
     ) -> Warrant:
-        """Create or replace the warrant `liid`; its target is stored canonical."""
-        if not liid or len(liid) > 256:
-            raise InvalidRequest("liid must be 1 to 256 characters")
+        """Create or replace the warrant `liid`; its target is stored canonical. DF2 identities
+        are certificate identities: typed (`dns:...`, `uri:...`) or bare SAN values."""
+        check_field("liid", liid, required=True)
         if not valid_from < valid_until:
             raise InvalidRequest("valid_from must be before valid_until")
-        df2 = tuple(sorted({d.strip() for d in df2_identities if d.strip()}))
+        if len(df2_identities) > MAX_DF2_IDENTITIES:
+            raise InvalidRequest(f"a warrant names at most {MAX_DF2_IDENTITIES} DF2 identities")
+        df2 = tuple(sorted(set(check_fields("df2_identities", list(df2_identities))) - {""}))
         if not df2:
             raise InvalidRequest("a warrant names at least one DF2 identity")
         warrant = Warrant(liid, _canonical(target, "target_identity"), valid_from, valid_until, df2)
+        self._audit(
+            caller,
+            "ADMIN_PUT_WARRANT",
+            {
+                "liid": liid,
+                "target": warrant.target,
+                "valid_from": valid_from,
+                "valid_until": valid_until,
+                "df2_identities": list(df2),
+            },
+        )
         self.store.put_warrant(warrant)
         return warrant
 
-    def delete_warrant(self, liid: str) -> None:
+    def delete_warrant(self, caller: Caller, liid: str) -> None:
+        check_field("liid", liid, required=True)
+        self._audit(caller, "ADMIN_DELETE_WARRANT", {"liid": liid})
         if not self.store.delete_warrant(liid):
             raise NotFound("no such warrant")
 
@@ -150,8 +192,12 @@ class Admin:
                     retired = None if info.state is KeyState.ACTIVE else now
                     self.store.record_key(KeyRecord(name, info.version, now, retired, None))
 
-    def rotate(self, name: KeyName = KeyName.TICKET_PROTECTION) -> KeyVersionView:
+    def rotate(self, caller: Caller, name: KeyName = KeyName.TICKET_PROTECTION) -> KeyVersionView:
         """Create the next version; the previous active one becomes DECRYPT_ONLY."""
+        event = (
+            "ADMIN_ROTATE_TICKET_KEY" if name is KeyName.TICKET_PROTECTION else "ADMIN_ROTATE_KEY"
+        )
+        self._audit(caller, event, {"key": name.value})
         now = self.clock()
         previous = {v.version for v in self.vault.versions(name) if v.state is KeyState.ACTIVE}
         info = self.vault.create_version(name)
@@ -173,6 +219,7 @@ class Admin:
             if info.state is not KeyState.DECRYPT_ONLY or record is None or record.retired is None:
                 continue
             if now > record.retired + self.ticket_retention:
+                self._audit(NODE, "KEY_DESTROYED", {"key": name.value, "version": info.version})
                 self.vault.destroy_version(name, info.version)
                 self.store.record_key(
                     KeyRecord(name, info.version, record.created, record.retired, now)

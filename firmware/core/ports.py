@@ -6,11 +6,14 @@ Rules:
   results (HMACs, wrapped blobs). The only plaintext secret a port returns is a user PSK from
   `unwrap_psk`, which the caller keeps only for the request that needed it.
 - Key names are fixed (KeyName); labels in the token are `<name>/v<version>`.
+- Who calls is a `Caller`, built by the api from the verified TLS certificate only (never from
+  metadata); the core decides with it and names it in alarms and audit records.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -100,6 +103,82 @@ class KeyVault(Protocol):
     def available(self) -> bool:
         """True when the last call or probe reached the token."""
         ...
+
+
+# --- callers, alarms, audit -------------------------------------------------------------------
+
+
+class Role(enum.StrEnum):
+    """Roles a certificate identity can hold (config [roles])."""
+
+    DF2 = "df2"
+    ADMIN = "admin"
+    UE = "ue"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who calls, as the TLS layer proved it.
+
+    Invariants: `identities` are every subject alternative name of the verified client
+    certificate in typed form (`dns:<name>`, `uri:<uri>`), in certificate order; `holders` maps
+    each held role to the identities through which it is held (a subset of `identities`);
+    `fingerprint` is the SHA-256 of the certificate (hex), "" without one. A revoked certificate
+    holds no role.
+    """
+
+    identities: tuple[str, ...] = ()
+    holders: tuple[tuple[Role, tuple[str, ...]], ...] = ()
+    fingerprint: str = ""
+    tls_version: str = ""
+    revoked: bool = False  # the certificate is on the revocation list (it then holds no role)
+
+    @property
+    def roles(self) -> frozenset[Role]:
+        return frozenset(role for role, _ in self.holders)
+
+    def holds(self, role: Role) -> bool:
+        return role in self.roles
+
+    def holding(self, role: Role) -> tuple[str, ...]:
+        """The identities of this caller that hold `role` (empty when it does not)."""
+        for held, identities in self.holders:
+            if held is role:
+                return identities
+        return ()
+
+    @property
+    def name(self) -> str:
+        """Every identity, comma-separated (the contract's Alarm.caller)."""
+        return ",".join(self.identities) if self.identities else "anonymous"
+
+    def who(self) -> dict[str, object]:
+        """How audit records name this caller: every identity and the certificate."""
+        return {"caller": list(self.identities), "fingerprint": self.fingerprint}
+
+
+NODE = Caller()  # the node itself (alarms no request caused)
+
+
+class AuditSink(Protocol):
+    """The audit log (firmware/audit/log.py): `append` returns once the record is durable and
+    raises AuditUnavailable when it cannot be written (the caller then refuses)."""
+
+    def append(self, time: float, event: str, fields: Mapping[str, object]) -> int: ...
+
+
+class AlarmSink(Protocol):
+    """The alarm bus (firmware/audit/alarms.py): every current watcher allowed to see the alarm
+    has it when `raise_alarm` returns. `caller` is who caused it (NODE for node alarms)."""
+
+    def raise_alarm(
+        self,
+        reason: str,
+        caller: Caller = NODE,
+        liid: str = "",
+        correlation_id: str = "",
+        detail: str = "",
+    ) -> object: ...
 
 
 # --- state store ------------------------------------------------------------------------------

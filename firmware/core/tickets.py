@@ -30,8 +30,7 @@ Rules:
 
 from __future__ import annotations
 
-import hashlib
-import struct
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,6 +41,14 @@ from firmware.core.errors import (
 )
 from firmware.core.freshness import ReplayCache, StaleTimestamp, ntp64_to_unix, unix_to_ntp64
 from firmware.core.identity import IdentityError, canonical
+from firmware.core.ours import (
+    NotOurs,
+    allowed_responders,
+    open_ours,
+    thdr_for,
+    ticket_id,
+    within_validity,
+)
 from firmware.core.ports import KeyName, KeyVault, Resolution, Store, User
 from firmware.mikey.codec import (
     Kemac,
@@ -76,10 +83,8 @@ from firmware.mikey.kms import (
 )
 from firmware.mikey.message import Message, decode
 from firmware.mikey.prf import PrfFunc
-from firmware.mikey.ticket import open_ticket, peek_ticket, seal_ticket, ticket_raw
+from firmware.mikey.ticket import seal_ticket, ticket_raw
 
-THDR_MAGIC = b"KMS1"
-_THDR = struct.Struct("!4sI")
 RAND_LEN = 32
 
 
@@ -110,22 +115,6 @@ class _Authenticated:
     mac_alg: MacAlg
 
 
-def ticket_id(ticket_data: bytes) -> bytes:
-    """Stable id of a ticket: SHA-256 of its Ticket Data, first 16 bytes."""
-    return hashlib.sha256(ticket_data).digest()[:16]
-
-
-def thdr_for(version: int) -> bytes:
-    return _THDR.pack(THDR_MAGIC, version)
-
-
-def version_from_thdr(data: bytes) -> int:
-    """The TPK version named by a ticket's THDR data; MikeyError when it is not ours."""
-    if len(data) != _THDR.size or data[:4] != THDR_MAGIC:
-        raise MikeyError("ticket header is not this KMS's", -1, ErrNo.INVALID_TICKET)
-    return int(_THDR.unpack(data)[1])
-
-
 def algorithms(prf: PrfFunc) -> tuple[int, EncrAlg, MacAlg]:
     """(key length, KEMAC encryption, V MAC) that match the strength of `prf`."""
     if prf is PrfFunc.PRF_HMAC_SHA_256:
@@ -147,6 +136,8 @@ class TicketCore:
         self.vault, self.store, self.replay = vault, store, replay
         self.settings, self.clock = settings, clock
         self.kms_id = settings.kms_identity.encode()
+        self._decoy: User | None = None
+        self._decoy_lock = threading.Lock()
 
     # --- entry ------------------------------------------------------------------------------
 
@@ -205,9 +196,17 @@ class TicketCore:
                 user = self.store.user_by_identity(canonical(peer_idr.data.decode("utf-8")))
             except (UnicodeDecodeError, IdentityError):
                 user = None
-        if user is None:
-            raise NotAuthenticated("not authenticated", int(ErrNo.AUTH_FAILURE))
-        return user, peer_idr
+        return user if user is not None else self._decoy_user(), peer_idr
+
+    def _decoy_user(self) -> User:
+        """A user nobody is, with a random PSK wrapped by the KEK. An unknown caller is checked
+        against it, so it costs the same HSM unwrap and PRF work as a known user with a wrong
+        key: the answer time does not tell who is provisioned."""
+        with self._decoy_lock:
+            if self._decoy is None:
+                psk = self.vault.wrap_psk(self.vault.random_bytes(32))
+                self._decoy = User("sip:decoy.invalid", (), b"", psk)
+            return self._decoy
 
     def _authenticate(self, msg: Message, role: IdRole, now: float) -> _Authenticated:
         stamp, counter = self._check_time(msg, now)
@@ -223,6 +222,8 @@ class TicketCore:
             )
         except MikeyError:
             raise NotAuthenticated("not authenticated", int(ErrNo.AUTH_FAILURE)) from None
+        if user is self._decoy:  # second line: the decoy never authenticates anybody
+            raise NotAuthenticated("not authenticated", int(ErrNo.AUTH_FAILURE))
         v = msg.payloads[-1]
         mac = bytes(getattr(v, "mac", b""))
         try:
@@ -366,24 +367,13 @@ class TicketCore:
         self._check_own_identity(auth)
         if msg.find(Ticket) is None:
             raise Refusal(ErrNo.INVALID_TICKET, "no TICKET")
-        raw = msg.ticket_bytes()
         try:
-            policy, data = peek_ticket(raw)
-            version = version_from_thdr(data.thdr.data)
-            opened = open_ticket(raw, self._tpk(version, policy.prf_func))
-        except (MikeyError, KeyVersionNotFound):
-            raise Refusal(ErrNo.INVALID_TICKET, "not a valid ticket of this KMS") from None
-        if opened.idr_kms is not None and opened.idr_kms != self.kms_id:
-            raise Refusal(ErrNo.INVALID_TICKET, "the ticket names another KMS")
-        if not _within(opened.trs, opened.tre, now):
+            opened = open_ours(msg.ticket_bytes(), self.vault, self.kms_id)
+        except NotOurs as exc:
+            raise Refusal(ErrNo.INVALID_TICKET, str(exc)) from None
+        if not within_validity(opened, now):
             raise Refusal(ErrNo.INVALID_TICKET, "the ticket is outside its validity")
-        allowed = set()
-        for idr in opened.idr_r:
-            try:
-                allowed.add(canonical(idr.decode("utf-8")))
-            except (UnicodeDecodeError, IdentityError):
-                continue
-        if auth.peer not in allowed:
+        if auth.peer not in allowed_responders(opened):
             raise Refusal(ErrNo.INVALID_ID, "the responder is not allowed by the ticket")
         rand_kms = None
         if opened.flags & TpFlags.I:
@@ -417,13 +407,4 @@ def _ntp(unix: float) -> bytes:
     return unix_to_ntp64(unix).to_bytes(8, "big")
 
 
-def _within(trs: RoleTimestamp | None, tre: RoleTimestamp | None, now: float) -> bool:
-    def unix(tr: RoleTimestamp) -> float:
-        return ntp64_to_unix(int.from_bytes(Timestamp(tr.ts_type, tr.value).as_64(), "big"))
-
-    if trs is not None and trs.ts_type is not TsType.COUNTER and now < unix(trs):
-        return False
-    return not (tre is not None and tre.ts_type is not TsType.COUNTER and now > unix(tre))
-
-
-__all__ = ["TicketCore", "TicketSettings", "ticket_id", "ticket_raw", "version_from_thdr"]
+__all__ = ["TicketCore", "TicketSettings", "ticket_raw"]

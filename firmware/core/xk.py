@@ -3,30 +3,44 @@
 A DF2 names the target's public identity and its role; keys are released only when the key
 management data really belongs to that target in that role (DESIGN.md "Xk GetKeys").
 
-Order of checks (each refusal names the contract's reason):
-  DF2 role (certificate)            ROLE_NOT_ALLOWED
-  request fields                    INVALID_REQUEST / MALFORMED_MESSAGE
-  active warrant naming this DF2    NO_ACTIVE_WARRANT
-  TRANSFER_INIT parses              MALFORMED_MESSAGE
-  ticket ours, MAC verifies (HSM)   TICKET_INVALID
-  inside the ticket's validity      TICKET_EXPIRED
-  TRANSFER_INIT MAC with MPKi       MESSAGE_AUTH_FAILED  (and, with forking, Vi and Vr)
-  INITIATOR: target == ticket IDRi  TARGET_MISMATCH
-  RESPONDER: target allowed by IDRr TARGET_MISMATCH, and either TRANSFER_RESP verifies (MPKi,
-             or MPKr' after forking) and names the target, or, without TRANSFER_RESP, the KMS's
-             own resolution record of this ticket names the target
-  TEK and salt per crypto session (K3; TGK' via K7 with forking)
+Order of checks (each refusal is a CallerError carrying the contract's reason):
+  DF2 role (certificate)                          ROLE_NOT_ALLOWED
+  fields: role, liid, correlation id, target      INVALID_REQUEST (caps: firmware/core/fields.py)
+  a warrant for (liid, target), active now, naming an identity that holds the caller's DF2 role
+                                                  NO_ACTIVE_WARRANT
+  TRANSFER_INIT parses and is one                 MALFORMED_MESSAGE
+  its ticket is ours (MAC in the HSM)             TICKET_INVALID
+  now inside the ticket's validity                TICKET_EXPIRED
+  the session can overlap the warrant: the ticket's validity did not end before the warrant
+  began; the TRANSFER_INIT's T is neither after the warrant's end nor more than the clock skew
+  ahead of now (a session already running when the warrant starts is released, TS 33.107
+  7A.7.5)                                         NO_ACTIVE_WARRANT
+  TRANSFER_INIT MAC with MPKi (with forking also Vi and the Initiator Data under MPKr)
+                                                  MESSAGE_AUTH_FAILED
+  INITIATOR: target == the ticket's IDRi, which the KMS authenticated when it issued the ticket;
+             a TRANSFER_INIT naming another IDRi   TARGET_MISMATCH
+  RESPONDER: target allowed by the ticket's IDRr AND named by the KMS's own resolution record
+             of this ticket (the responder proved itself with its PSK when it resolved)
+                                                  TARGET_MISMATCH
+  TRANSFER_RESP, when given: parses (MALFORMED_MESSAGE), verifies (MESSAGE_AUTH_FAILED), and
+             names the responder the role binds; with key forking its (IDRr, RANDRkms) must be
+             one the KMS gave in a resolution (of the target, for RESPONDER)  TARGET_MISMATCH
+  TEK and salt per crypto session (K3; TGK' via K7 with forking, from the KMS's record)
+
+Why the record and not the TRANSFER_RESP binds the responder: a TRANSFER_RESP's MAC proves
+nothing about who answered. Without forking it is keyed from MPKi, which the initiator and every
+resolver hold; with forking the initiator holds MPKr and can make MPKr' for any IDRr and RANDRkms.
 
 Rules:
-- A refusal of the PERMISSION_DENIED kind raises an alarm to every watcher and writes an audit
-  record before the caller learns of it; a malformed request writes an audit record. The alarm
-  is raised even when the record cannot be written (the caller then gets AUDIT_UNAVAILABLE).
-- A release is answered only once its audit record is durable; if it cannot be written, nothing
-  is released (fail closed). Records hold identities, reasons and ids, never key material.
-- Warrant, target and ticket identities are compared in canonical form.
-- With key forking and no TRANSFER_RESP, TGK' comes from the KMS's resolution record only when
-  that record holds the responder's ID Data and RANDRkms; otherwise MALFORMED_MESSAGE (send the
-  TRANSFER_RESP). Keys that no UE uses are never released.
+- The core decides and raises; the api's one refusal path (firmware/core/refusals.py) turns
+  every refusal into alarm + audit record + metric, whatever its reason.
+- A release is answered only once its KEY_RELEASE audit record is durable (AuditUnavailable
+  otherwise: nothing released). Records hold identities, reasons and ids, never key material.
+- Warrant, target and ticket identities are compared in canonical form; certificate identities
+  exactly (typed `dns:`/`uri:`, or the bare SAN value of an identity that holds the DF2 role).
+- Keys that no UE uses are never released: with key forking and no TRANSFER_RESP, TGK' comes
+  from the KMS's record only when it is unambiguous and holds the responder's ID Data and
+  RANDRkms; otherwise MALFORMED_MESSAGE (send the TRANSFER_RESP).
 """
 
 from __future__ import annotations
@@ -35,39 +49,35 @@ import enum
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from firmware.core.errors import (
-    CallerError,
     InvalidRequest,
-    KeyVersionNotFound,
     MalformedMessage,
     MessageAuthFailed,
     NoActiveWarrant,
-    PermissionDenied,
     RoleNotAllowed,
     TargetMismatch,
     TicketExpired,
     TicketInvalid,
 )
-from firmware.core.freshness import ntp64_to_unix
-from firmware.core.identity import IdentityError, canonical
-from firmware.core.ports import KeyVault, Store
-from firmware.core.tickets import ticket_id, version_from_thdr
-from firmware.mikey.codec import (
-    GenericIdMap,
-    KeyData,
-    RoleTimestamp,
-    Ticket,
-    Timestamp,
-    TpFlags,
+from firmware.core.fields import check_field
+from firmware.core.ours import (
+    NotOurs,
+    allowed_responders,
+    canonical_or_none,
+    open_ours,
+    ticket_id,
+    ts_unix,
+    validity,
 )
-from firmware.mikey.constants import DataType, IdRole, TsType
+from firmware.core.ports import AuditSink, Caller, KeyVault, Resolution, Role, Store, Warrant
+from firmware.mikey.codec import GenericIdMap, KeyData, Ticket, Timestamp, TpFlags
+from firmware.mikey.constants import DataType, ErrNo, IdRole
 from firmware.mikey.crypto import fork_mpkr
 from firmware.mikey.errors import MikeyError
 from firmware.mikey.kms import verify_initiator_data
 from firmware.mikey.message import Message, decode
-from firmware.mikey.ticket import OpenedTicket, open_ticket, peek_ticket
+from firmware.mikey.ticket import OpenedTicket
 from firmware.mikey.transfer import (
     check_vi,
     fork_keys,
@@ -81,18 +91,6 @@ from firmware.mikey.transfer import (
 class TargetRole(enum.Enum):
     INITIATOR = 1
     RESPONDER = 2
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who asks, as TLS proved it: certificate identities and whether it holds the DF2 role."""
-
-    identities: tuple[str, ...]
-    is_df2: bool
-
-    @property
-    def name(self) -> str:
-        return self.identities[0] if self.identities else "anonymous"
 
 
 @dataclass(frozen=True)
@@ -120,61 +118,63 @@ class ReleasedKeys:
     valid_until: float | None
 
 
-class AuditSink(Protocol):
-    def append(self, time: float, event: str, fields: dict[str, object]) -> int: ...
+@dataclass(frozen=True)
+class XkSettings:
+    kms_identity: str  # canonical; the IDRkms value of our tickets
+    clock_skew: float = 60.0
 
 
-class AlarmSink(Protocol):
-    def raise_alarm(
-        self, reason: str, caller: str, liid: str, correlation_id: str, detail: str
-    ) -> object: ...
+def df2_names(caller: Caller) -> set[str]:
+    """What a warrant may list for this caller: each identity holding its DF2 role, typed
+    (`dns:df2.example.net`) or as the bare SAN value (`df2.example.net`)."""
+    names = set()
+    for typed in caller.holding(Role.DF2):
+        names.add(typed)
+        names.add(typed.partition(":")[2])
+    return names
 
 
-def _ts_unix(tr: RoleTimestamp | Timestamp) -> float | None:
-    if tr.ts_type is TsType.COUNTER:
-        return None
-    return ntp64_to_unix(int.from_bytes(Timestamp(tr.ts_type, tr.value).as_64(), "big"))
+@dataclass(frozen=True)
+class _Checked:
+    """A request whose fields passed their checks."""
 
-
-def _canonical_or_none(data: bytes) -> str | None:
-    try:
-        return canonical(data.decode("utf-8"))
-    except (UnicodeDecodeError, IdentityError):
-        return None
+    target: str  # canonical
+    role: TargetRole
 
 
 class KeyRelease:
-    """GetKeys: checks, derivation, alarms and audit."""
+    """GetKeys: the checks, the derivation and the release record."""
 
     def __init__(
         self,
         vault: KeyVault,
         store: Store,
         audit: AuditSink,
-        alarms: AlarmSink,
-        kms_identity: str,
+        settings: XkSettings,
         clock: Callable[[], float],
     ) -> None:
-        self.vault, self.store, self.audit, self.alarms = vault, store, audit, alarms
-        self.kms_id = kms_identity.encode()
-        self.clock = clock
+        self.vault, self.store, self.audit = vault, store, audit
+        self.settings, self.clock = settings, clock
+        self.kms_id = settings.kms_identity.encode()
 
     def get_keys(self, caller: Caller, request: GetKeysRequest) -> ReleasedKeys:
+        """The keys of the target's session; a CallerError subclass when refused, HsmUnavailable
+        or AuditUnavailable when the node cannot serve."""
         now = self.clock()
+        checked = self._check_request(caller, request)
         try:
-            released = self._release(caller, request, now)
-        except CallerError as refusal:
-            self._refused(caller, request, refusal, now)
-            raise
+            released = self._release(caller, request, checked, now)
+        except MikeyError as exc:  # the one boundary: no codec error escapes as INTERNAL
+            raise MalformedMessage(f"malformed key management data: {exc}", int(exc.err)) from None
         self.audit.append(
             now,
             "KEY_RELEASE",
             {
-                "caller": caller.name,
+                **caller.who(),
                 "liid": request.liid,
                 "correlation_id": request.correlation_id,
                 "target": request.target,
-                "role": request.role.name if request.role else "",
+                "role": checked.role.name,
                 "csb_id": released.csb_id,
                 "cs_ids": [s.cs_id for s in released.sessions],
                 "ticket": hashlib.sha256(request.transfer_init).hexdigest()[:32],
@@ -182,71 +182,61 @@ class KeyRelease:
         )
         return released
 
-    def _refused(
-        self, caller: Caller, request: GetKeysRequest, refusal: CallerError, now: float
-    ) -> None:
-        reason = refusal.reason
-        try:
-            self.audit.append(
-                now,
-                "KEY_REFUSED",
-                {
-                    "caller": caller.name,
-                    "liid": request.liid,
-                    "correlation_id": request.correlation_id,
-                    "target": request.target,
-                    "role": request.role.name if request.role else "",
-                    "reason": reason,
-                    "detail": str(refusal),
-                },
-            )
-        finally:  # the alarm goes out even when the record cannot be written
-            if isinstance(refusal, PermissionDenied):
-                self.alarms.raise_alarm(
-                    reason, caller.name, request.liid, request.correlation_id, str(refusal)
-                )
-
     # --- the checks -------------------------------------------------------------------------
 
-    def _release(self, caller: Caller, req: GetKeysRequest, now: float) -> ReleasedKeys:
-        if not caller.is_df2:
+    @staticmethod
+    def _check_request(caller: Caller, req: GetKeysRequest) -> _Checked:
+        if not caller.holds(Role.DF2):
             raise RoleNotAllowed("the caller's certificate does not hold the DF2 role")
+        check_field("liid", req.liid, required=True)
+        check_field("correlation_id", req.correlation_id)
+        check_field("target_identity", req.target, required=True)
         if req.role is None:
             raise InvalidRequest("target_role must be INITIATOR or RESPONDER")
-        if not req.liid:
-            raise InvalidRequest("liid is required")
-        target = _canonical_or_none(req.target.encode())
+        target = canonical_or_none(req.target.encode())
         if target is None:
             raise InvalidRequest("target_identity is not a SIP or TEL URI")
-        self._check_warrant(caller, req.liid, target, now)
+        return _Checked(target, req.role)
+
+    def _release(
+        self, caller: Caller, req: GetKeysRequest, checked: _Checked, now: float
+    ) -> ReleasedKeys:
+        target, role = checked.target, checked.role
+        warrant = self._warrant(caller, req.liid, target, now)
         init = self._decode(req.transfer_init, DataType.TRANSFER_INIT, "TRANSFER_INIT")
-        opened, ticket = self._open_ticket(init)
-        self._check_validity(opened, now)
+        ticket = init.find(Ticket)
+        if ticket is None:
+            raise MalformedMessage("TRANSFER_INIT carries no TICKET", int(ErrNo.INVALID_TICKET))
+        try:
+            opened = open_ours(init.ticket_bytes(), self.vault, self.kms_id)
+        except NotOurs as exc:
+            raise TicketInvalid(str(exc)) from None
+        start, end = validity(opened)
+        if (start is not None and now < start) or (end is not None and now > end):
+            raise TicketExpired("outside the ticket's validity window")
+        self._check_overlap(warrant, end, init, now)
         try:
             verify_transfer_init(init, opened.mpki)
             if opened.flags & TpFlags.I:
                 check_vi(init)
                 verify_initiator_data(init, opened.mpkr)
         except MikeyError:
-            raise MessageAuthFailed(
-                "TRANSFER_INIT does not verify with the ticket's MPKi"
-            ) from None
-        keys: Sequence[KeyData] = opened.session_keys
+            raise MessageAuthFailed("TRANSFER_INIT does not verify with the ticket MPKi") from None
+        records = self.store.resolutions(ticket_id(ticket.ticket_data))
+        if role is TargetRole.INITIATOR:
+            self._bind_initiator(init, opened, target)
+        else:
+            if target not in allowed_responders(opened):
+                raise TargetMismatch("the ticket does not allow the target as responder (IDRr)")
+            records = [r for r in records if r.responder == target]
+            if not records:
+                raise TargetMismatch("the KMS has no record of the target resolving this ticket")
         resp: Message | None = None
-        if req.role is TargetRole.INITIATOR:
-            if _canonical_or_none(opened.idr_i or b"") != target:
-                raise TargetMismatch("the target is not the ticket's initiator (IDRi)")
-            sent = init.idr(IdRole.IDRi)
-            if sent is not None and _canonical_or_none(sent.data) != target:
-                raise TargetMismatch("the TRANSFER_INIT names another initiator")
-        allowed = {_canonical_or_none(r) for r in opened.idr_r}
-        if req.role is TargetRole.RESPONDER and target not in allowed:
-            raise TargetMismatch("the ticket does not allow the target as responder (IDRr)")
         if req.transfer_resp:
             resp = self._decode(req.transfer_resp, DataType.TRANSFER_RESP, "TRANSFER_RESP")
-            keys = self._verify_resp(resp, init, opened, target, req.role)
-        elif req.role is TargetRole.RESPONDER or opened.flags & TpFlags.I:
-            keys = self._from_resolution(ticket, opened, target, req.role)
+            keys = self._verify_resp(resp, init, opened, target, role, records)
+        else:
+            keys = self._keys_from_records(opened, records)
         try:
             derived = session_keys(init, keys, resp=resp)
         except MikeyError as exc:
@@ -254,22 +244,48 @@ class KeyRelease:
         spis = {}
         if isinstance(init.header.cs_map, GenericIdMap):
             spis = {e.cs_id: e.spi for e in init.header.cs_map.entries}
-        tre = opened.tre
         return ReleasedKeys(
             init.header.csb_id,
             tuple(ReleasedSession(k.cs_id, k.tek, k.salt, spis.get(k.cs_id, b"")) for k in derived),
-            _ts_unix(tre) if tre is not None else None,
+            end,
         )
 
-    def _check_warrant(self, caller: Caller, liid: str, target: str, now: float) -> None:
+    def _warrant(self, caller: Caller, liid: str, target: str, now: float) -> Warrant:
+        names = df2_names(caller)
         for warrant in self.store.warrants_for(target):
             if (
                 warrant.liid == liid
                 and warrant.active_at(now)
-                and set(warrant.df2_identities) & set(caller.identities)
+                and names.intersection(warrant.df2_identities)
             ):
-                return
+                return warrant
         raise NoActiveWarrant("no active warrant for this LIID and target names the caller")
+
+    def _check_overlap(
+        self, warrant: Warrant, ticket_end: float | None, init: Message, now: float
+    ) -> None:
+        """The session must be able to overlap the warrant window (TS 33.107 7A.7.5 allows an
+        interception that starts mid-session, never one of a session that ended before)."""
+        if ticket_end is not None and ticket_end < warrant.valid_from:
+            raise NoActiveWarrant("the ticket's validity ended before the warrant began")
+        stamp = init.find(Timestamp)
+        if stamp is None:
+            raise MalformedMessage("TRANSFER_INIT carries no T", int(ErrNo.UNSPECIFIED))
+        sent = ts_unix(stamp)
+        if sent is None:
+            return  # a COUNTER carries no time: the ticket's validity bounds the session
+        if sent > now + self.settings.clock_skew:
+            raise NoActiveWarrant("the TRANSFER_INIT is stamped in the future")
+        if sent > warrant.valid_until:
+            raise NoActiveWarrant("the TRANSFER_INIT is stamped after the warrant's end")
+
+    @staticmethod
+    def _bind_initiator(init: Message, opened: OpenedTicket, target: str) -> None:
+        if canonical_or_none(opened.idr_i or b"") != target:
+            raise TargetMismatch("the target is not the ticket's initiator (IDRi)")
+        sent = init.idr(IdRole.IDRi)
+        if sent is not None and canonical_or_none(sent.data) != target:
+            raise TargetMismatch("the TRANSFER_INIT names another initiator")
 
     @staticmethod
     def _decode(data: bytes, expected: DataType, what: str) -> Message:
@@ -278,31 +294,10 @@ class KeyRelease:
         except MikeyError as exc:
             raise MalformedMessage(f"{what} cannot be parsed: {exc}", int(exc.err)) from None
         if msg.header.data_type != expected:
-            raise MalformedMessage(f"{what} has data type {msg.header.data_type}", 11)
+            raise MalformedMessage(
+                f"{what} has data type {int(msg.header.data_type)}", int(ErrNo.INVALID_DT)
+            )
         return msg
-
-    def _open_ticket(self, init: Message) -> tuple[OpenedTicket, Ticket]:
-        ticket = init.find(Ticket)
-        if ticket is None:
-            raise MalformedMessage("TRANSFER_INIT carries no TICKET", 14)
-        raw = init.ticket_bytes()
-        try:
-            policy, data = peek_ticket(raw)
-            version = version_from_thdr(data.thdr.data)
-            prf = policy.prf_func
-            opened = open_ticket(raw, lambda d: self.vault.ticket_hmac(version, prf, d))
-        except (MikeyError, KeyVersionNotFound):
-            raise TicketInvalid("not a valid ticket of this KMS") from None
-        if opened.idr_kms is not None and opened.idr_kms != self.kms_id:
-            raise TicketInvalid("the ticket names another KMS")
-        return opened, ticket
-
-    @staticmethod
-    def _check_validity(opened: OpenedTicket, now: float) -> None:
-        start = _ts_unix(opened.trs) if opened.trs is not None else None
-        end = _ts_unix(opened.tre) if opened.tre is not None else None
-        if (start is not None and now < start) or (end is not None and now > end):
-            raise TicketExpired("outside the ticket's validity window")
 
     def _verify_resp(
         self,
@@ -311,58 +306,60 @@ class KeyRelease:
         opened: OpenedTicket,
         target: str,
         role: TargetRole,
+        records: Sequence[Resolution],
     ) -> Sequence[KeyData]:
-        keys: Sequence[KeyData] = opened.session_keys
+        """Check the TRANSFER_RESP against the KMS's records; the session keys it implies."""
+        forked = bool(opened.flags & TpFlags.I)
+        record: Resolution | None = None
         key = opened.mpki
         named: str | None = None
         try:
-            if opened.flags & TpFlags.I:
+            if forked:
                 id_data, rand_kms = fork_modifier(resp)
                 key = fork_mpkr(opened.policy.prf_func, opened.mpkr, id_data, rand_kms)
-                keys = fork_keys(opened.policy, keys, id_data, rand_kms)
-                named = _canonical_or_none(id_data)
+                named = canonical_or_none(id_data)
+                record = next(
+                    (r for r in records if r.randr_kms == rand_kms and r.responder == named), None
+                )
             verify_transfer_resp(resp, init, key)
         except MikeyError:
             raise MessageAuthFailed("TRANSFER_RESP does not verify") from None
         idr = resp.idr(IdRole.IDRr)
         if idr is not None:
-            named = _canonical_or_none(idr.data)
-        if role is TargetRole.RESPONDER:
-            if named is None:
-                # Without forking a TRANSFER_RESP binds no responder: the KMS's record must.
-                self._from_resolution_check(init, target)
-            elif named != target:
-                raise TargetMismatch("the TRANSFER_RESP names another responder")
-        return keys
+            named = canonical_or_none(idr.data)
+        elif named is None and len(allowed := allowed_responders(opened)) == 1:
+            # RFC 6043 5.5 / spec Q6: an identity the message leaves out is the ticket's.
+            named = next(iter(allowed))
+        if role is TargetRole.RESPONDER and named != target:
+            raise TargetMismatch("the TRANSFER_RESP does not name the target as responder")
+        if not forked:
+            return opened.session_keys
+        if record is None:
+            raise TargetMismatch(
+                "the TRANSFER_RESP carries an IDRr and RANDRkms the KMS gave to no resolution"
+            )
+        return self._forked_keys(opened, record)
 
-    def _from_resolution_check(self, init: Message, target: str) -> None:
-        ticket = init.find(Ticket)
-        assert ticket is not None
-        if not any(
-            r.responder == target for r in self.store.resolutions(ticket_id(ticket.ticket_data))
-        ):
-            raise TargetMismatch("the KMS has no record of the target resolving this ticket")
-
-    def _from_resolution(
-        self, ticket: Ticket, opened: OpenedTicket, target: str, role: TargetRole
+    def _keys_from_records(
+        self, opened: OpenedTicket, records: Sequence[Resolution]
     ) -> Sequence[KeyData]:
-        records = self.store.resolutions(ticket_id(ticket.ticket_data))
-        if role is TargetRole.RESPONDER:
-            records = [r for r in records if r.responder == target]
-            if not records:
-                raise TargetMismatch("the KMS has no record of the target resolving this ticket")
         if not opened.flags & TpFlags.I:
             return opened.session_keys
         if len({(r.id_data, r.randr_kms) for r in records}) != 1:
-            # INITIATOR without TRANSFER_RESP: the forked keys depend on who answered.
-            raise MalformedMessage("key forking: TRANSFER_RESP needed to know who answered", 12)
-        record = records[-1]
+            # The forked keys depend on who answered: only the TRANSFER_RESP can tell.
+            raise MalformedMessage(
+                "key forking: TRANSFER_RESP needed to know who answered", int(ErrNo.UNSPECIFIED)
+            )
+        return self._forked_keys(opened, records[-1])
+
+    @staticmethod
+    def _forked_keys(opened: OpenedTicket, record: Resolution) -> Sequence[KeyData]:
         if not record.id_data or not record.randr_kms:
             # TGK' is derived from the exact IDRr bytes the responder sent; a record without
             # them (older rows, or a store that lost them) would yield keys nobody uses.
             raise MalformedMessage(
                 "key forking: the resolution record lacks the responder's ID Data;"
                 " TRANSFER_RESP needed",
-                12,
+                int(ErrNo.UNSPECIFIED),
             )
         return fork_keys(opened.policy, opened.session_keys, record.id_data, record.randr_kms)

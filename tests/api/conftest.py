@@ -18,6 +18,7 @@ from firmware.store.sqlite import SqliteStore
 from hsm.softhsm import SoftHsmToken
 from hsm.vault import Pkcs11Vault, VaultSettings
 from tests.calls import ALICE, ALICE_PSK, BOB, BOB_PSK
+from tests.core.fakes import OPERATOR
 
 START = 1_900_000_000.0
 
@@ -36,18 +37,17 @@ host = "127.0.0.1"
 port = 0
 cert = "pki/server.pem"
 key = "pki/server.key"
-client_ca = "pki/ca.pem"
 
 [li_listener]
 host = "127.0.0.1"
 port = 0
-cert = "pki/server.pem"
-key = "pki/server.key"
-client_ca = "pki/ca.pem"
+cert = "pki/li-server.pem"
+key = "pki/li-server.key"
+client_ca = "pki/li-ca.pem"
 
 [roles]
-df2 = ["df2.li.example.net"]
-admin = ["admin.li.example.net"]
+df2 = ["dns:df2.li.example.net"]
+admin = ["dns:admin.li.example.net"]
 
 [policy]
 key_forking = {forking}
@@ -113,10 +113,10 @@ def start_node(
     vault = Pkcs11Vault.open(settings, monitor=False)
     store = SqliteStore(cfg.state_db)
     node = Node.start(cfg, vault=vault, store=store, clock=clock)
-    node.admin.put_user(ALICE, ["tel:+15550100"], ALICE_PSK, b"")
-    node.admin.put_user(BOB, [], BOB_PSK, b"")
+    node.admin.put_user(OPERATOR, ALICE, ["tel:+15550100"], ALICE_PSK, b"")
+    node.admin.put_user(OPERATOR, BOB, [], BOB_PSK, b"")
     for identity, psk in extra_users:
-        node.admin.put_user(identity, [], psk, b"")
+        node.admin.put_user(OPERATOR, identity, [], psk, b"")
     return RunningNode(node, cfg, clock, pki, store)
 
 

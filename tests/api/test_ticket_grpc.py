@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from firmware.api.proto.kms.v1 import kms_pb2, kms_pb2_grpc
@@ -21,6 +22,7 @@ from hsm.softhsm import SoftHsmToken
 from hsm.vault import VaultSettings
 from tests.api.conftest import RunningNode, exchange_via, start_node
 from tests.calls import ALICE, ALICE_PSK, BOB, KMS, full_call, requested_policy, t_at, ues
+from tests.core.fakes import OPERATOR
 
 pytestmark = pytest.mark.softhsm
 
@@ -76,19 +78,39 @@ def test_key_forking_is_granted_by_default_even_when_not_requested(running: Runn
     assert call.alice_keys == call.bob_keys
 
 
-def test_health_serves_and_reflection_lists_the_service(running: RunningNode) -> None:
+def _reflect(channel: grpc.Channel) -> set[str]:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    replies = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+    )
+    return {s.name for r in replies for s in r.list_services_response.service}
+
+
+def test_health_serves_anonymously_and_the_ue_listener_serves_no_reflection(
+    running: RunningNode,
+) -> None:
     with running.channel() as ch:
         health = health_pb2_grpc.HealthStub(ch)
         answer = health.Check(health_pb2.HealthCheckRequest(service="kms.v1.TicketService"))
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
-        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
-        replies = stub.ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
-        )
-        names = {s.name for r in replies for s in r.list_services_response.service}
-    assert "kms.v1.TicketService" in names
+        with pytest.raises(grpc.RpcError) as info:
+            _reflect(ch)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_reflection_on_the_li_listener_answers_only_a_caller_holding_a_role(
+    running: RunningNode,
+) -> None:
+    from firmware.devpki import issue
+
+    issue(running.pki, "norole", [x509.DNSName("nobody.li.example.net")])
+    with running.channel("li", "admin") as ch:
+        assert {"kms.v1.XkService", "kms.v1.AdminService"} <= _reflect(ch)
+    with running.channel("li", "norole") as ch, pytest.raises(grpc.RpcError) as info:
+        _reflect(ch)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 def _request(prf: PrfFunc = PrfFunc.MIKEY_1, now: float = 0.0, initiator: Initiator | None = None):
@@ -238,7 +260,9 @@ def test_rotation_keeps_old_tickets_until_they_expire_then_destroys_the_version(
     ex = exchange_via(stub)
     rotated = []
     now = running.clock.now
-    ti = _transfer_init(ex, now, after_request=lambda: rotated.append(running.node.admin.rotate()))
+    ti = _transfer_init(
+        ex, now, after_request=lambda: rotated.append(running.node.admin.rotate(OPERATOR))
+    )
     # A ticket issued before the rotation still resolves; new tickets use the new version.
     full = full_call(ex, now)
     assert full.alice_keys == full.bob_keys

@@ -9,7 +9,6 @@ from typing import Any
 import grpc
 import pytest
 
-from firmware.api.server import TlsPolicyInterceptor
 from tests.api.conftest import RunningNode
 
 pytestmark = pytest.mark.softhsm
@@ -71,12 +70,39 @@ class _Context:
         self.aborted = (code, message)
         raise RuntimeError("aborted")
 
+    def add_callback(self, fn: Any) -> bool:
+        return True
 
-def test_the_li_interceptor_refuses_rpcs_on_tls12() -> None:
-    handler = grpc.unary_unary_rpc_method_handler(lambda req, ctx: "answered")
-    wrapped = TlsPolicyInterceptor().intercept_service(lambda details: handler, None)
-    assert wrapped.unary_unary(b"", _Context(b"TLSv1.3")) == "answered"
+
+class _Details:
+    method = "/kms.v1.AdminService/Any"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        grpc.unary_unary_rpc_method_handler,
+        grpc.unary_stream_rpc_method_handler,
+        grpc.stream_unary_rpc_method_handler,
+        grpc.stream_stream_rpc_method_handler,
+    ],
+)
+def test_the_li_policy_refuses_every_method_kind_on_tls12(make: Any) -> None:
+    from concurrent import futures
+
+    from firmware.api.metrics import Metrics
+    from firmware.api.server import ListenerPolicy, StreamSlots
+
+    handler = make(lambda req, ctx: "answered")
+    policy = ListenerPolicy(Metrics(), StreamSlots(4, 4), futures.ThreadPoolExecutor(1), True)
+    wrapped = policy.intercept_service(lambda details: handler, _Details())
+    behaviour = next(
+        getattr(wrapped, kind)
+        for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+        if getattr(wrapped, kind) is not None
+    )
+    assert behaviour(b"", _Context(b"TLSv1.3")) == "answered"
     old = _Context(b"TLSv1.2")
     with pytest.raises(RuntimeError):
-        wrapped.unary_unary(b"", old)
+        behaviour(b"", old)
     assert old.aborted is not None and old.aborted[0] == grpc.StatusCode.UNAUTHENTICATED

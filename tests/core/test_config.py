@@ -28,8 +28,8 @@ key = "pki/server.key"
 client_ca = "pki/ca.pem"
 
 [roles]
-df2 = ["df2.li.example.net"]
-admin = ["admin.li.example.net"]
+df2 = ["dns:df2.li.example.net"]
+admin = ["dns:admin.li.example.net"]
 """
 
 
@@ -47,7 +47,7 @@ def test_loads_defaults_and_resolves_paths_against_the_config(tmp_path: Path) ->
     assert config.hsm.pin_file == tmp_path / "pin"
     assert config.li_listener.client_ca == tmp_path / "pki" / "ca.pem"
     assert config.policy.clock_skew == 60 and config.policy.key_forking
-    assert config.roles["df2"] == ("df2.li.example.net",)
+    assert config.roles.members["df2"] == ("dns:df2.li.example.net",)
 
 
 @pytest.mark.parametrize(
@@ -58,7 +58,7 @@ def test_loads_defaults_and_resolves_paths_against_the_config(tmp_path: Path) ->
         (lambda t: t.replace("[hsm]", "[hsm]\nslot = 1"), "slot"),
         (lambda t: t.replace('client_ca = "pki/ca.pem"', ""), "client_ca"),
         (lambda t: t.replace('"sip:KMS.ims.example.net"', '"kms"'), "kms_identity"),
-        (lambda t: t.replace("[roles]", "[roles]\nroot = []"), "unknown role"),
+        (lambda t: t.replace("[roles]", "[roles]\nroot = []"), "unknown setting"),
         (lambda t: t + "\n[policy]\nclock_skew = -1\n", "clock_skew"),
         (lambda t: t + "\n[policy]\nclock_skew = true\n", "clock_skew"),
         (lambda t: t + "\n[policy]\nticket_lifetime = 10\nmax_ticket_lifetime = 5\n", "lifetime"),

@@ -16,6 +16,7 @@ from firmware.mikey.prf import PrfFunc
 from firmware.store.sqlite import SqliteStore
 from hsm.fake import FakeVault
 from tests.calls import ALICE, ALICE_PSK, BOB, BOB_PSK, full_call
+from tests.core.fakes import OPERATOR, MemoryAudit
 
 NOW = 1_900_000_000.0
 
@@ -33,9 +34,9 @@ def node(tmp_path: Path) -> tuple[TicketCore, SqliteStore, Clock]:
     vault = FakeVault()
     store = SqliteStore(tmp_path / "s.sqlite")
     clock = Clock()
-    admin = Admin(vault, store, clock, 86400, 60)
-    admin.put_user(ALICE, ["tel:+15550100"], ALICE_PSK, b"")
-    admin.put_user(BOB, [], BOB_PSK, b"")
+    admin = Admin(vault, store, MemoryAudit(), clock, 86400, 60)
+    admin.put_user(OPERATOR, ALICE, ["tel:+15550100"], ALICE_PSK, b"")
+    admin.put_user(OPERATOR, BOB, [], BOB_PSK, b"")
     core = TicketCore(
         vault, store, ReplayCache(60, NOW - 100), TicketSettings("sip:kms.ims.example.net"), clock
     )

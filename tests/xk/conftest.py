@@ -42,12 +42,15 @@ from tests.calls import (
     t_at,
     ues,
 )
+from tests.core.fakes import OPERATOR
 
 DF2 = "df2.li.example.net"
 ADMIN = "admin.li.example.net"
-DF2_URI = f"urn:kmsnode:df2:{DF2}"  # the first SAN of the dev DF2 certificate: its audit name
-ADMIN_URI = f"urn:kmsnode:admin:{ADMIN}"
-UE_URI = "urn:kmsnode:ue:ue.ims.example.net"
+# Alarm.caller of the dev certificates: every SAN, typed, comma-separated (audit records hold
+# the same identities as a list)
+DF2_NAME = f"dns:{DF2},uri:urn:kmsnode:df2:{DF2}"
+ADMIN_NAME = f"dns:{ADMIN},uri:urn:kmsnode:admin:{ADMIN}"
+UE_NAME = "dns:ue.ims.example.net,uri:urn:kmsnode:ue:ue.ims.example.net"
 CAROL = "sip:carol@ims.example.net"
 CAROL_PSK = bytes(range(64, 96))
 DEADLINE = 30.0
@@ -188,6 +191,7 @@ class Xk:
         liid = unique("LIID")
         now = self.rn.clock.now
         self.node.admin.put_warrant(
+            OPERATOR,
             liid,
             target,
             now - 60 if valid_from is None else valid_from,

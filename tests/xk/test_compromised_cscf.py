@@ -25,7 +25,7 @@ from tests.xk.conftest import (
     CAROL,
     CAROL_PSK,
     DEADLINE,
-    DF2_URI,
+    DF2_NAME,
     INITIATOR,
     RESPONDER,
     AlarmWatcher,
@@ -180,7 +180,7 @@ def test_unrelated_data_from_a_compromised_cscf_is_refused_and_alarmed_valid_dat
         alarms.append(alarm)
     assert len(alarms) == UNRELATED
     assert {a.correlation_id: a.reason for a in alarms} == expected
-    assert {(a.caller, a.liid) for a in alarms} == {(DF2_URI, liid)}
+    assert {(a.caller, a.liid) for a in alarms} == {(DF2_NAME, liid)}
 
     # one audit record per request, each naming its outcome
     events = Counter(

@@ -84,7 +84,14 @@ def test_the_endpoint_counts_what_the_node_did(xk: Xk) -> None:
     # alarms by reason; audit records
     assert delta(before, after, "kmsnode_alarms_total", reason="TARGET_MISMATCH") == 1
     assert delta(before, after, "kmsnode_alarms_total", reason="ROLE_NOT_ALLOWED") == 1
-    assert delta(before, after, "kmsnode_alarms_total", reason="MALFORMED_MESSAGE") == 0
+    assert delta(before, after, "kmsnode_alarms_total", reason="MALFORMED_MESSAGE") == 1
+    # refusals by method and reason (every refusal, whatever its reason)
+    for method, reason in [
+        ("GetKeys", "TARGET_MISMATCH"),
+        ("GetKeys", "MALFORMED_MESSAGE"),
+        ("ListWarrants", "ROLE_NOT_ALLOWED"),
+    ]:
+        assert delta(before, after, "kmsnode_refusals_total", method=method, reason=reason) == 1
     assert delta(before, after, "kmsnode_audit_records_total") == 5
     assert value(after, "kmsnode_audit_records_total") == xk.node.audit.count
     # no identity and no key in any label or value

@@ -9,12 +9,12 @@ import os
 import grpc
 import pytest
 
+from firmware.core.ours import ticket_id
 from firmware.core.ports import Resolution
-from firmware.core.tickets import ticket_id
 from firmware.mikey.codec import Ticket
 from firmware.mikey.message import decode
 from firmware.mikey.prf import PrfFunc
-from tests.xk.conftest import ALICE, BOB, DF2_URI, INITIATOR, RESPONDER, Xk, error_reason, unique
+from tests.xk.conftest import ALICE, BOB, DF2_NAME, INITIATOR, RESPONDER, Xk, error_reason, unique
 
 pytestmark = pytest.mark.softhsm
 
@@ -72,9 +72,10 @@ def test_a_forked_release_from_a_record_without_the_responders_id_data_is_refuse
         Resolution(ticket_id(ticket.ticket_data), BOB, os.urandom(16), xk.rn.clock.now, b"")
     )
     role = INITIATOR if target == ALICE else RESPONDER
+    liid = xk.warrant(target)
     before = xk.node.audit.count
     with pytest.raises(grpc.RpcError) as info:
-        xk.get_keys(transfer_init, target, role, xk.warrant(target))
+        xk.get_keys(transfer_init, target, role, liid)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_reason(info.value) == "MALFORMED_MESSAGE"
     assert "ID Data" in (info.value.details() or "")
@@ -96,5 +97,5 @@ def test_the_correlation_id_and_liid_are_echoed_in_the_release_record(xk: Xk) ->
     assert record["event"] == "KEY_RELEASE"
     assert record["fields"]["liid"] == liid
     assert record["fields"]["correlation_id"] == corr
-    assert record["fields"]["caller"] == DF2_URI
+    assert ",".join(record["fields"]["caller"]) == DF2_NAME
     assert record["fields"]["role"] == "RESPONDER"

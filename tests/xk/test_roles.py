@@ -4,7 +4,8 @@ certificate of another CA (same identities, other issuer), against every RPC on 
 The role table (contract kms.proto, DESIGN.md "Listeners"):
   UE listener   TicketService, health; TLS with server authentication only (gRPC Python cannot
                 ask for an optional client certificate, so none is requested or looked at)
-  LI listener   TLS 1.3 with a client certificate of the configured CA, else no connection;
+  LI listener   TLS 1.3 with a client certificate of the LI CA, else no connection (UE
+                certificates come from another CA: they cannot reach the LI listener at all);
                 XkService.GetKeys: DF2; AdminService: ADMIN, WatchAlarms: ADMIN or DF2; health
   a service a listener does not serve: UNIMPLEMENTED
 Every role refusal answers PERMISSION_DENIED / ROLE_NOT_ALLOWED with one alarm and one audit
@@ -30,14 +31,15 @@ from firmware.mikey.constants import DataType
 from firmware.mikey.message import decode
 from firmware.mikey.prf import PrfFunc
 from tests.calls import BOB, requested_policy, t_at, ues
+from tests.core.fakes import OPERATOR
 from tests.xk.conftest import (
-    ADMIN_URI,
+    ADMIN_NAME,
     ALICE,
     DEADLINE,
     DF2,
-    DF2_URI,
+    DF2_NAME,
     INITIATOR,
-    UE_URI,
+    UE_NAME,
     AlarmWatcher,
     Xk,
     error_reason,
@@ -47,7 +49,7 @@ from tests.xk.conftest import (
 pytestmark = pytest.mark.softhsm
 
 CLIENTS = ["none", "ue", "df2", "admin", "other-ca"]
-NAMES = {"ue": UE_URI, "df2": DF2_URI, "admin": ADMIN_URI}
+NAMES = {"ue": UE_NAME, "df2": DF2_NAME, "admin": ADMIN_NAME}
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ def _get_keys(xk: Xk) -> Any:
 
 def _delete_user(xk: Xk) -> Any:
     identity = f"sip:{unique('gone')}@ims.example.net"
-    xk.node.admin.put_user(identity, [], b"", b"")
+    xk.node.admin.put_user(OPERATOR, identity, [], b"", b"")
     return kms_pb2.DeleteUserRequest(identity=identity)
 
 
@@ -146,8 +148,8 @@ RPCS: dict[str, Rpc] = {
 
 def expected(listener: str, client: str, rpc: Rpc) -> str:
     """What the role table says: OK, UNAVAILABLE (no TLS session), UNIMPLEMENTED or the reason."""
-    if listener == "li" and client in ("none", "other-ca"):
-        return "UNAVAILABLE"  # the LI listener's handshake needs a certificate of its CA
+    if listener == "li" and client in ("none", "other-ca", "ue"):
+        return "UNAVAILABLE"  # the LI listener's handshake needs a certificate of the LI CA
     if rpc.listener not in (listener, "both"):
         return "UNIMPLEMENTED"
     if listener == "ue" or not rpc.roles or client in rpc.roles:
@@ -238,11 +240,11 @@ def test_each_certificate_gets_what_the_role_table_says_on_each_listener(
     last = sentinel(xk)
     while (alarm := watcher.next()).correlation_id != last:
         alarms.append((alarm.reason, alarm.caller))
-    probe = [("NO_ACTIVE_WARRANT", DF2_URI)] if rpc.stream else []
+    probe = [("NO_ACTIVE_WARRANT", DF2_NAME)] if rpc.stream else []
     if want == "ROLE_NOT_ALLOWED":  # one alarm, one record
         assert alarms == [("ROLE_NOT_ALLOWED", NAMES[client]), *probe]
         (record,) = new
-        assert record["fields"]["caller"] == NAMES[client]
+        assert ",".join(record["fields"]["caller"]) == NAMES[client]
         assert record["event"] in ("ROLE_REFUSED", "KEY_REFUSED")
     else:
         assert alarms == probe

@@ -1,0 +1,100 @@
+"""A ticket of ours: what Ticket Resolve (tickets.py) and Xk (xk.py) both need to know of a
+MIKEY base ticket this KMS issued. One module, so the two can never drift apart (where a drift
+would be a security bug: a ticket one side accepts and the other refuses, or the reverse).
+
+Rules:
+- Our tickets are MIKEY base tickets (type 1) whose THDR data names the TPK version
+  (`KMS1` || u32 version); the ticket MAC is verified with that TPK version in the HSM before any
+  field of the ticket is trusted.
+- A ticket that names another KMS (IDRkms), or whose key version is unknown or destroyed, is not
+  ours (`NotOurs`); each caller turns that into its own answer (ERR 14 for a UE, TICKET_INVALID
+  for a DF2).
+- The validity window is [TRs, TRe] in unix seconds; a bound the ticket does not give, or gives
+  as a COUNTER (no time), does not limit.
+- Identities are compared in canonical form (firmware/core/identity.py); bytes that do not
+  canonicalise compare as None and never match anything.
+- Ticket ids are SHA-256 of the Ticket Data, first 16 bytes (stable across resolves).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+from firmware.core.errors import KeyVersionNotFound
+from firmware.core.freshness import ntp64_to_unix
+from firmware.core.identity import IdentityError, canonical
+from firmware.core.ports import KeyVault
+from firmware.mikey.codec import RoleTimestamp, Timestamp
+from firmware.mikey.constants import ErrNo, TsType
+from firmware.mikey.errors import MikeyError
+from firmware.mikey.ticket import OpenedTicket, open_ticket, peek_ticket
+
+THDR_MAGIC = b"KMS1"
+_THDR = struct.Struct("!4sI")
+
+
+class NotOurs(Exception):
+    """Not a valid ticket of this KMS (wrong type or THDR, MAC fails, other KMS, key gone)."""
+
+
+def ticket_id(ticket_data: bytes) -> bytes:
+    """Stable id of a ticket: SHA-256 of its Ticket Data, first 16 bytes."""
+    return hashlib.sha256(ticket_data).digest()[:16]
+
+
+def thdr_for(version: int) -> bytes:
+    return _THDR.pack(THDR_MAGIC, version)
+
+
+def version_from_thdr(data: bytes) -> int:
+    """The TPK version named by a ticket's THDR data; MikeyError when it is not ours."""
+    if len(data) != _THDR.size or data[:4] != THDR_MAGIC:
+        raise MikeyError("ticket header is not this KMS's", -1, ErrNo.INVALID_TICKET)
+    return int(_THDR.unpack(data)[1])
+
+
+def ts_unix(tr: RoleTimestamp | Timestamp) -> float | None:
+    """Unix seconds of a (role) timestamp; None for a COUNTER, which carries no time."""
+    if tr.ts_type is TsType.COUNTER:
+        return None
+    return ntp64_to_unix(int.from_bytes(Timestamp(tr.ts_type, tr.value).as_64(), "big"))
+
+
+def canonical_or_none(data: bytes) -> str | None:
+    """The canonical identity of ID Data, or None when it is not a SIP/TEL URI in UTF-8."""
+    try:
+        return canonical(data.decode("utf-8"))
+    except (UnicodeDecodeError, IdentityError):
+        return None
+
+
+def open_ours(raw: bytes, vault: KeyVault, kms_identity: bytes) -> OpenedTicket:
+    """Verify (in the HSM) and open the TICKET payload bytes `raw`; NotOurs when it is not ours."""
+    try:
+        policy, data = peek_ticket(raw)
+        version = version_from_thdr(data.thdr.data)
+        prf = policy.prf_func
+        opened = open_ticket(raw, lambda d: vault.ticket_hmac(version, prf, d))
+    except (MikeyError, KeyVersionNotFound):
+        raise NotOurs("not a valid ticket of this KMS") from None
+    if opened.idr_kms is not None and opened.idr_kms != kms_identity:
+        raise NotOurs("the ticket names another KMS")
+    return opened
+
+
+def validity(opened: OpenedTicket) -> tuple[float | None, float | None]:
+    """(start, end) of the ticket's validity in unix seconds; None where it sets no bound."""
+    start = ts_unix(opened.trs) if opened.trs is not None else None
+    end = ts_unix(opened.tre) if opened.tre is not None else None
+    return start, end
+
+
+def within_validity(opened: OpenedTicket, now: float) -> bool:
+    start, end = validity(opened)
+    return not ((start is not None and now < start) or (end is not None and now > end))
+
+
+def allowed_responders(opened: OpenedTicket) -> set[str]:
+    """The canonical identities the ticket allows as responder (IDRr); unparseable ones drop."""
+    return {c for c in (canonical_or_none(r) for r in opened.idr_r) if c is not None}
