@@ -269,7 +269,8 @@ class Responder(_Ue):
             check_vi(self.init)
 
     def transfer_resp(self, *, t: Timestamp, rand_r: bytes | None = None) -> bytes:
-        """TRANSFER_RESP = HDR, T, [RANDRr], [IDRr], [RANDRkms], V (K2 from MPKi or MPKr')."""
+        """TRANSFER_RESP = HDR, T, [RANDRr], IDRr, [RANDRkms], V (K2 from MPKi or MPKr'); IDRr is
+        the forking modifier's, else our own identity."""
         if self.init is None or not self.mpki:
             raise MikeyError("ticket not resolved", -1)
         h = self.init.header
@@ -291,6 +292,10 @@ class Responder(_Ue):
             payloads += [idr(IdRole.IDRr, self.modifier[0]),
                          RoleRand(RandRole.RANDRkms, self.modifier[1])]  # fmt: skip
             key_in = self.mpkr_forked
+        else:
+            # Without forking nothing else says who answered (the MAC is keyed from MPKi, which
+            # every resolver holds): name ourselves, so a key-release check can hold us to it.
+            payloads.append(idr(IdRole.IDRr, self.identity))
         rand_i = self.init.randr(RandRole.RANDRi)
         key = message_keys(h.prf_func, key_in, h.csb_id, response=True, rand_i=rand_i,
                            rand_r=rand_r if g else None, mac_alg=self.mac_alg).auth_key  # fmt: skip
