@@ -336,6 +336,10 @@ class Node:
             self.metrics_server.shutdown()
         if self.hotplug is not None:
             self.hotplug.stop()
+        try:
+            self.refusals.flush()
+        except KmsError:
+            log.error("suppressed refusals could not be summarised in the audit log")
         self.audit.close()
         self.store.close()
         self.vault.close()

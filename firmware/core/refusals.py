@@ -15,8 +15,8 @@ Rules:
   keeps its own answer.
 - A caller that holds no role is accountable to nobody: its refusals are written at most
   `unknown_per_second` per certificate per second; the rest are counted and summarised in one
-  AUDIT_SUPPRESSED record (caller, count) written with that certificate's next record, so a
-  certificate cannot fill the disk. Callers with a role are never suppressed (every refusal of a
+  AUDIT_SUPPRESSED record (caller, count) written with that certificate's next record (or by
+  `flush` when the node stops), so a certificate cannot fill the disk. Callers with a role are never suppressed (every refusal of a
   DF2 is evidence).
 - The clock is passed in; the limiter keeps at most `max_tracked` certificates (oldest dropped,
   which only ever lets a record through, never loses one that is counted elsewhere).
@@ -74,6 +74,14 @@ class AuditRateLimit:
             summarised, bucket.suppressed = bucket.suppressed, 0
             return True, summarised
 
+    def take_suppressed(self) -> list[tuple[str, int]]:
+        """(certificate, count) of every refusal suppressed and not yet summarised; resets."""
+        with self._lock:
+            taken = [(k, b.suppressed) for k, b in self._buckets.items() if b.suppressed]
+            for bucket in self._buckets.values():
+                bucket.suppressed = 0
+            return taken
+
 
 class Refusals:
     """alarm + audit + metric for every refused request."""
@@ -115,6 +123,14 @@ class Refusals:
             if self.counted is not None:
                 self.counted(method, reason)
         return answer
+
+    def flush(self) -> None:
+        """Summarise what is suppressed so far (the node calls it when it stops)."""
+        now = self.clock()
+        for fingerprint, count in self.limit.take_suppressed():
+            self.audit.append(
+                now, "AUDIT_SUPPRESSED", {"fingerprint": fingerprint, "suppressed": count}
+            )
 
     def _write(
         self,
