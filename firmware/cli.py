@@ -26,7 +26,7 @@ from typing import Any
 from firmware import config as config_mod
 from firmware.core.admin import Admin
 from firmware.core.errors import ConfigError, KmsError
-from firmware.core.ports import Caller, KeyName
+from firmware.core.ports import Caller, KeyName, Role
 
 DEFAULT_CONFIG = os.environ.get("KMSNODE_CONFIG", "/etc/kmsnode/kmsnode.toml")
 log = logging.getLogger("kmsnode")
@@ -53,8 +53,10 @@ def open_admin(cfg: config_mod.Config) -> tuple[Admin, Any, Any, Any]:
 
 
 def local_operator() -> Caller:
-    """Who runs an offline command: the local user, as audit records name it."""
-    return Caller((f"local:{getpass.getuser()}",))
+    """Who runs an offline command: the local user, as audit records name it. Whoever can run
+    `kmsnode` with the node's config, PIN file and state (root, on the appliance) administers it."""
+    me = f"local:{getpass.getuser()}"
+    return Caller((me,), ((Role.ADMIN, (me,)),))
 
 
 def _close(*parts: Any) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from firmware.core.errors import Conflict, InvalidRequest, NotFound
+from firmware.core.errors import Conflict, InvalidRequest, NotFound, RoleNotAllowed
 from firmware.core.fields import check_field, check_fields
 from firmware.core.identity import IdentityError, canonical
 from firmware.core.ports import (
@@ -31,6 +31,7 @@ from firmware.core.ports import (
     KeyRecord,
     KeyState,
     KeyVault,
+    Role,
     Store,
     StoreConflict,
     User,
@@ -75,7 +76,10 @@ class Admin:
         self.ticket_retention = max_ticket_lifetime + clock_skew
 
     def _audit(self, caller: Caller, event: str, fields: dict[str, object]) -> None:
-        """The record of a change about to be made (raises AuditUnavailable: then do nothing)."""
+        """The record of a change about to be made (raises AuditUnavailable: then do nothing).
+        Only an ADMIN changes anything (second line behind the api's role check)."""
+        if not caller.holds(Role.ADMIN):
+            raise RoleNotAllowed("administrative changes need the ADMIN role")
         self.audit.append(self.clock(), event, {**caller.who(), **fields})
 
     # --- users ------------------------------------------------------------------------------
@@ -219,7 +223,9 @@ class Admin:
             if info.state is not KeyState.DECRYPT_ONLY or record is None or record.retired is None:
                 continue
             if now > record.retired + self.ticket_retention:
-                self._audit(NODE, "KEY_DESTROYED", {"key": name.value, "version": info.version})
+                self.audit.append(
+                    now, "KEY_DESTROYED", {**NODE.who(), "key": name.value, "version": info.version}
+                )
                 self.vault.destroy_version(name, info.version)
                 self.store.record_key(
                     KeyRecord(name, info.version, record.created, record.retired, now)

@@ -16,8 +16,8 @@ Rules:
 - A caller that holds no role is accountable to nobody: its refusals are written at most
   `unknown_per_second` per certificate per second; the rest are counted and summarised in one
   AUDIT_SUPPRESSED record (caller, count) written with that certificate's next record (or by
-  `flush` when the node stops), so a certificate cannot fill the disk. Callers with a role are never suppressed (every refusal of a
-  DF2 is evidence).
+  `flush` when the node stops), so a certificate cannot fill the disk. Callers with a role are
+  never suppressed (every refusal of a DF2 is evidence).
 - The clock is passed in; the limiter keeps at most `max_tracked` certificates (oldest dropped,
   which only ever lets a record through, never loses one that is counted elsewhere).
 """

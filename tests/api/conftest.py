@@ -37,6 +37,7 @@ host = "127.0.0.1"
 port = 0
 cert = "pki/server.pem"
 key = "pki/server.key"
+{listener_extra}
 
 [li_listener]
 host = "127.0.0.1"
@@ -44,14 +45,17 @@ port = 0
 cert = "pki/li-server.pem"
 key = "pki/li-server.key"
 client_ca = "pki/li-ca.pem"
+{listener_extra}
 
 [roles]
-df2 = ["dns:df2.li.example.net"]
-admin = ["dns:admin.li.example.net"]
+{roles}
 
 [policy]
 key_forking = {forking}
 """
+
+
+ROLES = 'df2 = ["dns:df2.li.example.net"]\nadmin = ["dns:admin.li.example.net"]'
 
 
 class Clock:
@@ -95,15 +99,22 @@ def start_node(
     forking: bool = True,
     extra_config: str = "",
     extra_users: tuple[tuple[str, bytes], ...] = (),
+    roles: str = ROLES,
+    listener_extra: str = "",
 ) -> RunningNode:
     """A node in `tmp_path` with users alice (alias tel:+15550100) and bob, plus `extra_users`;
-    `extra_config` is appended to the TOML config."""
+    `extra_config` is appended to the TOML config, `roles` is the body of its [roles],
+    `listener_extra` is added to both listener sections (limits)."""
     pki = tmp_path / "pki"
     make_dev_pki(pki)
     path = tmp_path / "kmsnode.toml"
     path.write_text(
         CONFIG.format(
-            label=token.label, pin_file=token.pin_file, forking="true" if forking else "false"
+            label=token.label,
+            pin_file=token.pin_file,
+            forking="true" if forking else "false",
+            roles=roles,
+            listener_extra=listener_extra,
         )
         + extra_config
     )

@@ -23,7 +23,7 @@ from firmware.core.ports import (
     Warrant,
 )
 
-OPERATOR = Caller(("local:test",))
+OPERATOR = Caller(("local:test",), ((Role.ADMIN, ("local:test",)),))
 
 
 def caller(*typed: str, roles: tuple[Role, ...] = (), fingerprint: str = "") -> Caller:

@@ -163,6 +163,22 @@ def test_an_admin_change_is_audited_before_it_is_applied(admin) -> None:
     assert audit.records[0].fields["caller"] == list(ADMIN.identities)
 
 
+@pytest.mark.parametrize("who", [DF2, NOBODY])
+def test_the_admin_core_refuses_a_caller_without_the_admin_role(admin, who) -> None:
+    """Second line behind the api's role check: no change and no record."""
+    core, store, audit = admin
+    for change in (
+        lambda: core.put_user(who, ALICE, [], b"", b""),
+        lambda: core.put_warrant(who, "L1", ALICE, 0, 1e10, ["df2.li.example.net"]),
+        lambda: core.delete_warrant(who, "L1"),
+        lambda: core.delete_user(who, ALICE),
+        lambda: core.rotate(who),
+    ):
+        with pytest.raises(RoleNotAllowed):
+            change()
+    assert audit.records == [] and store.records_at_write == []
+
+
 def test_an_admin_change_whose_record_cannot_be_written_changes_nothing(admin) -> None:
     core, store, audit = admin
     audit.fail_next(4)

@@ -99,3 +99,51 @@ def test_a_requested_kemac_template_is_replaced_and_flagged_with_k(node) -> None
         policy=type(plain)(1, 1, 1, PrfFunc.MIKEY_1, wanted.flags, plain.payloads),
     )
     assert not decode(core.exchange(plain_req)).require(Ticket).policy.flags & TpFlags.K
+
+
+def test_an_unknown_user_costs_the_same_hsm_work_as_a_known_user_with_a_wrong_key(node) -> None:
+    """No timing oracle for who is provisioned (issue: pre-authentication cost): an unknown
+    identity is checked against a decoy with a wrapped random PSK, one unwrap like anybody."""
+    from firmware.mikey.exchange import Initiator
+    from tests.calls import KMS, requested_policy, t_at
+
+    core, _, _ = node
+    vault = core.vault
+
+    def attempt(identity: str) -> list[str]:
+        ue = Initiator(identity.encode(), bytes(32), KMS)
+        data = ue.request_init(
+            csb_id=1, t=t_at(NOW), rand_i=bytes(16),
+            policy=requested_policy(PrfFunc.MIKEY_1, False, [BOB.encode()]),
+        )  # fmt: skip
+        before = len(vault.calls)
+        with pytest.raises(NotAuthenticated):
+            core.exchange(data)
+        return vault.calls[before:]
+
+    attempt("sip:nobody@ims.example.net")  # the first unknown caller makes the decoy
+    assert attempt("sip:nobody@ims.example.net") == attempt(ALICE) == ["unwrap_psk"]
+
+
+def test_the_decoy_never_authenticates_even_if_its_mac_verified(node, monkeypatch) -> None:
+    """Second line: reaching the decoy is a refusal whatever the MAC check says."""
+    from firmware.core import tickets
+    from firmware.mikey.exchange import Initiator
+    from tests.calls import KMS, requested_policy, t_at
+
+    core, _, _ = node
+    monkeypatch.setattr(tickets, "verify_initial_psk", lambda *a, **k: bytes(20))
+    ue = Initiator(b"sip:nobody@ims.example.net", bytes(32), KMS)
+    data = ue.request_init(
+        csb_id=1, t=t_at(NOW), rand_i=bytes(16),
+        policy=requested_policy(PrfFunc.MIKEY_1, False, [BOB.encode()]),
+    )  # fmt: skip
+    with pytest.raises(NotAuthenticated):
+        core.exchange(data)
+
+
+def test_the_identity_cache_is_bounded() -> None:
+    from firmware.core.identity import canonical
+
+    assert canonical.cache_info().maxsize is not None
+    assert canonical.cache_info().maxsize <= 65536

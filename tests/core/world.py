@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from firmware.core.admin import Admin
 from firmware.core.freshness import ReplayCache
@@ -60,27 +62,12 @@ class Answer:
         return self.responder.session_keys()
 
 
-@dataclass
-class World:
-    clock: Clock = field(default_factory=Clock)
-    vault: FakeVault = field(default_factory=FakeVault)
-    store: MemoryStore = field(default_factory=MemoryStore)
-    audit: MemoryAudit = field(default_factory=MemoryAudit)
+class Ues:
+    """Alice, bob and carol against any KMS `exchange(bytes) -> bytes` at `clock()`; also what a
+    key holder can forge (see the module docstring)."""
 
-    def __post_init__(self) -> None:
-        self.admin = Admin(self.vault, self.store, self.audit, self.clock, 86400, SKEW)
-        for identity, psk in PSKS.items():
-            self.admin.put_user(OPERATOR, identity, [], psk, b"")
-        self.core = TicketCore(
-            self.vault,
-            self.store,
-            ReplayCache(SKEW, NOW - 100),
-            TicketSettings(KMS.decode(), clock_skew=SKEW, key_forking=False),
-            self.clock,
-        )
-        self.release = KeyRelease(
-            self.vault, self.store, self.audit, XkSettings(KMS.decode(), SKEW), self.clock
-        )
+    def __init__(self, exchange: Callable[[bytes], bytes], clock: Callable[[], float]) -> None:
+        self.exchange, self.now = exchange, clock
 
     def offer(
         self,
@@ -90,9 +77,9 @@ class World:
         sent_at: float | None = None,
     ) -> Offer:
         alice, _ = ues(prf)
-        now = self.clock.now
+        now = self.now()
         alice.process_request_resp(
-            self.core.exchange(
+            self.exchange(
                 alice.request_init(
                     csb_id=int.from_bytes(os.urandom(4), "big"),
                     t=t_at(now),
@@ -117,11 +104,11 @@ class World:
         bob.receive_transfer_init(offer.transfer_init)
         ri = bob.resolve_init(
             csb_id=int.from_bytes(os.urandom(4), "big"),
-            t=t_at(self.clock.now),
+            t=t_at(self.now()),
             rand_r=os.urandom(16),
         )
-        bob.process_resolve_resp(self.core.exchange(ri))
-        return Answer(bob, bob.transfer_resp(t=t_at(self.clock.now), rand_r=os.urandom(16)))
+        bob.process_resolve_resp(self.exchange(ri))
+        return Answer(bob, bob.transfer_resp(t=t_at(self.now()), rand_r=os.urandom(16)))
 
     def forged_answer(
         self, offer: Offer, naming: str | None, rand_kms: bytes | None = None
@@ -143,7 +130,7 @@ class World:
             fake.mpkr_forked = fork_mpkr(
                 alice.ticket.policy.prf_func, alice.mpkr, naming.encode(), modifier
             )
-        return fake.transfer_resp(t=t_at(self.clock.now), rand_r=os.urandom(16))
+        return fake.transfer_resp(t=t_at(self.now()), rand_r=os.urandom(16))
 
     def transfer_init_as(self, offer: Offer, initiator: str) -> bytes:
         """Alice's ticket in a TRANSFER_INIT she MACs herself (she holds MPKi) naming another
@@ -152,20 +139,46 @@ class World:
         other = dataclasses.replace(alice, identity=initiator.encode())
         return other.transfer_init(
             csb_id=int.from_bytes(os.urandom(4), "big"),
-            t=t_at(self.clock.now),
+            t=t_at(self.now()),
             rand_i=os.urandom(16),
             sessions=[GenericIdEntry.srtp(1, 0x1000, roc=0, seq=1)],
             responder=BOB.encode(),
         )
 
-    @staticmethod
-    def _nameless_answer(offer: Offer) -> bytes:
+    def _nameless_answer(self, offer: Offer) -> bytes:
         init = decode(offer.transfer_init)
         header = dataclasses.replace(init.header, data_type=DataType.TRANSFER_RESP, v_flag=False)
         key = message_keys(header.prf_func, offer.alice.mpki, header.csb_id, response=True,
                            rand_i=init.randr(RandRole.RANDRi), rand_r=None,
                            mac_alg=offer.alice.mac_alg).auth_key  # fmt: skip
-        return sign_message(header, [t_at(NOW)], key, offer.alice.mac_alg, init.raw)
+        return sign_message(header, [t_at(self.now())], key, offer.alice.mac_alg, init.raw)
+
+
+@dataclass
+class World:
+    clock: Clock = field(default_factory=Clock)
+    vault: FakeVault = field(default_factory=FakeVault)
+    store: MemoryStore = field(default_factory=MemoryStore)
+    audit: MemoryAudit = field(default_factory=MemoryAudit)
+
+    def __post_init__(self) -> None:
+        self.admin = Admin(self.vault, self.store, self.audit, self.clock, 86400, SKEW)
+        for identity, psk in PSKS.items():
+            self.admin.put_user(OPERATOR, identity, [], psk, b"")
+        self.core = TicketCore(
+            self.vault,
+            self.store,
+            ReplayCache(SKEW, NOW - 100),
+            TicketSettings(KMS.decode(), clock_skew=SKEW, key_forking=False),
+            self.clock,
+        )
+        self.release = KeyRelease(
+            self.vault, self.store, self.audit, XkSettings(KMS.decode(), SKEW), self.clock
+        )
+        self.ues = Ues(self.core.exchange, self.clock)
+
+    def __getattr__(self, name: str) -> Any:  # offer, answer, forged_answer, ...
+        return getattr(self.ues, name)
 
     def warrant(
         self,
@@ -210,4 +223,4 @@ def session(keys: list[SessionKey]) -> list[tuple[int, bytes, bytes]]:
     return [(k.cs_id, k.tek, k.salt) for k in keys]
 
 
-__all__ = ["ALICE", "BOB", "CAROL", "NOW", "SKEW", "World", "keys_of", "session"]
+__all__ = ["ALICE", "BOB", "CAROL", "NOW", "SKEW", "Ues", "World", "keys_of", "session"]

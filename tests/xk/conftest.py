@@ -83,16 +83,19 @@ def start_xk_node(
     token: SoftHsmToken,
     settings: VaultSettings,
     forking: bool = False,
+    **kw: Any,
 ) -> RunningNode:
     """Like tests.api.conftest.start_node, plus [metrics] on an ephemeral loopback port and
     carol as a third user. `forking=False` grants key forking only when the ticket asks for it."""
+    extra = '\n[metrics]\naddress = "127.0.0.1:0"\n' + kw.pop("extra_config", "")
     return start_node(
         directory,
         token,
         settings,
         forking=forking,
-        extra_config='\n[metrics]\naddress = "127.0.0.1:0"\n',
+        extra_config=extra,
         extra_users=((CAROL, CAROL_PSK),),
+        **kw,
     )
 
 
