@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 APT_PACKAGES := softhsm2 opensc tshark umockdev gir1.2-umockdev-1.0 python3-gi python3-pyudev \
-	libsrtp2-1 cryptsetup-bin dosfstools
+	libsrtp2-1 cryptsetup-bin dosfstools postgresql
 IMAGE_APT_PACKAGES := mmdebstrap erofs-utils qemu-system-x86 qemu-utils cpio e2fsprogs
 
 .PHONY: all deps apt demo test test-fast test-image lint proto proto-check bench clean

@@ -8,15 +8,27 @@ Rules:
 - Resolutions are written by group commit: concurrent `add_resolution` calls are committed in one
   transaction (one fsync) by a writer thread, and each call returns only once its row is durable.
   An fsync costs milliseconds on these disks; one per resolve would cap the node's rate.
-- The schema is versioned with PRAGMA user_version; MIGRATIONS[i] moves version i to i + 1 and is
-  applied in the same transaction as the version bump. A database newer than this code is refused.
+- The schema is versioned with PRAGMA user_version; MIGRATIONS[i] moves version i to i + 1 (SQL
+  text, or a function for a data conversion SQL cannot express) and is applied in the same
+  transaction as the version bump. A database newer than this code is refused
+  (SchemaNewerThanCode).
+- The database and its -wal/-shm files are mode 0600 whatever the umask or the folder: the file
+  is created (or brought back to) 0600 before SQLite opens it, and SQLite gives its -wal and -shm
+  files the main file's mode.
+- A warrant's DF2 identities are one JSON array (any character, a newline included, stays inside
+  its identity); values come back exactly as stored (firmware.store.common has the shared rules:
+  text the PostgreSQL store could not hold is refused, COUNTER offset, audit head only forward).
+- sqlite3.OperationalError (locked past the timeout, I/O error, disk full, read-only) surfaces as
+  StoreUnavailable, a uniqueness violation as StoreConflict: never a raw sqlite3 error.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,8 +42,26 @@ from firmware.core.ports import (
     Warrant,
     WrappedKey,
 )
+from firmware.store.common import (
+    audit_head_allowed,
+    audit_head_regression,
+    check_user,
+    check_warrant,
+    counter_key,
+)
+from firmware.store.errors import SchemaNewerThanCode, StoreUnavailable
 
-MIGRATIONS: tuple[str, ...] = (
+
+def _df2_to_json(db: sqlite3.Connection) -> None:
+    """5: DF2 identities were joined with "\n"; store them as a JSON array (the rows written
+    before can only be split on "\n", as the old code read them)."""
+    rows = db.execute("SELECT liid, df2_identities FROM warrants").fetchall()
+    for liid, joined in rows:
+        df2 = joined.split("\n") if joined else []
+        db.execute("UPDATE warrants SET df2_identities = ? WHERE liid = ?", (json.dumps(df2), liid))
+
+
+MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     """
     CREATE TABLE users (
         id INTEGER PRIMARY KEY,
@@ -89,19 +119,28 @@ MIGRATIONS: tuple[str, ...] = (
         mac BLOB NOT NULL
     );
     """,
+    _df2_to_json,
+    # 6: COUNTER timestamps are unsigned 64-bit; store value - 2**63 (common.counter_key). Rows
+    # written before are below 2**63 (larger ones could not be stored).
+    """
+    UPDATE counters SET value = value + (-9223372036854775807 - 1);
+    """,
 )
 
 
 class SqliteStore:
     """Store port on one SQLite file."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, timeout: float = 30.0) -> None:
+        """`timeout`: how long a write waits for another process's lock (then
+        StoreUnavailable)."""
+        _private_file(Path(path))
         self._path = str(path)
         self._readers = threading.local()
         self._all_readers: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._db = sqlite3.connect(
-            str(path), check_same_thread=False, isolation_level=None, timeout=30.0
+            str(path), check_same_thread=False, isolation_level=None, timeout=timeout
         )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -118,12 +157,13 @@ class SqliteStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        with self._lock, _mapped_errors():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
 
@@ -138,19 +178,24 @@ class SqliteStore:
         return db
 
     def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
-        return self._reader().execute(sql, args).fetchall()
+        with _mapped_errors():
+            return self._reader().execute(sql, args).fetchall()
 
     def _migrate(self) -> None:
         with self._tx() as db:
             (version,) = db.execute("PRAGMA user_version").fetchone()
             if version > len(MIGRATIONS):
-                raise RuntimeError(
+                raise SchemaNewerThanCode(
                     f"state database schema {version} is newer than this node ({len(MIGRATIONS)})"
                 )
             for target in range(version, len(MIGRATIONS)):
-                for statement in MIGRATIONS[target].split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                step = MIGRATIONS[target]
+                if callable(step):
+                    step(db)
+                else:
+                    for statement in step.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
                 db.execute(f"PRAGMA user_version={target + 1}")
 
     @property
@@ -170,6 +215,7 @@ class SqliteStore:
     # --- users ------------------------------------------------------------------------------
 
     def put_user(self, user: User) -> None:
+        check_user(user)
         with self._tx() as db:
             for identity in user.identities:
                 row = db.execute(
@@ -207,19 +253,20 @@ class SqliteStore:
     }
 
     def _load_user(self, by: str, arg: object) -> User | None:
-        db = self._reader()
-        db.execute("BEGIN")  # one snapshot for the user and its aliases
-        try:
-            row = db.execute(self._USER_BY[by], (arg,)).fetchone()
-            if row is None:
-                return None
-            aliases = db.execute(
-                "SELECT identity FROM identities WHERE user_id = ? AND is_alias = 1"
-                " ORDER BY identity",
-                (row[0],),
-            ).fetchall()
-        finally:
-            db.execute("COMMIT")
+        with _mapped_errors():
+            db = self._reader()
+            db.execute("BEGIN")  # one snapshot for the user and its aliases
+            try:
+                row = db.execute(self._USER_BY[by], (arg,)).fetchone()
+                if row is None:
+                    return None
+                aliases = db.execute(
+                    "SELECT identity FROM identities WHERE user_id = ? AND is_alias = 1"
+                    " ORDER BY identity",
+                    (row[0],),
+                ).fetchall()
+            finally:
+                db.execute("COMMIT")
         return User(
             identity=row[1],
             aliases=tuple(a[0] for a in aliases),
@@ -242,14 +289,16 @@ class SqliteStore:
         return int(self._query("SELECT count(*) FROM users")[0][0])
 
     def advance_counter(self, identity: str, value: int) -> bool:
+        stored = counter_key(value)
         with self._tx() as db:
+            # One compare-and-set statement, as in the PostgreSQL store.
             row = db.execute(
-                "SELECT value FROM counters WHERE identity = ?", (identity,)
+                "INSERT INTO counters (identity, value) VALUES (?, ?)"
+                " ON CONFLICT (identity) DO UPDATE SET value = excluded.value"
+                " WHERE counters.value < excluded.value RETURNING 1",
+                (identity, stored),
             ).fetchone()
-            if row is not None and row[0] >= value:
-                return False
-            db.execute("INSERT OR REPLACE INTO counters VALUES (?, ?)", (identity, value))
-            return True
+            return row is not None
 
     # --- resolutions ------------------------------------------------------------------------
 
@@ -257,7 +306,7 @@ class SqliteStore:
         done, failure = threading.Event(), list[BaseException]()
         with self._pending_cv:
             if self._closing:
-                raise sqlite3.ProgrammingError("store is closed")
+                raise StoreUnavailable("state store is closed")
             self._pending.append((resolution, done, failure))
             self._pending_cv.notify()
         done.wait()
@@ -291,7 +340,7 @@ class SqliteStore:
     def resolutions(self, ticket_id: bytes) -> list[Resolution]:
         rows = self._query(
             "SELECT responder, randr_kms, resolved_at, id_data FROM resolutions"
-            " WHERE ticket_id = ? ORDER BY resolved_at",
+            " WHERE ticket_id = ? ORDER BY resolved_at, rowid",
             (ticket_id,),
         )
         return [
@@ -301,15 +350,17 @@ class SqliteStore:
     # --- warrants ---------------------------------------------------------------------------
 
     def put_warrant(self, warrant: Warrant) -> None:
+        check_warrant(warrant)
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO warrants VALUES (?,?,?,?,?)",
+                "INSERT OR REPLACE INTO warrants"
+                " (liid, target, valid_from, valid_until, df2_identities) VALUES (?,?,?,?,?)",
                 (
                     warrant.liid,
                     warrant.target,
                     warrant.valid_from,
                     warrant.valid_until,
-                    "\n".join(warrant.df2_identities),
+                    json.dumps(list(warrant.df2_identities)),
                 ),
             )
 
@@ -317,22 +368,24 @@ class SqliteStore:
         with self._tx() as db:
             return db.execute("DELETE FROM warrants WHERE liid = ?", (liid,)).rowcount > 0
 
+    _WARRANT = "SELECT liid, target, valid_from, valid_until, df2_identities FROM warrants"
+
     @staticmethod
     def _warrant(row: tuple[Any, ...]) -> Warrant:
-        df2 = str(row[4])
+        df2 = json.loads(row[4])
         return Warrant(
-            liid=str(row[0]),
-            target=str(row[1]),
+            liid=row[0],
+            target=row[1],
             valid_from=float(row[2]),
             valid_until=float(row[3]),
-            df2_identities=tuple(df2.split("\n")) if df2 else (),
+            df2_identities=tuple(df2),
         )
 
     def list_warrants(self) -> list[Warrant]:
-        return [self._warrant(r) for r in self._query("SELECT * FROM warrants ORDER BY liid")]
+        return [self._warrant(r) for r in self._query(self._WARRANT + " ORDER BY liid")]
 
     def warrants_for(self, target: str) -> list[Warrant]:
-        rows = self._query("SELECT * FROM warrants WHERE target = ? ORDER BY liid", (target,))
+        rows = self._query(self._WARRANT + " WHERE target = ? ORDER BY liid", (target,))
         return [self._warrant(r) for r in rows]
 
     # --- audit chain head -------------------------------------------------------------------
@@ -343,6 +396,11 @@ class SqliteStore:
 
     def set_audit_head(self, count: int, mac: bytes) -> None:
         with self._tx() as db:
+            row = db.execute("SELECT count, mac FROM audit_head WHERE id = 1").fetchone()
+            kept = (int(row[0]), bytes(row[1])) if row else None
+            if not audit_head_allowed(kept, count, mac):
+                assert kept is not None
+                raise audit_head_regression(kept, count, mac)
             db.execute("INSERT OR REPLACE INTO audit_head VALUES (1, ?, ?)", (count, mac))
 
     # --- key versions -----------------------------------------------------------------------
@@ -367,3 +425,32 @@ class SqliteStore:
             (name.value,),
         )
         return [KeyRecord(name, int(r[0]), float(r[1]), r[2], r[3]) for r in rows]
+
+
+@contextmanager
+def _mapped_errors() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.IntegrityError:
+        raise StoreConflict("the write would break a uniqueness rule") from None
+    except sqlite3.OperationalError as exc:
+        raise StoreUnavailable(f"state store unavailable (sqlite3: {exc})") from None
+
+
+def _private_file(path: Path) -> None:
+    """Create the database file 0600 (or bring an existing one back to 0600) before SQLite opens
+    it: SQLite creates files 0644 & ~umask, and gives -wal and -shm the main file's mode."""
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if file == path else 0)
+        try:
+            fd = os.open(file, flags, 0o600)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"cannot open the state database {file}: {exc.strerror}"
+            ) from None
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)

@@ -1,101 +1,119 @@
+"""What only the SQLite store does: WAL, file modes, migrations of old rows, lock timeouts."""
+
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from firmware.core.ports import (
-    KeyName,
-    KeyRecord,
-    Resolution,
-    StoreConflict,
-    User,
-    Warrant,
-    WrappedKey,
-)
+from firmware.core.ports import Resolution, Warrant
+from firmware.store.errors import StoreUnavailable
 from firmware.store.sqlite import MIGRATIONS, SqliteStore
 
 
-def _user(identity: str, *aliases: str, psk_id: bytes | None = None) -> User:
-    return User(
-        identity=identity,
-        aliases=tuple(sorted(aliases)),
-        psk_id=psk_id if psk_id is not None else identity.encode(),
-        wrapped_psk=WrappedKey(1, b"\x01" * 24),
-    )
-
-
 @pytest.fixture
-def store(tmp_path: Path) -> SqliteStore:
-    return SqliteStore(tmp_path / "state.sqlite")
+def permissive_umask() -> Iterator[None]:
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
-def test_uses_wal_and_full_sync_and_current_schema(store: SqliteStore, tmp_path: Path) -> None:
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_uses_wal_and_full_sync(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "state.sqlite")
     db = sqlite3.connect(tmp_path / "state.sqlite")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert store.schema_version == len(MIGRATIONS)
-
-
-def test_finds_a_user_by_identity_alias_and_psk_id(store: SqliteStore) -> None:
-    alice = _user("sip:alice@ims.example.net", "tel:+15551234567", psk_id=b"alice-psk")
-    store.put_user(alice)
-    assert store.user_by_identity("sip:alice@ims.example.net") == alice
-    assert store.user_by_identity("tel:+15551234567") == alice
-    assert store.user_by_psk_id(b"alice-psk") == alice
-    assert store.user_by_identity("sip:bob@ims.example.net") is None
-    assert store.count_users() == 1
-
-
-def test_replacing_a_user_drops_its_old_aliases(store: SqliteStore) -> None:
-    store.put_user(_user("sip:alice@x.net", "tel:+1555"))
-    store.put_user(_user("sip:alice@x.net", "tel:+1666"))
-    assert store.user_by_identity("tel:+1555") is None
-    assert store.user_by_identity("tel:+1666") is not None
-    assert [u.identity for u in store.list_users()] == ["sip:alice@x.net"]
-
-
-def test_refuses_an_alias_owned_by_another_user_and_writes_nothing(store: SqliteStore) -> None:
-    store.put_user(_user("sip:alice@x.net", "tel:+1555"))
-    with pytest.raises(StoreConflict):
-        store.put_user(_user("sip:bob@x.net", "tel:+1555"))
-    assert store.user_by_identity("sip:bob@x.net") is None
-    with pytest.raises(StoreConflict):
-        store.put_user(_user("sip:bob@x.net", psk_id=b"sip:alice@x.net"))
-    assert store.count_users() == 1
-
-
-def test_delete_user_removes_its_identities(store: SqliteStore) -> None:
-    store.put_user(_user("sip:alice@x.net", "tel:+1555"))
-    assert store.delete_user("sip:alice@x.net")
-    assert not store.delete_user("sip:alice@x.net")
-    assert store.user_by_identity("tel:+1555") is None
-
-
-def test_resolutions_warrants_and_key_records_round_trip(
-    store: SqliteStore, tmp_path: Path
-) -> None:
-    r = Resolution(b"t" * 16, "sip:bob@x.net", b"r" * 16, 1000.0, b"sip:Bob@X.net")
-    store.add_resolution(r)
-    w = Warrant("LI-1", "sip:bob@x.net", 0.0, 2000.0, ("df2.li.example.net",))
-    store.put_warrant(w)
-    k = KeyRecord(KeyName.TICKET_PROTECTION, 1, 5.0, None, None)
-    store.record_key(k)
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     store.close()
-    again = SqliteStore(tmp_path / "state.sqlite")
-    assert again.resolutions(b"t" * 16) == [r]
-    assert again.warrants_for("sip:bob@x.net") == [w]
-    assert again.list_warrants() == [w]
-    assert again.key_records(KeyName.TICKET_PROTECTION) == [k]
-    assert again.delete_warrant("LI-1") and not again.delete_warrant("LI-1")
 
 
-def test_refuses_a_database_newer_than_the_code(tmp_path: Path) -> None:
+def test_state_files_are_0600_under_a_permissive_umask_in_an_open_folder(
+    tmp_path: Path, permissive_umask: None
+) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir(mode=0o755)
+    path = folder / "state.sqlite"
+    store = SqliteStore(path)
+    store.add_resolution(Resolution(b"t", "sip:b@x.net", b"", 1.0))  # the WAL exists now
+    assert store.resolutions(b"t")  # a reader: the -shm exists too
+    files = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
+    assert {f.name: _mode(f) for f in files} == {f.name: 0o600 for f in files}
+    store.close()
+
+
+def test_brings_a_world_readable_state_file_back_to_0600(
+    tmp_path: Path, permissive_umask: None
+) -> None:
     path = tmp_path / "state.sqlite"
     SqliteStore(path).close()
-    db = sqlite3.connect(path)
-    db.execute(f"PRAGMA user_version={len(MIGRATIONS) + 1}")
-    db.commit()
+    for f in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        f.touch()
+        f.chmod(0o644)
+    SqliteStore(path).close()
+    assert _mode(path) == 0o600
+    for f in (Path(f"{path}-wal"), Path(f"{path}-shm")):
+        assert not f.exists() or _mode(f) == 0o600
+
+
+def _old_database(path: Path, version: int) -> sqlite3.Connection:
+    """A database as a node of schema `version` left it."""
+    db = sqlite3.connect(path, isolation_level=None)
+    for step in MIGRATIONS[:version]:
+        if callable(step):
+            step(db)
+        else:
+            db.executescript(step)
+    db.execute(f"PRAGMA user_version={version}")
+    return db
+
+
+def test_migration_turns_newline_joined_df2_identities_into_a_list(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    db = _old_database(path, 4)
+    db.execute("INSERT INTO warrants VALUES ('LI-1', 'sip:bob@x.net', 0, 10, ?)", ("df2-a\ndf2-b",))
+    db.execute("INSERT INTO warrants VALUES ('LI-2', 'sip:bob@x.net', 0, 10, '')")
     db.close()
-    with pytest.raises(RuntimeError, match="newer"):
-        SqliteStore(path)
+    store = SqliteStore(path)
+    assert store.list_warrants() == [
+        Warrant("LI-1", "sip:bob@x.net", 0.0, 10.0, ("df2-a", "df2-b")),
+        Warrant("LI-2", "sip:bob@x.net", 0.0, 10.0, ()),
+    ]
+    store.close()
+
+
+def test_migration_keeps_the_order_of_counters_stored_before(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    db = _old_database(path, 5)
+    db.execute("INSERT INTO counters VALUES ('sip:alice@x.net', 7)")
+    db.close()
+    store = SqliteStore(path)
+    assert not store.advance_counter("sip:alice@x.net", 7)
+    assert store.advance_counter("sip:alice@x.net", 8)
+    store.close()
+
+
+def test_a_database_locked_past_the_timeout_is_store_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    store = SqliteStore(path, timeout=0.05)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreUnavailable):
+            store.advance_counter("sip:alice@x.net", 1)
+        with pytest.raises(StoreUnavailable):
+            store.add_resolution(Resolution(b"t", "sip:b@x.net", b"", 1.0))
+    finally:
+        other.execute("ROLLBACK")
+    assert store.advance_counter("sip:alice@x.net", 1)  # nothing of the failed write remains
+    store.close()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        store.add_resolution(Resolution(b"t", "sip:b@x.net", b"", 1.0))
