@@ -136,16 +136,16 @@ def test_two_nodes_racing_for_one_alias_leave_it_with_one_owner(backend: Backend
 def test_two_nodes_replacing_one_user_at_once_both_succeed(backend: Backend) -> None:
     nodes = [backend.open(), backend.open()]
     nodes[0].put_user(_user("sip:alice@x.net", "tel:+1"))
+
+    def put(n: int, start: threading.Barrier, user: User) -> None:
+        start.wait(timeout=30)
+        nodes[n].put_user(user)
+
     for round in range(20):
         start = threading.Barrier(2)
         versions = [_user("sip:alice@x.net", f"tel:+{round}{n}") for n in (0, 1)]
-
-        def put(n: int) -> None:
-            start.wait(timeout=30)
-            nodes[n].put_user(versions[n])
-
-        with ThreadPoolExecutor(2) as pool:
-            list(pool.map(put, (0, 1)))  # a StoreConflict here would be a spurious refusal
+        with ThreadPoolExecutor(2) as pool:  # a StoreConflict would be a spurious refusal
+            list(pool.map(put, (0, 1), (start, start), versions))
         assert nodes[1].user_by_identity("sip:alice@x.net") in versions
         assert nodes[0].count_users() == 1
 
