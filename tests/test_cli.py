@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -104,3 +105,136 @@ def test_serve_reports_its_listeners_serves_health_and_exits_0_on_sigterm(devnod
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_dev_init_keeps_no_ca_key_in_the_nodes_pki_and_two_cas(devnode: Path) -> None:
+    """The node's pki/ holds only certificates and its own and the client pairs' keys; the CA
+    keys live in dev-ca/ beside it. UE certificates come from another CA than LI ones."""
+    from cryptography import x509
+
+    pki = devnode / "pki"
+    for path in pki.iterdir():
+        if path.suffix == ".key":
+            assert path.stem in ("server", "li-server", "df2", "admin", "ue"), path
+        assert path.stat().st_mode & 0o077 == 0 or path.suffix == ".pem"
+    assert sorted(p.name for p in (devnode / "dev-ca").iterdir()) == ["li-ca.key", "ue-ca.key"]
+
+    def issuer(name: str) -> x509.Name:
+        return x509.load_pem_x509_certificate((pki / name).read_bytes()).issuer
+
+    assert issuer("ue.pem") == issuer("server.pem") != issuer("df2.pem")
+    assert issuer("df2.pem") == issuer("admin.pem") == issuer("li-server.pem")
+    config = (devnode / "kmsnode.toml").read_text()
+    assert 'client_ca = "pki/li-ca.pem"' in config
+    assert 'df2 = ["dns:df2.li.example.net"]' in config
+
+
+def _serve(devnode: Path) -> tuple[subprocess.Popen[str], int, int]:
+    env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "firmware.cli", "serve", "--config", str(devnode / "kmsnode.toml")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    ue = int(proc.stdout.readline().rsplit(":", 1)[1])
+    li = int(proc.stdout.readline().rsplit(":", 1)[1])
+    return proc, ue, li
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_never_dumps_core_and_creates_private_files(devnode: Path) -> None:
+    proc, _, _ = _serve(devnode)
+    try:
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        core = next(line for line in limits.splitlines() if line.startswith("Max core file size"))
+        assert core.split()[4:6] == ["0", "0"]
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        assert "Umask:\t0077" in status
+        runtime = devnode / "listeners.json"
+        assert runtime.stat().st_mode & 0o077 == 0
+    finally:
+        _stop(proc)
+
+
+def test_the_process_hardening_makes_the_process_undumpable() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c",
+         "from firmware.process import harden, dumpable; import resource as r;"
+         "print(dumpable()); harden(); print(dumpable(), r.getrlimit(r.RLIMIT_CORE))"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    assert out.stdout.split("\n")[:2] == ["True", "False (0, 0)"]
+
+
+def _readline_until(stream: Any, needle: str, limit: int = 200) -> str:
+    """Read lines (each read bounded by the process writing them) until one holds `needle`."""
+    for _ in range(limit):
+        line = stream.readline()
+        if not line:
+            break
+        if needle in line:
+            return str(line)
+    raise AssertionError(f"{needle!r} not logged")
+
+
+def test_a_revoked_df2_certificate_is_refused_after_sighup_without_restart(
+    devnode: Path,
+) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    from firmware.api.proto.kms.v1 import kms_pb2, kms_pb2_grpc
+
+    pki = devnode / "pki"
+    config = devnode / "kmsnode.toml"
+    original = config.read_text()
+    cert = x509.load_pem_x509_certificate((pki / "df2.pem").read_bytes())
+    fingerprint = cert.fingerprint(hashes.SHA256()).hex()
+    proc, _, li = _serve(devnode)
+
+    def reason() -> str:
+        creds = grpc.ssl_channel_credentials(
+            (pki / "ca.pem").read_bytes(),
+            (pki / "df2.key").read_bytes(),
+            (pki / "df2.pem").read_bytes(),
+        )
+        with grpc.secure_channel(f"localhost:{li}", creds) as ch:
+            try:
+                kms_pb2_grpc.XkServiceStub(ch).GetKeys(
+                    kms_pb2.GetKeysRequest(
+                        target_identity="sip:bob@ims.example.net", target_role=2,
+                        transfer_init=b"x", liid="none",
+                    ),
+                    timeout=20,
+                )  # fmt: skip
+            except grpc.RpcError as err:
+                status = rpc_status.from_call(err)
+                assert status is not None
+                info = error_details_pb2.ErrorInfo()
+                status.details[0].Unpack(info)
+                return str(info.reason)
+        return "OK"
+
+    try:
+        assert reason() == "NO_ACTIVE_WARRANT"  # holds the DF2 role
+        config.write_text(
+            original.replace("[roles]\n", f'[roles]\nrevoked = ["sha256:{fingerprint}"]\n')
+        )
+        proc.send_signal(signal.SIGHUP)
+        _readline_until(proc.stderr, "roles reloaded")
+        assert reason() == "ROLE_NOT_ALLOWED"
+        assert proc.poll() is None  # the same process: no restart
+    finally:
+        config.write_text(original)
+        _stop(proc)

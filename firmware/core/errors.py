@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from firmware.mikey.constants import ErrNo
+
 
 class KmsError(Exception):
     """Base of every error the node raises on purpose."""
@@ -95,9 +97,9 @@ class MalformedMessage(CallerError):
 
     reason = "MALFORMED_MESSAGE"
 
-    def __init__(self, message: str, mikey_error: int = 12) -> None:
+    def __init__(self, message: str, mikey_error: int = ErrNo.UNSPECIFIED) -> None:
         super().__init__(message)
-        self.mikey_error = mikey_error
+        self.mikey_error = int(mikey_error)
 
 
 class NotAuthenticated(CallerError):
@@ -105,9 +107,9 @@ class NotAuthenticated(CallerError):
 
     reason = "AUTHENTICATION_FAILED"
 
-    def __init__(self, message: str, mikey_error: int = 0) -> None:
+    def __init__(self, message: str, mikey_error: int = ErrNo.AUTH_FAILURE) -> None:
         super().__init__(message)
-        self.mikey_error = mikey_error
+        self.mikey_error = int(mikey_error)
 
 
 class InvalidRequest(CallerError):

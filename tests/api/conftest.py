@@ -26,7 +26,7 @@ CONFIG = """
 [node]
 kms_identity = "sip:kms.ims.example.net"
 data_dir = "data"
-workers = 8
+workers = {workers}
 
 [hsm]
 token_uri = "pkcs11:token={label}"
@@ -101,6 +101,7 @@ def start_node(
     extra_users: tuple[tuple[str, bytes], ...] = (),
     roles: str = ROLES,
     listener_extra: str = "",
+    workers: int = 8,
 ) -> RunningNode:
     """A node in `tmp_path` with users alice (alias tel:+15550100) and bob, plus `extra_users`;
     `extra_config` is appended to the TOML config, `roles` is the body of its [roles],
@@ -115,6 +116,7 @@ def start_node(
             forking="true" if forking else "false",
             roles=roles,
             listener_extra=listener_extra,
+            workers=workers,
         )
         + extra_config
     )
