@@ -5,7 +5,10 @@ Rules:
   credentials named in the config's [clients] (or --ca/--cert/--key); the endpoint is the one
   the running node recorded in <data_dir>/listeners.json, else the configured LI address.
 - `audit verify` checks the log on this machine with the HSM audit key and names the first bad
-  record; it exits 0 only when the log is intact.
+  record; it lists the acknowledged gaps and exits 0 only when the log is intact.
+- `audit accept-gap --reason TEXT` runs only while the node is stopped (the runtime file must not
+  name a live process, and the log's writer lock must be free) and writes the signed AUDIT_GAP
+  record that lets the node start again (firmware/audit/recovery.py).
 - `df2 get-keys` takes TRANSFER_INIT / TRANSFER_RESP from the SDP a=key-mgmt:mikey lines and
   prints TEK, salt and SPI per crypto session; a refusal prints its reason and exits 1.
 """
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from firmware import config as config_mod
-from firmware.core.errors import ConfigError
+from firmware.core.errors import ConfigError, KmsError
 
 
 def _endpoint(cfg: config_mod.Config, given: str | None) -> str:
@@ -204,11 +207,46 @@ def user_via_node(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _gap_text(gap: Any) -> str:
+    missing = (
+        f"records {gap.first}..{gap.last} ({gap.missing} missing)"
+        if gap.missing
+        else "no record known to be missing (a head that did not verify)"
+    )
+    when = datetime.datetime.fromtimestamp(gap.time, datetime.UTC).isoformat()
+    return f"{missing}, accepted {when} by record {gap.record}: {gap.reason}"
+
+
+def _accept_gap(cfg: config_mod.Config, reason: str) -> int:
+    """Run while the node is stopped: it refuses when the node's runtime file names a live
+    process, and the log's writer lock (held by a running node's AuditLog) refuses too."""
+    from firmware.audit.recovery import accept_gap
+    from firmware.cli import _node_running
+    from firmware.node import open_store, open_vault
+
+    if _node_running(cfg):
+        raise KmsError(f"the node is running ({cfg.runtime_file}): stop it before accepting a gap")
+    store = open_store(cfg)
+    try:
+        vault = open_vault(cfg, monitor=False)
+        try:
+            gap = accept_gap(cfg.audit_log, vault.audit_hmac, store, reason, time.time())
+        finally:
+            vault.close()
+    finally:
+        store.close()
+    print(f"gap accepted: {_gap_text(gap)}")
+    print("the node raises a TAMPER alarm at its next start")
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from firmware.audit.log import verify
     from firmware.node import open_store, open_vault
 
     cfg = config_mod.load(args.config)
+    if args.action == "accept-gap":
+        return _accept_gap(cfg, args.reason)
     store = open_store(cfg)
     try:
         kept = store.audit_head()  # read before the log: a running node only adds records
@@ -219,6 +257,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         result = verify(cfg.audit_log, vault.audit_hmac, kept=kept)
     finally:
         vault.close()
+    for gap in result.gaps:
+        print(f"acknowledged gap: {_gap_text(gap)}")
     if result.intact:
         print(f"audit log intact: {result.records} records")
         return 0
@@ -288,6 +328,12 @@ def add_commands(sub: Any, cfg: argparse.ArgumentParser) -> None:
     p = sub.add_parser("audit", help="the audit log")
     au = p.add_subparsers(dest="action", required=True)
     au.add_parser("verify", parents=[cfg])
+    gap = au.add_parser(
+        "accept-gap",
+        parents=[cfg],
+        help="after investigating, acknowledge what stops the start (node stopped)",
+    )
+    gap.add_argument("--reason", required=True, help="why the gap is accepted (recorded)")
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("df2", help="DF2/MF tool: fetch session keys over Xk")

@@ -1,7 +1,9 @@
+"""The writer and verify on an HMAC key: chain, group commit, what verify names, live snapshots.
+Every log starts with the NODE_STARTED record its first writer made (record 1)."""
+
 from __future__ import annotations
 
-import hashlib
-import hmac
+import json
 import threading
 from pathlib import Path
 
@@ -9,12 +11,7 @@ import pytest
 
 from firmware.audit.log import AuditLog, verify
 from firmware.core.errors import AuditUnavailable, HsmUnavailable
-
-KEY = b"k" * 32
-
-
-def mac(data: bytes) -> bytes:
-    return hmac.digest(KEY, data, hashlib.sha256)
+from tests.audit.fakes import Heads, mac, other_mac
 
 
 def _log(tmp_path: Path, n: int) -> Path:
@@ -30,33 +27,38 @@ def _lines(path: Path) -> list[bytes]:
     return path.read_bytes().splitlines(keepends=True)
 
 
+def _events(path: Path) -> list[str]:
+    return [json.loads(line)["event"] for line in _lines(path)]
+
+
 def test_an_untouched_log_verifies(tmp_path: Path) -> None:
     result = verify(_log(tmp_path, 5), mac)
-    assert (result.intact, result.records, result.first_bad) == (True, 5, 0)
+    assert (result.intact, result.records, result.first_bad, result.gaps) == (True, 6, 0, ())
+    assert _events(tmp_path / "audit.log") == ["NODE_STARTED"] + ["KEY_RELEASE"] * 5
 
 
 def test_names_a_changed_record(tmp_path: Path) -> None:
     path = _log(tmp_path, 5)
     lines = _lines(path)
-    lines[2] = lines[2].replace(b"u2", b"u9")
+    lines[3] = lines[3].replace(b"u2", b"u9")
     path.write_bytes(b"".join(lines))
-    assert verify(path, mac).first_bad == 3
+    assert verify(path, mac).first_bad == 4
 
 
 def test_names_a_removed_record(tmp_path: Path) -> None:
     path = _log(tmp_path, 5)
     lines = _lines(path)
-    del lines[1]
+    del lines[2]
     path.write_bytes(b"".join(lines))
-    assert verify(path, mac).first_bad == 2
+    assert verify(path, mac).first_bad == 3
 
 
 def test_names_reordered_records(tmp_path: Path) -> None:
     path = _log(tmp_path, 5)
     lines = _lines(path)
-    lines[3], lines[4] = lines[4], lines[3]
+    lines[4], lines[5] = lines[5], lines[4]
     path.write_bytes(b"".join(lines))
-    assert verify(path, mac).first_bad == 4
+    assert verify(path, mac).first_bad == 5
 
 
 def test_a_cut_tail_shows_through_the_signed_head(tmp_path: Path) -> None:
@@ -67,18 +69,16 @@ def test_a_cut_tail_shows_through_the_signed_head(tmp_path: Path) -> None:
 
 
 def test_another_key_does_not_verify(tmp_path: Path) -> None:
-    path = _log(tmp_path, 2)
-    assert verify(path, lambda d: hmac.digest(b"x" * 32, d, hashlib.sha256)).first_bad == 1
+    assert verify(_log(tmp_path, 2), other_mac).first_bad == 1
 
 
-def test_a_torn_last_line_is_cut_and_the_chain_goes_on(tmp_path: Path) -> None:
+def test_a_torn_last_line_is_reported_by_verify_before_the_next_start(tmp_path: Path) -> None:
     path = _log(tmp_path, 3)
     with open(path, "ab") as handle:
-        handle.write(b'{"seq":4,"ti')
-    log = AuditLog(path, mac)
-    assert log.append(2000.0, "X", {}) == 4
-    log.close()
-    assert verify(path, mac).intact
+        handle.write(b'{"event":"KEY_RE')
+    result = verify(path, mac)
+    assert (result.intact, result.records, result.first_bad) == (False, 4, 5)
+    assert "incomplete" in result.detail
 
 
 def test_concurrent_appends_are_all_durable_and_chained(tmp_path: Path) -> None:
@@ -99,8 +99,12 @@ def test_concurrent_appends_are_all_durable_and_chained(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     log.close()
-    assert sorted(seqs) == list(range(1, 401))
-    assert verify(path, mac).records == 400 and verify(path, mac).intact
+    assert sorted(seqs) == list(range(2, 402))
+    result = verify(path, mac)
+    assert result.records == 401 and result.intact
+    records = [json.loads(line) for line in _lines(path)]
+    assert all(r["seq"] == s for r, s in zip(records[1:], range(2, 402), strict=True))
+    assert {r["seq"] for r in records if r["event"] == "E"} == set(seqs)
 
 
 def test_append_fails_closed_when_the_hsm_cannot_mac(tmp_path: Path) -> None:
@@ -108,62 +112,63 @@ def test_append_fails_closed_when_the_hsm_cannot_mac(tmp_path: Path) -> None:
 
     def flaky(data: bytes) -> bytes:
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == 3:  # NODE_STARTED took a record's and a head's MAC
             raise HsmUnavailable("gone")
         return mac(data)
 
-    log = AuditLog(tmp_path / "audit.log", flaky)
-    log.append(1.0, "A", {})  # record + head: 2 MACs
-    with pytest.raises(AuditUnavailable):
-        log.append(2.0, "B", {})
+    seen: list[tuple[bool, str]] = []
+    log = AuditLog(tmp_path / "audit.log", flaky, on_availability=lambda *a: seen.append(a))
+    with pytest.raises(AuditUnavailable, match="HSM_UNAVAILABLE"):
+        log.append(1.0, "A", {})
     assert log.append(3.0, "C", {}) == 2
     log.close()
     assert verify(tmp_path / "audit.log", mac).intact
+    assert [a for a, _ in seen] == [False, True]
+    assert _events(tmp_path / "audit.log") == ["NODE_STARTED", "C"]
 
 
-class _Heads:
-    def __init__(self) -> None:
-        self.head: tuple[int, bytes] | None = None
-
-    def audit_head(self) -> tuple[int, bytes] | None:
-        return self.head
-
-    def set_audit_head(self, count: int, mac: bytes) -> None:
-        self.head = (count, mac)
+def test_a_second_writer_of_the_same_log_is_refused(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.log", mac)
+    try:
+        with pytest.raises(AuditUnavailable, match="in use"):
+            AuditLog(tmp_path / "audit.log", mac)
+    finally:
+        log.close()
+    AuditLog(tmp_path / "audit.log", mac).close()  # the lock went with the first writer
 
 
 def test_a_cut_tail_with_an_old_genuine_head_put_back_shows_through_the_store(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "audit.log"
-    heads = _Heads()
+    heads = Heads()
     log = AuditLog(path, mac, head_store=heads)
     log.append(1.0, "A", {})
     old_head = (tmp_path / "audit.log.head").read_bytes()
     size = path.stat().st_size
     log.append(2.0, "B", {})
     log.close()
-    assert heads.head is not None and heads.head[0] == 2
+    assert heads.head is not None and heads.head[0] == 3
     with open(path, "r+b") as handle:
         handle.truncate(size)
     (tmp_path / "audit.log.head").write_bytes(old_head)
     assert verify(path, mac).intact  # the file alone cannot tell
     result = verify(path, mac, kept=heads.head)
-    assert not result.intact and result.first_bad == 2
+    assert not result.intact and result.first_bad == 3
 
 
-def test_restart_after_a_crash_before_the_head_moves_both_heads_forward(tmp_path: Path) -> None:
+def test_a_live_snapshot_verifies_and_finds_a_tail_cut_under_an_old_head(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
-    heads = _Heads()
-    log = AuditLog(path, mac, head_store=heads)
-    log.append(1.0, "A", {})
-    log.close()
-    stale = heads.head
-    log = AuditLog(path, mac, head_store=heads)
-    log.append(2.0, "B", {})
-    log.close()
-    heads.head = stale  # the crash hit between the log's fsync and the store's commit
-    log = AuditLog(path, mac, head_store=heads)
-    log.close()
-    assert heads.head is not None and heads.head[0] == 2
-    assert verify(path, mac, kept=heads.head).intact
+    log = AuditLog(path, mac)
+    try:
+        log.append(1.0, "A", {})
+        old_head, size = (tmp_path / "audit.log.head").read_bytes(), path.stat().st_size
+        log.append(2.0, "B", {})
+        assert verify(path, mac, log.snapshot()).intact
+        with open(path, "r+b") as handle:
+            handle.truncate(size)
+        (tmp_path / "audit.log.head").write_bytes(old_head)
+        result = verify(path, mac, log.snapshot())
+        assert (result.intact, result.first_bad) == (False, 3)
+    finally:
+        log.close()
