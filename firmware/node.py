@@ -7,7 +7,11 @@ Rules:
   back (cli.py calls it).
 - Health follows the HSM: NOT_SERVING on every listener while the vault is unavailable.
 - Node alarms (no request caused them, so every DF2 watcher sees them): HSM_REMOVED /
-  HSM_RESTORED, CONFIG_RELOAD_FAILED.
+  HSM_RESTORED, AUDIT_UNAVAILABLE / AUDIT_RESTORED (a failed or short audit write, then the
+  first write that succeeds again: the node stays up and refuses releases meanwhile), TAMPER at
+  start for each audit gap an operator accepted since the last start, CONFIG_RELOAD_FAILED.
+- Building takes ownership of the vault and store it is given: if any part fails, what was
+  opened is closed again (no logged-in session is left behind).
 - SIGHUP (`reload_roles`) re-reads [roles] (members, revoked serials and fingerprints, the CRL)
   from the config file; a config that does not load keeps the old roles and raises an alarm.
 - Stop: listeners stop accepting, in-flight RPCs get `grace` seconds, then state is closed.
@@ -135,7 +139,28 @@ class Node:
     ) -> Node:
         """Every part from the config; listeners bound, not started."""
         raw_vault = vault if vault is not None else open_vault(cfg)
-        store = store if store is not None else open_store(cfg)
+        opened: list[Any] = [raw_vault]
+        try:
+            store = store if store is not None else open_store(cfg)
+            opened.append(store)
+            return cls._assemble(cfg, raw_vault, store, clock, opened)
+        except BaseException:
+            for part in reversed(opened):
+                try:
+                    part.close()
+                except Exception:  # closing what failed to start must not hide why it failed
+                    log.exception("closing %s after a failed start", type(part).__name__)
+            raise
+
+    @classmethod
+    def _assemble(
+        cls,
+        cfg: Config,
+        raw_vault: Pkcs11Vault,
+        store: SqliteStore,
+        clock: Callable[[], float],
+        opened: list[Any],
+    ) -> Node:
         metrics = Metrics()
         ivault = InstrumentedVault(raw_vault, metrics)
         alarms = AlarmBus(
@@ -147,9 +172,22 @@ class Node:
             dropped=metrics.alarms_dropped.inc,
         )
         cfg.audit_log.parent.mkdir(parents=True, exist_ok=True)
+
+        def on_audit(available: bool, reason: str) -> None:
+            log.warning("audit log %s: %s", "writable again" if available else "FAILING", reason)
+            alarms.raise_alarm(
+                "AUDIT_RESTORED" if available else "AUDIT_UNAVAILABLE", detail=reason
+            )
+
         audit = AuditLog(
-            cfg.audit_log, ivault.audit_hmac, metrics.audit_records.inc, head_store=store
+            cfg.audit_log,
+            ivault.audit_hmac,
+            metrics.audit_records.inc,
+            head_store=store,
+            on_availability=on_audit,
+            clock=clock,
         )
+        opened.append(audit)
         refusals = Refusals(
             audit,
             alarms,
@@ -275,6 +313,13 @@ class Node:
             self.metrics_server = self.metrics.serve(self.cfg.metrics_address)
         if self.cfg.hsm.device_match:
             self.hotplug = _start_hotplug(self.cfg.hsm.device_match, self.raw_vault)
+        for gap in self.audit.start_findings.accepted_gaps:
+            detail = (
+                f"audit gap accepted by an operator: records {gap.first}..{gap.last}"
+                f" ({max(gap.missing, 0)} missing): {gap.reason}"
+            )
+            log.error("TAMPER: %s", detail)
+            self.alarms.raise_alarm("TAMPER", detail=detail, sticky=True)
         threading.Thread(target=self._sweeper, name="key-sweeper", daemon=True).start()
 
     def reload_roles(self) -> bool:

@@ -45,6 +45,8 @@ TABLE: dict[type[errors.KmsError], grpc.StatusCode] = {
     errors.MessageAuthFailed: grpc.StatusCode.PERMISSION_DENIED,
     errors.TargetMismatch: grpc.StatusCode.PERMISSION_DENIED,
     errors.StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.AuditHeadRegression: grpc.StatusCode.UNAVAILABLE,
+    errors.SchemaNewerThanCode: grpc.StatusCode.FAILED_PRECONDITION,
     errors.AuditIntegrityError: grpc.StatusCode.UNAVAILABLE,
     errors.TooManyStreams: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }

@@ -11,6 +11,8 @@ Rules:
   alarm saying how many were lost. A watcher that never reads costs at most `queue_size` alarms.
 - At most `per_identity` watchers per certificate identity (the caller's identities), at most
   `max_watchers` in all: `subscribe` refuses more with TooManyStreams.
+- A sticky alarm (TAMPER at start: nobody can be watching yet) is also kept, at most
+  `sticky_max`, and handed to every watcher that subscribes later, first, if it may see it.
 - Alarms carry identities, reasons and ids, never key material. The bus counts alarms through an
   optional callback (the metrics); writing the audit record is the raiser's job.
 """
@@ -105,6 +107,7 @@ class AlarmBus:
         per_identity: int = 4,
         max_watchers: int = 64,
         dropped: Callable[[], None] | None = None,
+        sticky_max: int = 16,
     ) -> None:
         self._clock = clock
         self._counted, self._dropped = counted, dropped
@@ -114,6 +117,7 @@ class AlarmBus:
             max_watchers,
         )
         self._subscribers: list[Subscription] = []
+        self._sticky: collections.deque[Alarm] = collections.deque(maxlen=sticky_max)
         self._lock = threading.Lock()
 
     def now(self) -> float:
@@ -129,6 +133,9 @@ class AlarmBus:
                 raise TooManyStreams(f"at most {self.per_identity} alarm watchers per identity")
             sub = Subscription(self, watcher, self.queue_size)
             self._subscribers.append(sub)
+            for alarm in self._sticky:
+                if visible_to(alarm, watcher):
+                    sub.put(alarm)
         return sub
 
     def _unsubscribe(self, sub: Subscription) -> None:
@@ -148,6 +155,8 @@ class AlarmBus:
         liid: str = "",
         correlation_id: str = "",
         detail: str = "",
+        *,
+        sticky: bool = False,
     ) -> Alarm:
         alarm = Alarm(
             self._clock(),
@@ -161,6 +170,8 @@ class AlarmBus:
         )
         with self._lock:
             subscribers = list(self._subscribers)
+            if sticky:
+                self._sticky.append(alarm)
         for sub in subscribers:
             if visible_to(alarm, sub.watcher) and not sub.put(alarm) and self._dropped:
                 self._dropped()

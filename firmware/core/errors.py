@@ -66,9 +66,29 @@ class ConfigError(KmsError):
 
 
 class StoreUnavailable(KmsError):
-    """The state store cannot be reached (database down, pool exhausted); retry later."""
+    """The state store cannot be reached or did not complete the operation; retry later.
+
+    Stores turn every driver error (connection refused, server gone, pool timeout, disk I/O)
+    into this, named by failure class and SQLSTATE, never a password, URL or stored value.
+    Nothing of a write that raised it was committed, except when the connection was lost during
+    COMMIT itself (PostgreSQL cannot tell then): callers treat such a write as failed.
+    """
 
     reason = "STORE_UNAVAILABLE"
+
+
+class AuditHeadRegression(KmsError):
+    """`set_audit_head` would lower the stored audit head, or replace it at the same count with
+    another MAC: records the state counted would vanish from the chain (tampering, or a state
+    and log that do not belong together)."""
+
+    reason = "AUDIT_UNAVAILABLE"
+
+
+class SchemaNewerThanCode(KmsError):
+    """The state database was migrated by a newer node; this node refuses to use it."""
+
+    reason = "STATE_DAMAGED"
 
 
 class AuditIntegrityError(KmsError):

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from firmware.core.errors import InvalidRequest
+from firmware.core.errors import AuditHeadRegression, InvalidRequest
 from firmware.core.ports import User, Warrant
-from firmware.store.errors import AuditHeadRegression
 
 COUNTER_OFFSET = 1 << 63
 

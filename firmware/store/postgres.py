@@ -47,7 +47,7 @@ import psycopg.errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
-from firmware.core.errors import ConfigError
+from firmware.core.errors import ConfigError, SchemaNewerThanCode, StoreUnavailable
 from firmware.core.ports import (
     KeyName,
     KeyRecord,
@@ -63,7 +63,6 @@ from firmware.store.common import (
     check_warrant,
     counter_key,
 )
-from firmware.store.errors import SchemaNewerThanCode, StoreUnavailable
 from firmware.store.password import read_password
 
 __all__ = ["MIGRATIONS", "PostgresStore", "read_password"]

@@ -36,8 +36,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from firmware.core.errors import StoreUnavailable
 from firmware.core.freshness import StaleTimestamp
-from firmware.store.errors import StoreUnavailable
 from firmware.store.postgres import PostgresStore
 
 log = logging.getLogger("kmsnode.store")

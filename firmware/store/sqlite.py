@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from firmware.core.errors import SchemaNewerThanCode, StoreUnavailable
 from firmware.core.ports import (
     KeyName,
     KeyRecord,
@@ -49,7 +50,6 @@ from firmware.store.common import (
     check_warrant,
     counter_key,
 )
-from firmware.store.errors import SchemaNewerThanCode, StoreUnavailable
 
 
 def _df2_to_json(db: sqlite3.Connection) -> None:

@@ -32,6 +32,7 @@ from hsm.vault import Pkcs11Vault, VaultSettings
 from tests.api import conftest as api_conftest
 from tests.api.conftest import RunningNode, start_node
 from tests.calls import BOB
+from tests.xk.conftest import AlarmWatcher
 
 pytestmark = pytest.mark.softhsm
 
@@ -222,6 +223,14 @@ def test_accept_gap_lets_the_node_start_with_the_gap_reported_and_verify_audit_i
     rn = nodes.start()
     (gap,) = rn.node.audit.start_findings.accepted_gaps
     assert (gap.first, gap.last, gap.record, gap.reason) == (n + 1, n + 3, n + 4, "disk swapped")
+    # TAMPER at start reaches the watchers that subscribe after it (nobody could watch before)
+    watcher = AlarmWatcher(rn.channel("li", "df2"))
+    try:
+        alarm = watcher.next()
+        assert alarm.reason == "TAMPER" and "disk swapped" in alarm.detail
+        assert f"records {n + 1}..{n + 3}" in alarm.detail
+    finally:
+        watcher.close()
     answer = _verify_audit(rn)
     records = len(_lines(cfg.audit_log))
     assert (answer.intact, answer.records, answer.first_bad_record) == (True, records, 0)

@@ -111,3 +111,11 @@ def test_a_closed_watcher_frees_its_place() -> None:
     sub.close()
     bus.subscribe(DF2)
     assert bus.watchers == 1
+
+
+def test_a_sticky_alarm_reaches_watchers_that_subscribe_later_and_others_do_not() -> None:
+    bus = _bus()
+    bus.raise_alarm("TAMPER", detail="gap accepted", sticky=True)
+    bus.raise_alarm("HSM_REMOVED", detail="not sticky")
+    assert _drain(bus.subscribe(DF2)) == [("TAMPER", "")]
+    assert _drain(bus.subscribe(NOBODY)) == []

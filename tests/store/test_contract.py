@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from firmware.core.errors import InvalidRequest
+from firmware.core.errors import AuditHeadRegression, InvalidRequest, SchemaNewerThanCode
 from firmware.core.ports import (
     KeyName,
     KeyRecord,
@@ -17,7 +17,6 @@ from firmware.core.ports import (
     Warrant,
     WrappedKey,
 )
-from firmware.store.errors import AuditHeadRegression, SchemaNewerThanCode
 from tests.store.conftest import Backend, ClosableStore
 
 

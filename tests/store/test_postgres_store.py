@@ -10,9 +10,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from firmware.core.errors import ConfigError
+from firmware.core.errors import ConfigError, StoreUnavailable
 from firmware.core.ports import Resolution
-from firmware.store.errors import StoreUnavailable
 from firmware.store.postgres import MIGRATIONS, PostgresStore, read_password
 from tests.pg import PASSWORD, PASSWORD_ROLE, PgServer, _free_port
 

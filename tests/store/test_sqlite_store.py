@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from firmware.core.errors import StoreUnavailable
 from firmware.core.ports import Resolution, Warrant
-from firmware.store.errors import StoreUnavailable
 from firmware.store.sqlite import MIGRATIONS, SqliteStore
 
 

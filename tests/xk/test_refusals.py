@@ -268,13 +268,16 @@ def test_hsm_loss_refuses_unavailable_alarms_once_and_audits_loss_and_return(
             assert error_reason(info.value) == "HSM_UNAVAILABLE"
     finally:
         vault.device_added()
-    # the node alarm, each refused request's own alarm (with its LIID), the node alarm
-    alarms = [watcher.next() for _ in range(4)]
+    # the node alarms (the HSM, and the audit log it keys), each refused request's own alarm
+    # (with its LIID), the node alarms again; the log is writable again with the first record
+    alarms = [watcher.next() for _ in range(6)]
     assert [(a.reason, a.liid) for a in alarms] == [
         ("HSM_REMOVED", ""),
+        ("AUDIT_UNAVAILABLE", ""),
         ("HSM_UNAVAILABLE", liid),
         ("HSM_UNAVAILABLE", liid),
         ("HSM_RESTORED", ""),
+        ("AUDIT_RESTORED", ""),
     ]
     # the loss is recorded once the HSM (which keys the audit log) is back, by its own thread
     for thread in threading.enumerate():
@@ -304,13 +307,15 @@ def test_a_refusal_while_the_audit_log_cannot_be_written_still_alarms_at_once(
         vault.device_added()
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert error_reason(info.value) == "AUDIT_UNAVAILABLE"
-    alarms = [watcher.next() for _ in range(3)]
+    alarms = [watcher.next() for _ in range(5)]
     assert [(a.reason, a.correlation_id) for a in alarms] == [
         ("HSM_REMOVED", ""),
+        ("AUDIT_UNAVAILABLE", ""),
         ("NO_ACTIVE_WARRANT", corr),
         ("HSM_RESTORED", ""),
+        ("AUDIT_RESTORED", ""),
     ]
-    assert alarms[1].liid == liid
+    assert alarms[2].liid == liid
     for thread in threading.enumerate():
         if thread.name == "hsm-audit":
             thread.join(timeout=DEADLINE)
