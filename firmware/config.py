@@ -10,6 +10,7 @@ Rules:
 
 from __future__ import annotations
 
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,21 @@ class RolesConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """[store]: PostgreSQL shared by every node of a cluster; without `url`, the embedded SQLite
+    file ([node] state_db) of a single process. The password comes from a file or a systemd
+    credential, never from the URL or this text."""
+
+    url: str | None = None
+    password_file: Path | None = None
+    password_credential: str | None = None
+
+    @property
+    def shared(self) -> bool:
+        return self.url is not None
+
+
+@dataclass(frozen=True)
 class AlarmConfig:
     queue_size: int = 1000  # per watcher; the oldest are dropped beyond it
     watchers_per_identity: int = 4
@@ -106,6 +122,9 @@ class Config:
     metrics_address: str | None
     grace_period: float = 10.0
     workers: int = 2  # gRPC handler threads per listener (more threads thrash the GIL: measured)
+    node_id: str = "node"  # this node's name in a cluster: its audit chain, its alarms' origin
+    processes: int = 1  # worker processes sharing the listeners (SO_REUSEPORT; PostgreSQL only)
+    store: StoreConfig = field(default_factory=StoreConfig)
     clients: ClientConfig = field(default_factory=ClientConfig)
     alarms: AlarmConfig = field(default_factory=AlarmConfig)
     refused_records_per_second: int = 10  # audit records of refusals per role-less certificate
@@ -127,6 +146,7 @@ _SECTIONS = {
     "clients",
     "alarms",
     "audit",
+    "store",
 }
 
 
@@ -271,7 +291,11 @@ def load(path: Path | str) -> Config:
     audit_log = Path(node.text("audit_log", "audit.log"))
     grace = node.number("grace_period", 10.0)
     workers = int(node.number("workers", 2))
+    node_id = node.text("node_id", socket.gethostname() or "node")
+    processes = int(node.number("processes", 1))
     node.done()
+    if not node_id or len(node_id) > 64 or not all(c.isalnum() or c in "-_." for c in node_id):
+        raise ConfigError("node.node_id must be 1 to 64 letters, digits, '-', '_' or '.'")
 
     hsm = _Section("hsm", raw.get("hsm", {}), base)
     if "pin" in hsm.data or "pin_value" in hsm.data:
@@ -332,6 +356,26 @@ def load(path: Path | str) -> Config:
     refused_per_second = int(au.number("refused_records_per_second", 10))
     au.done()
 
+    st = _Section("store", raw.get("store", {}), base)
+    if "password" in st.data:
+        raise ConfigError(
+            "store: a password must not be written in the config;"
+            " use password_file or password_credential"
+        )
+    store = StoreConfig(
+        url=st.text("url"),
+        password_file=st.path("password_file"),
+        password_credential=st.text("password_credential"),
+    )
+    st.done()
+    if store.url is None and (store.password_file or store.password_credential):
+        raise ConfigError("store: a password is given but no url")
+    if processes > 1 and not store.shared:
+        raise ConfigError(
+            "node.processes > 1 needs [store] url (PostgreSQL): worker processes share the"
+            " replay cache, alarms and state, which the embedded SQLite store cannot"
+        )
+
     cl = _Section("clients", raw.get("clients", {}), base)
     clients = ClientConfig(
         ca=cl.path("ca"),
@@ -359,4 +403,7 @@ def load(path: Path | str) -> Config:
         clients=clients,
         alarms=alarms,
         refused_records_per_second=refused_per_second,
+        node_id=node_id,
+        processes=processes,
+        store=store,
     )

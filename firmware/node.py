@@ -43,6 +43,7 @@ from firmware.config import Config
 from firmware.core.admin import Admin
 from firmware.core.errors import KmsError
 from firmware.core.freshness import ReplayCache
+from firmware.core.ports import ReplayGuard, Store
 from firmware.core.refusals import Refusals
 from firmware.core.tickets import TicketCore, TicketSettings
 from firmware.core.xk import KeyRelease, XkSettings
@@ -74,9 +75,47 @@ def open_vault(cfg: Config, monitor: bool = True) -> Pkcs11Vault:
     return Pkcs11Vault.open(settings, monitor=monitor)
 
 
-def open_store(cfg: Config) -> SqliteStore:
+def open_store(cfg: Config) -> Store:
+    """PostgreSQL ([store] url, shared by a cluster; this node's audit head is its chain's)
+    or the embedded SQLite file."""
+    if cfg.store.url is not None:
+        from firmware.store.password import read_password
+        from firmware.store.postgres import PostgresStore
+
+        password = None
+        if cfg.store.password_file or cfg.store.password_credential:
+            password = read_password(cfg.store.password_file, cfg.store.password_credential)
+        return PostgresStore(cfg.store.url, password, audit_chain=cfg.node_id)
     cfg.state_db.parent.mkdir(parents=True, exist_ok=True)
     return SqliteStore(cfg.state_db)
+
+
+def _replay_guard(cfg: Config, store: Store, now: float) -> ReplayGuard:
+    """The replay cache: shared in PostgreSQL by a cluster, else in this process's memory."""
+    from firmware.store.postgres import PostgresStore
+
+    if isinstance(store, PostgresStore):
+        from firmware.store.replay import PostgresReplayCache
+
+        return PostgresReplayCache(
+            store, cfg.policy.clock_skew, now, cfg.policy.replay_cache_capacity
+        )
+    return ReplayCache(cfg.policy.clock_skew, now, cfg.policy.replay_cache_capacity)
+
+
+def _alarm_relay(store: Store, alarms: AlarmBus, metrics: Metrics) -> Any:
+    """With a shared store, alarms reach every node's watchers (LISTEN/NOTIFY)."""
+    from firmware.store.postgres import PostgresStore
+
+    if not isinstance(store, PostgresStore):
+        return None
+    from firmware.store.alarm_relay import AlarmRelay
+
+    relay = AlarmRelay(
+        store.dedicated, alarms.node, alarms.deliver, dropped=metrics.alarms_dropped.inc
+    )
+    alarms.publish = relay.publish
+    return relay
 
 
 def _read(path: Path) -> bytes:
@@ -102,7 +141,7 @@ class Node:
     cfg: Config
     raw_vault: Pkcs11Vault
     vault: InstrumentedVault
-    store: SqliteStore
+    store: Store
     metrics: Metrics
     alarms: AlarmBus
     audit: AuditLog
@@ -114,10 +153,12 @@ class Node:
     ue: api_server.Listener
     li: api_server.Listener
     clock: Callable[[], float]
+    extras: list[Any] = field(default_factory=list)  # closed at stop: replay cache, alarm relay
     metrics_server: Any = None
     hotplug: Any = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _hsm_lost_at: float | None = None
+    _down: set[str] = field(default_factory=set)  # "hsm", "store": what keeps us NOT_SERVING
 
     @property
     def ue_port(self) -> int:
@@ -134,7 +175,7 @@ class Node:
         cls,
         cfg: Config,
         vault: Pkcs11Vault | None = None,
-        store: SqliteStore | None = None,
+        store: Store | None = None,
         clock: Callable[[], float] = time.time,
     ) -> Node:
         """Every part from the config; listeners bound, not started."""
@@ -157,7 +198,7 @@ class Node:
         cls,
         cfg: Config,
         raw_vault: Pkcs11Vault,
-        store: SqliteStore,
+        store: Store,
         clock: Callable[[], float],
         opened: list[Any],
     ) -> Node:
@@ -170,7 +211,11 @@ class Node:
             per_identity=cfg.alarms.watchers_per_identity,
             max_watchers=cfg.alarms.max_watchers,
             dropped=metrics.alarms_dropped.inc,
+            node=cfg.node_id,
         )
+        relay = _alarm_relay(store, alarms, metrics)
+        if relay is not None:
+            opened.append(relay)
         cfg.audit_log.parent.mkdir(parents=True, exist_ok=True)
 
         def on_audit(available: bool, reason: str) -> None:
@@ -199,7 +244,9 @@ class Node:
             ivault, store, audit, clock, cfg.policy.max_ticket_lifetime, cfg.policy.clock_skew
         )
         admin.record_existing()
-        replay = ReplayCache(cfg.policy.clock_skew, clock(), cfg.policy.replay_cache_capacity)
+        replay = _replay_guard(cfg, store, clock())
+        if hasattr(replay, "close"):
+            opened.append(replay)
         tickets = TicketCore(
             ivault,
             store,
@@ -238,6 +285,7 @@ class Node:
             ],
             cfg.workers,
             metrics,
+            reuse_port=cfg.processes > 1,
         )
         li = api_server.make_listener(
             "li",
@@ -266,6 +314,7 @@ class Node:
             metrics,
             require_tls13=True,
             reflection_guard=gate.guard_reflection,
+            reuse_port=cfg.processes > 1,
         )
         return cls(
             cfg,
@@ -283,6 +332,7 @@ class Node:
             ue,
             li,
             clock,
+            extras=[part for part in opened if part is replay or part is relay],
         )
 
     # --- running ----------------------------------------------------------------------------
@@ -292,7 +342,7 @@ class Node:
         cls,
         cfg: Config,
         vault: Pkcs11Vault | None = None,
-        store: SqliteStore | None = None,
+        store: Store | None = None,
         clock: Callable[[], float] = time.time,
     ) -> Node:
         """Build and start."""
@@ -307,8 +357,11 @@ class Node:
         self.li.server.start()
         serving = bool(self.vault.available())
         self.metrics.hsm_available.set(1 if serving else 0)
-        self.ue.set_serving(serving)
-        self.li.set_serving(serving)
+        if not serving:
+            self._down.add("hsm")
+        self._update_health()
+        if hasattr(self.store, "ping"):
+            threading.Thread(target=self._store_monitor, name="store-probe", daemon=True).start()
         if self.cfg.metrics_address:
             self.metrics_server = self.metrics.serve(self.cfg.metrics_address)
         if self.cfg.hsm.device_match:
@@ -337,8 +390,8 @@ class Node:
         """HSM removal/return: health, metric, alarm now; audit records once the HSM (which
         keys the audit log) is back, so both events are in the log."""
         log.warning("HSM %s: %s", "available" if available else "UNAVAILABLE", reason)
-        self.ue.set_serving(available)
-        self.li.set_serving(available)
+        (self._down.discard if available else self._down.add)("hsm")
+        self._update_health()
         self.metrics.hsm_available.set(1 if available else 0)
         now = self.clock()
         self.alarms.raise_alarm("HSM_RESTORED" if available else "HSM_REMOVED", detail=reason)
@@ -357,6 +410,30 @@ class Node:
 
         threading.Thread(target=record, name="hsm-audit", daemon=True).start()
 
+    def _update_health(self) -> None:
+        serving = not self._down and not self._stop.is_set()
+        self.ue.set_serving(serving)
+        self.li.set_serving(serving)
+
+    def _store_monitor(self) -> None:
+        """A shared store (PostgreSQL) that stops answering makes the node NOT_SERVING with a
+        STORE_UNAVAILABLE alarm; once it answers again: serving, STORE_RESTORED. Requests fail
+        UNAVAILABLE on their own meanwhile (StoreUnavailable); nothing needs a restart."""
+        interval = self.cfg.hsm.probe_interval
+        while not self._stop.wait(interval):
+            up = bool(self.store.ping())  # type: ignore[attr-defined]
+            if up == ("store" not in self._down):
+                continue
+            (self._down.discard if up else self._down.add)("store")
+            self._update_health()
+            log.warning("state store %s", "answering again" if up else "NOT ANSWERING")
+            self.alarms.raise_alarm(
+                "STORE_RESTORED" if up else "STORE_UNAVAILABLE",
+                detail="the state store answers again"
+                if up
+                else "the state store is not answering",
+            )
+
     def _sweeper(self) -> None:
         """Destroy retired ticket key versions once their tickets have expired (hourly)."""
         while not self._stop.wait(3600.0):
@@ -371,8 +448,7 @@ class Node:
 
     def stop(self, grace: float) -> None:
         self._stop.set()
-        self.ue.set_serving(False)
-        self.li.set_serving(False)
+        self._update_health()
         ue_done = self.ue.server.stop(grace)
         li_done = self.li.server.stop(grace)
         ue_done.wait()
@@ -386,5 +462,7 @@ class Node:
         except KmsError:
             log.error("suppressed refusals could not be summarised in the audit log")
         self.audit.close()
+        for extra in reversed(self.extras):
+            extra.close()
         self.store.close()
         self.vault.close()

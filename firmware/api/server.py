@@ -22,7 +22,8 @@ Rules:
 - Every RPC is counted by method and final status code; unary RPCs' latency is observed.
 - Health reports NOT_SERVING for every service while the HSM (or the state) is unavailable; the
   unary health Check stays anonymous.
-- SO_REUSEPORT is off: a stale node must never silently share our port.
+- SO_REUSEPORT is off, except for the worker processes of one node ([node] processes > 1), which
+  share the listeners on purpose: a stale node must never silently share our port.
 """
 
 from __future__ import annotations
@@ -61,10 +62,10 @@ REFLECTION_PREFIX = "/grpc.reflection."
 _SPARE_STREAM_THREADS = 4  # so a stream over the cap always finds a thread to be refused in
 
 
-def server_options(limits: ListenerConfig) -> list[tuple[str, int]]:
+def server_options(limits: ListenerConfig, reuse_port: bool = False) -> list[tuple[str, int]]:
     ms = 1000
     return [
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
         ("grpc.max_receive_message_length", MAX_RECEIVE),
         ("grpc.max_send_message_length", 1024 * 1024),
         ("grpc.max_allowed_incoming_connections", limits.max_connections),
@@ -276,9 +277,11 @@ def make_listener(
     *,
     require_tls13: bool = False,
     reflection_guard: Callable[[Any], None] | None = None,
+    reuse_port: bool = False,
 ) -> Listener:
     """Build and bind (not start) a server; `register` yields (add_fn, servicer, service name).
-    Reflection is served only with a `reflection_guard`."""
+    Reflection is served only with a `reflection_guard`. `reuse_port` lets the worker processes
+    of one node share the address (never otherwise: a stale node must not share our port)."""
     slots = StreamSlots(limits.max_streams, limits.max_streams_per_client)
     stream_pool = futures.ThreadPoolExecutor(
         max_workers=limits.max_streams + _SPARE_STREAM_THREADS,
@@ -288,7 +291,7 @@ def make_listener(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name),
         interceptors=[policy],
-        options=server_options(limits),
+        options=server_options(limits, reuse_port),
         maximum_concurrent_rpcs=4096,
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)

@@ -13,6 +13,9 @@ Rules:
   `max_watchers` in all: `subscribe` refuses more with TooManyStreams.
 - A sticky alarm (TAMPER at start: nobody can be watching yet) is also kept, at most
   `sticky_max`, and handed to every watcher that subscribes later, first, if it may see it.
+- In a cluster every alarm raised here is also handed to `publish` (the relay to the other
+  nodes, firmware/store/alarm_relay.py); alarms other nodes raised arrive through `deliver`,
+  reach this node's watchers under the same visibility rules, and are not published again.
 - Alarms carry identities, reasons and ids, never key material. The bus counts alarms through an
   optional callback (the metrics); writing the audit record is the raiser's job.
 """
@@ -39,6 +42,7 @@ class Alarm:
     correlation_id: str
     detail: str
     origin: str = ""  # SHA-256 fingerprint of the causing certificate; "" for node alarms
+    node: str = ""  # the node that raised it (a cluster relays alarms between nodes)
 
 
 def visible_to(alarm: Alarm, watcher: Caller) -> bool:
@@ -108,9 +112,12 @@ class AlarmBus:
         max_watchers: int = 64,
         dropped: Callable[[], None] | None = None,
         sticky_max: int = 16,
+        node: str = "",
     ) -> None:
         self._clock = clock
         self._counted, self._dropped = counted, dropped
+        self.node = node
+        self.publish: Callable[[Alarm], None] | None = None
         self.queue_size, self.per_identity, self.max_watchers = (
             queue_size,
             per_identity,
@@ -167,7 +174,20 @@ class AlarmBus:
             detail,
             # a request always has an origin, so its alarm never passes for a node alarm
             caller.fingerprint or ("" if caller == NODE else "unidentified"),
+            self.node,
         )
+        self._fan_out(alarm, sticky)
+        if self._counted is not None:
+            self._counted(reason)
+        if self.publish is not None:
+            self.publish(alarm)
+        return alarm
+
+    def deliver(self, alarm: Alarm) -> None:
+        """An alarm another node raised: to this node's watchers, not published again."""
+        self._fan_out(alarm, sticky=alarm.reason == "TAMPER")
+
+    def _fan_out(self, alarm: Alarm, sticky: bool) -> None:
         with self._lock:
             subscribers = list(self._subscribers)
             if sticky:
@@ -175,6 +195,3 @@ class AlarmBus:
         for sub in subscribers:
             if visible_to(alarm, sub.watcher) and not sub.put(alarm) and self._dropped:
                 self._dropped()
-        if self._counted is not None:
-            self._counted(reason)
-        return alarm

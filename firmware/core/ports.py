@@ -239,6 +239,18 @@ class KeyRecord:
     destroyed: float | None
 
 
+class ReplayGuard(Protocol):
+    """The timestamp window and replay cache (RFC 3830 5.4): in memory for one process
+    (firmware/core/freshness.py), or shared by every node in PostgreSQL. Both raise
+    StaleTimestamp for a refusal; the shared one also StoreUnavailable."""
+
+    started_at: float
+
+    def check_time(self, stamp: float, now: float) -> None: ...
+
+    def admit(self, key: bytes, stamp: float, now: float) -> None: ...
+
+
 class StoreConflict(Exception):
     """A write would break a uniqueness rule (an identity or PSK id owned by another user)."""
 
@@ -298,3 +310,5 @@ class Store(HeadStore, Protocol):
         ...
 
     def key_records(self, name: KeyName) -> list[KeyRecord]: ...
+
+    def close(self) -> None: ...

@@ -39,7 +39,7 @@ from firmware.core.errors import (
     MalformedMessage,
     NotAuthenticated,
 )
-from firmware.core.freshness import ReplayCache, StaleTimestamp, ntp64_to_unix, unix_to_ntp64
+from firmware.core.freshness import StaleTimestamp, ntp64_to_unix, unix_to_ntp64
 from firmware.core.identity import IdentityError, canonical
 from firmware.core.ours import (
     NotOurs,
@@ -49,7 +49,7 @@ from firmware.core.ours import (
     ticket_id,
     within_validity,
 )
-from firmware.core.ports import KeyName, KeyVault, Resolution, Store, User
+from firmware.core.ports import KeyName, KeyVault, ReplayGuard, Resolution, Store, User
 from firmware.mikey.codec import (
     Kemac,
     KeyData,
@@ -129,7 +129,7 @@ class TicketCore:
         self,
         vault: KeyVault,
         store: Store,
-        replay: ReplayCache,
+        replay: ReplayGuard,
         settings: TicketSettings,
         clock: Callable[[], float],
     ) -> None:

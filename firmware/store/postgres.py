@@ -188,6 +188,7 @@ class PostgresStore:
         if password is not None:
             kwargs["password"] = password
         self.audit_chain = audit_chain
+        self._url, self._kwargs = url, kwargs
         self._checking = threading.Lock()
         self._pool: ConnectionPool[Conn] = ConnectionPool(
             url,
@@ -227,6 +228,20 @@ class PostgresStore:
             if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
                 self._check_soon()
             raise _unavailable(exc) from None
+
+    def dedicated(self) -> Conn:
+        """A new connection of its own, outside the pool (autocommit): for a session that lives
+        long (LISTEN, an advisory lock held for a writer's life). The caller closes it; driver
+        errors are its to handle (psycopg.Error)."""
+        return psycopg.connect(self._url, **self._kwargs)
+
+    def ping(self) -> bool:
+        """True when a pooled connection answers now (the node's health probe)."""
+        try:
+            self._rows("SELECT 1")
+        except StoreUnavailable:
+            return False
+        return True
 
     def _check_soon(self) -> None:
         """The server went away or restarted: drop every dead idle connection now, so that the

@@ -1,0 +1,188 @@
+"""One KMS on several nodes (DESIGN.md "Scaling out"), through real `kmsnode serve` processes
+that share a real PostgreSQL and one SoftHSM token: a ticket issued on one node resolves on
+another and its keys are released on a third; replays and COUNTERs are caught across nodes;
+an alarm raised on one node reaches a watcher on another; PostgreSQL going away makes every node
+NOT_SERVING and coming back makes them serve again, without a restart."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import timestamp_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from firmware.api.proto.kms.v1 import kms_pb2, kms_pb2_grpc
+from firmware.mikey.codec import Timestamp
+from firmware.mikey.constants import TsType
+from firmware.mikey.prf import PrfFunc
+from tests.calls import ALICE, BOB, requested_policy, t_at, ues
+from tests.cluster.conftest import DEADLINE, Cluster
+from tests.core.world import Ues
+
+pytestmark = pytest.mark.softhsm
+
+
+def _stamp(unix: float) -> Any:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromSeconds(int(unix))
+    return stamp
+
+
+def _warrant(cluster: Cluster, member: Any, target: str, liid: str) -> None:
+    now = time.time()
+    cluster.admin(member).PutWarrant(
+        kms_pb2.Warrant(liid=liid, target_identity=target, valid_from=_stamp(now - 60),
+                        valid_until=_stamp(now + 3600), df2_identities=["df2.li.example.net"]),
+        timeout=DEADLINE,
+    )  # fmt: skip
+
+
+def _reason(err: grpc.RpcError) -> str:
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(err)
+    assert status is not None, err
+    info = error_details_pb2.ErrorInfo()
+    status.details[0].Unpack(info)
+    return str(info.reason)
+
+
+class Watcher:
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.alarms: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.call = kms_pb2_grpc.AdminServiceStub(channel).WatchAlarms(
+            kms_pb2.WatchAlarmsRequest(), timeout=120
+        )
+        self.call.initial_metadata()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for alarm in self.call:
+                self.alarms.put(alarm)
+        except grpc.RpcError:
+            pass
+
+    def until(self, correlation_id: str = "", reason: str = "", timeout: float = DEADLINE) -> Any:
+        """The first alarm with this correlation id (or reason); bounded."""
+        while True:
+            try:
+                alarm = self.alarms.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"no alarm {correlation_id or reason}") from None
+            if (correlation_id and alarm.correlation_id == correlation_id) or (
+                reason and alarm.reason == reason
+            ):
+                return alarm
+
+
+def test_a_ticket_issued_on_one_node_resolves_on_another_and_is_released_on_a_third(
+    cluster: Cluster,
+) -> None:
+    one, _, three = cluster.members
+    exchanges = {m.name: cluster.exchange(m) for m in cluster.members}
+    now = time.time()
+    offer = Ues(exchanges["node-1"], lambda: now).offer(forking=True)
+    answer = Ues(exchanges["node-2"], lambda: now).answer(offer, BOB)
+    _warrant(cluster, one, BOB, "LIID-cluster-1")
+    got = cluster.xk(three).GetKeys(
+        kms_pb2.GetKeysRequest(target_identity=BOB, target_role=2, liid="LIID-cluster-1",
+                               transfer_init=offer.transfer_init,
+                               transfer_resp=answer.transfer_resp),
+        timeout=DEADLINE,
+    )  # fmt: skip
+    assert [(s.cs_id, s.session_key, s.salt) for s in got.sessions] == [
+        (k.cs_id, k.tek, k.salt) for k in answer.keys
+    ]
+
+
+def test_a_request_replayed_to_another_node_is_refused(cluster: Cluster) -> None:
+    alice, _ = ues(PrfFunc.MIKEY_1)
+    request = alice.request_init(
+        csb_id=7, t=t_at(time.time()), rand_i=os.urandom(16),
+        policy=requested_policy(PrfFunc.MIKEY_1, True, [BOB.encode()]),
+    )  # fmt: skip
+    cluster.exchange(cluster.members[0])(request)
+    with pytest.raises(grpc.RpcError) as info:
+        cluster.exchange(cluster.members[1])(request)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert ("mikey-error", "1") in tuple(info.value.trailing_metadata() or ())
+
+
+def test_a_counter_is_compared_across_nodes(cluster: Cluster) -> None:
+    """RFC 3830 5.4: a COUNTER must strictly increase per sender, whichever node sees it."""
+    alice, _ = ues(PrfFunc.MIKEY_1)
+
+    def request(counter: int) -> bytes:
+        return alice.request_init(
+            csb_id=counter, t=Timestamp(TsType.COUNTER, counter.to_bytes(4, "big")),
+            rand_i=os.urandom(16), policy=requested_policy(PrfFunc.MIKEY_1, True, [BOB.encode()]),
+        )  # fmt: skip
+
+    base = 1_000  # the cluster's database is new: no COUNTER of alice's yet
+    cluster.exchange(cluster.members[0])(request(base + 10))
+    with pytest.raises(grpc.RpcError) as info:
+        cluster.exchange(cluster.members[2])(request(base + 10))
+    assert ("mikey-error", "1") in tuple(info.value.trailing_metadata() or ())
+    cluster.exchange(cluster.members[2])(request(base + 11))
+
+
+def test_an_alarm_raised_on_one_node_reaches_a_watcher_on_another(cluster: Cluster) -> None:
+    one, _, three = cluster.members
+    watcher = Watcher(cluster.channel(one, "li", "df2"))  # the DF2 sees its own requests' alarms
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            cluster.xk(three).GetKeys(
+                kms_pb2.GetKeysRequest(target_identity=ALICE, target_role=1, liid="no-such",
+                                       transfer_init=b"forged", correlation_id="across-1"),
+                timeout=DEADLINE,
+            )  # fmt: skip
+        assert _reason(info.value) == "NO_ACTIVE_WARRANT"
+        alarm = watcher.until(correlation_id="across-1")
+        assert alarm.reason == "NO_ACTIVE_WARRANT"
+    finally:
+        watcher.call.cancel()
+
+
+def _health(cluster: Cluster, member: Any) -> int:
+    return int(
+        health_pb2_grpc.HealthStub(cluster.channel(member))
+        .Check(health_pb2.HealthCheckRequest(), timeout=DEADLINE)
+        .status
+    )
+
+
+def test_postgresql_gone_makes_every_node_not_serving_and_back_serving_without_restart(
+    cluster: Cluster,
+) -> None:
+    one = cluster.members[0]
+    watcher = Watcher(cluster.channel(one, "li", "admin"))
+    try:
+        cluster.pg.stop()
+        try:
+            assert watcher.until(reason="STORE_UNAVAILABLE", timeout=30).detail
+            assert _health(cluster, one) == health_pb2.HealthCheckResponse.NOT_SERVING
+            alice, _ = ues(PrfFunc.MIKEY_1)
+            request = alice.request_init(
+                csb_id=9, t=t_at(time.time()), rand_i=os.urandom(16),
+                policy=requested_policy(PrfFunc.MIKEY_1, True, [BOB.encode()]),
+            )  # fmt: skip
+            with pytest.raises(grpc.RpcError) as info:
+                cluster.exchange(one)(request)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            cluster.pg.start()
+        assert watcher.until(reason="STORE_RESTORED", timeout=30)
+        assert _health(cluster, one) == health_pb2.HealthCheckResponse.SERVING
+        now = time.time()
+        offer = Ues(cluster.exchange(one), lambda: now).offer(forking=False)
+        assert offer.transfer_init
+    finally:
+        watcher.call.cancel()
