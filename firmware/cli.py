@@ -172,6 +172,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    worker = args.worker
+    if cfg.processes > 1 and worker is None:
+        from firmware.supervisor import supervise
+
+        return supervise(cfg, Path(args.config), (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+    if worker is not None:
+        from firmware.supervisor import die_with_parent, worker_config
+
+        die_with_parent()
+        cfg = worker_config(cfg, worker)
     node = Node.start(cfg)
     stop = threading.Event()
 
@@ -184,12 +194,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, lambda _s, _f: threading.Thread(target=node.reload_roles).start())
     ue = f"{cfg.ue_listener.host}:{node.ue_port}"
     li = f"{cfg.li_listener.host}:{node.li_port}"
-    cfg.runtime_file.write_text(json.dumps({"ue": ue, "li": li, "pid": os.getpid()}) + "\n")
+    if worker is None:  # the supervisor of workers writes it for them
+        cfg.runtime_file.write_text(json.dumps({"ue": ue, "li": li, "pid": os.getpid()}) + "\n")
     print(f"UE listener on {ue}", flush=True)
     print(f"LI listener on {li}", flush=True)
     stop.wait()
     node.stop(cfg.grace_period)
-    cfg.runtime_file.unlink(missing_ok=True)
+    if worker is None:
+        cfg.runtime_file.unlink(missing_ok=True)
     return 0
 
 
@@ -292,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dev_init)
 
     p = sub.add_parser("serve", help="run the node", parents=[cfg])
+    p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("user", help="provision users")

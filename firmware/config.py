@@ -375,6 +375,10 @@ def load(path: Path | str) -> Config:
             "node.processes > 1 needs [store] url (PostgreSQL): worker processes share the"
             " replay cache, alarms and state, which the embedded SQLite store cannot"
         )
+    if processes > 1 and 0 in (ue.port, li.port):
+        raise ConfigError(
+            "node.processes > 1 needs fixed listener ports (port 0 would give each worker another)"
+        )
 
     cl = _Section("clients", raw.get("clients", {}), base)
     clients = ClientConfig(
