@@ -267,11 +267,14 @@ def cmd_keys(args: argparse.Namespace) -> int:
         # itself: change or read them through it (AdminService), never behind its back.
         from firmware.cli_li import keys_via_node
 
-        return keys_via_node(cfg, args.action)
+        return keys_via_node(cfg, args)
     admin, vault, store, audit = open_admin(cfg)
     try:
         if args.action == "rotate":
-            view = admin.rotate(local_operator(), KeyName.TICKET_PROTECTION)
+            view = admin.rotate(local_operator(), KeyName.TICKET_PROTECTION, staged=args.staged)
+            print(f"{view.name.value}/v{view.version} {view.state.name}")
+        elif args.action == "activate":
+            view = admin.activate(local_operator(), KeyName.TICKET_PROTECTION, args.version)
             print(f"{view.name.value}/v{view.version} ACTIVE")
         destroyed = admin.sweep(KeyName.TICKET_PROTECTION)
         for version in destroyed:
@@ -322,7 +325,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keys", help="ticket protection key versions")
     keys_sub = p.add_subparsers(dest="action", required=True)
     keys_sub.add_parser("list", parents=[cfg])
-    keys_sub.add_parser("rotate", parents=[cfg])
+    rot = keys_sub.add_parser("rotate", parents=[cfg])
+    rot.add_argument(
+        "--staged",
+        action="store_true",
+        help="create the version but do not activate it (a cluster rotation: move it to every"
+        " node's HSM with export-wrapped / import-wrapped, then `keys activate`)",
+    )
+    act = keys_sub.add_parser("activate", parents=[cfg])
+    act.add_argument("version", type=int)
     p.set_defaults(func=cmd_keys)
 
     from firmware.cli_li import add_commands

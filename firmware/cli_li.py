@@ -156,16 +156,21 @@ def cmd_alarms(args: argparse.Namespace) -> int:
         return int(_rpc(watch))
 
 
-def keys_via_node(cfg: config_mod.Config, action: str) -> int:
-    """`kmsnode keys list|rotate` against a running node, with the admin credentials."""
+def keys_via_node(cfg: config_mod.Config, keys: argparse.Namespace) -> int:
+    """`kmsnode keys list|rotate|activate` against a running node, with the admin credentials."""
     from firmware.api.proto.kms.v1 import kms_pb2, kms_pb2_grpc
 
     args = argparse.Namespace(endpoint=None, ca=None, cert=None, key=None)
     with _channel(cfg, args, "admin") as channel:
         stub = kms_pb2_grpc.AdminServiceStub(channel)
-        if action == "rotate":
-            v = _rpc(lambda: stub.RotateTicketKey(kms_pb2.RotateTicketKeyRequest(), timeout=30))
-            print(f"{v.name}/v{v.version} ACTIVE")
+        if keys.action in ("rotate", "activate"):
+            if keys.action == "rotate":
+                request = kms_pb2.RotateTicketKeyRequest(staged=keys.staged)
+                v = _rpc(lambda: stub.RotateTicketKey(request, timeout=30))
+            else:
+                activation = kms_pb2.ActivateTicketKeyRequest(version=keys.version)
+                v = _rpc(lambda: stub.ActivateTicketKey(activation, timeout=30))
+            print(f"{v.name}/v{v.version} {kms_pb2.KeyVersion.State.Name(v.state)}")
             return 0
         listing = _rpc(lambda: stub.ListKeyVersions(kms_pb2.ListKeyVersionsRequest(), timeout=30))
         for v in listing.versions:

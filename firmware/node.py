@@ -259,7 +259,9 @@ class Node:
                 key_forking=cfg.policy.key_forking,
             ),
             clock,
+            alarms,
         )
+        admin.key_listeners.append(tickets.forget_keys)
         release = KeyRelease(
             ivault, store, audit, XkSettings(cfg.kms_identity, cfg.policy.clock_skew), clock
         )

@@ -46,6 +46,7 @@ _STATES = {
     KeyState.ACTIVE: kms_pb2.KeyVersion.ACTIVE,
     KeyState.DECRYPT_ONLY: kms_pb2.KeyVersion.DECRYPT_ONLY,
     KeyState.DESTROYED: kms_pb2.KeyVersion.DESTROYED,
+    KeyState.PENDING: kms_pb2.KeyVersion.PENDING,
 }
 
 
@@ -250,7 +251,19 @@ class AdminServicer(kms_pb2_grpc.AdminServiceServicer):
             context,
             "RotateTicketKey",
             request,
-            lambda caller: _key_version(self.admin.rotate(caller, KeyName.TICKET_PROTECTION)),
+            lambda caller: _key_version(
+                self.admin.rotate(caller, KeyName.TICKET_PROTECTION, staged=request.staged)
+            ),
+        )
+
+    def ActivateTicketKey(self, request: Any, context: Any) -> Any:
+        return self._admin(
+            context,
+            "ActivateTicketKey",
+            request,
+            lambda caller: _key_version(
+                self.admin.activate(caller, KeyName.TICKET_PROTECTION, request.version)
+            ),
         )
 
     def ListKeyVersions(self, request: Any, context: Any) -> Any:

@@ -27,6 +27,7 @@ TABLE: dict[type[errors.KmsError], grpc.StatusCode] = {
     errors.HsmUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.HsmConfigurationError: grpc.StatusCode.UNAVAILABLE,
     errors.KeyVersionNotFound: grpc.StatusCode.PERMISSION_DENIED,
+    errors.KeyVersionUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.WrappedKeyInvalid: grpc.StatusCode.INTERNAL,
     errors.AuditUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.ConfigError: grpc.StatusCode.FAILED_PRECONDITION,

@@ -17,6 +17,7 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -74,6 +75,7 @@ class Admin:
     ) -> None:
         self.vault, self.store, self.audit, self.clock = vault, store, audit, clock
         self.ticket_retention = max_ticket_lifetime + clock_skew
+        self.key_listeners: list[Callable[[], None]] = []  # told when key versions change
 
     def _audit(self, caller: Caller, event: str, fields: dict[str, object]) -> None:
         """The record of a change about to be made (raises AuditUnavailable: then do nothing).
@@ -168,17 +170,16 @@ class Admin:
     # --- key versions -----------------------------------------------------------------------
 
     def key_versions(self, name: KeyName = KeyName.TICKET_PROTECTION) -> list[KeyVersionView]:
-        """Versions in the token with their recorded creation time, plus destroyed ones."""
+        """Versions in the token, in the state the store records for them (shared by every
+        node: ACTIVE, DECRYPT_ONLY once retired, PENDING while staged), plus destroyed ones."""
         records = {r.version: r for r in self.store.key_records(name)}
-        views = {
-            v.version: KeyVersionView(
-                name,
-                v.version,
-                v.state,
-                records[v.version].created if v.version in records else None,
+        views = {}
+        for info in self.vault.versions(name):
+            record = records.get(info.version)
+            state = info.state if record is None else _state(record)
+            views[info.version] = KeyVersionView(
+                name, info.version, state, record.created if record else None
             )
-            for v in self.vault.versions(name)
-        }
         for record in records.values():
             if record.destroyed is not None and record.version not in views:
                 views[record.version] = KeyVersionView(
@@ -187,31 +188,62 @@ class Admin:
         return [views[v] for v in sorted(views)]
 
     def record_existing(self) -> None:
-        """Make sure every version in the token has a record (first start, dev-init)."""
+        """Make sure every version in the token has a record (first start, dev-init): the
+        token's highest version active, lower ones retired."""
         now = self.clock()
         for name in KeyName:
             known = {r.version for r in self.store.key_records(name)}
             for info in self.vault.versions(name):
                 if info.version not in known:
-                    retired = None if info.state is KeyState.ACTIVE else now
-                    self.store.record_key(KeyRecord(name, info.version, now, retired, None))
+                    active = info.state is KeyState.ACTIVE
+                    self.store.record_key(
+                        KeyRecord(name, info.version, now, None if active else now, None, now)
+                    )
 
-    def rotate(self, caller: Caller, name: KeyName = KeyName.TICKET_PROTECTION) -> KeyVersionView:
-        """Create the next version; the previous active one becomes DECRYPT_ONLY."""
+    def rotate(
+        self, caller: Caller, name: KeyName = KeyName.TICKET_PROTECTION, staged: bool = False
+    ) -> KeyVersionView:
+        """Create the next version. Unless `staged`, it is activated at once and the previous
+        active one becomes DECRYPT_ONLY; a staged version (a cluster rotation: export it wrapped
+        to every node's HSM first) protects nothing until `activate`."""
         event = (
             "ADMIN_ROTATE_TICKET_KEY" if name is KeyName.TICKET_PROTECTION else "ADMIN_ROTATE_KEY"
         )
-        self._audit(caller, event, {"key": name.value})
+        self._audit(caller, event, {"key": name.value, "staged": staged})
         now = self.clock()
-        previous = {v.version for v in self.vault.versions(name) if v.state is KeyState.ACTIVE}
         info = self.vault.create_version(name)
+        self.store.record_key(KeyRecord(name, info.version, now, None, None, None))
+        if not staged:
+            self._activate(name, info.version, now)
+        self._keys_changed()
+        state = KeyState.PENDING if staged else KeyState.ACTIVE
+        return KeyVersionView(name, info.version, state, now)
+
+    def activate(self, caller: Caller, name: KeyName, version: int) -> KeyVersionView:
+        """Activate a staged version (every node's HSM must hold it: a node whose HSM lacks it
+        answers UNAVAILABLE and alarms); the previous active one becomes DECRYPT_ONLY."""
+        records = {r.version: r for r in self.store.key_records(name)}
+        record = records.get(version)
+        if record is None or not record.staged:
+            raise InvalidRequest(f"{name.value}/v{version} is not a staged version")
+        if version not in {v.version for v in self.vault.versions(name)}:
+            raise InvalidRequest(f"{name.value}/v{version} is not in this node's HSM")
+        self._audit(caller, "ADMIN_ACTIVATE_KEY", {"key": name.value, "version": version})
+        now = self.clock()
+        self._activate(name, version, now)
+        self._keys_changed()
+        return KeyVersionView(name, version, KeyState.ACTIVE, record.created)
+
+    def _activate(self, name: KeyName, version: int, now: float) -> None:
         for record in self.store.key_records(name):
-            if record.version in previous and record.retired is None:
-                self.store.record_key(
-                    KeyRecord(name, record.version, record.created, now, record.destroyed)
-                )
-        self.store.record_key(KeyRecord(name, info.version, now, None, None))
-        return KeyVersionView(name, info.version, info.state, now)
+            if record.version == version:
+                self.store.record_key(dataclasses.replace(record, activated=now, retired=None))
+            elif record.active:
+                self.store.record_key(dataclasses.replace(record, retired=now))
+
+    def _keys_changed(self) -> None:
+        for listener in self.key_listeners:
+            listener()
 
     def sweep(self, name: KeyName = KeyName.TICKET_PROTECTION) -> list[int]:
         """Destroy DECRYPT_ONLY versions whose every ticket has expired; returns them."""
@@ -220,15 +252,30 @@ class Admin:
         destroyed = []
         for info in self.vault.versions(name):
             record = records.get(info.version)
-            if info.state is not KeyState.DECRYPT_ONLY or record is None or record.retired is None:
+            if record is None or record.retired is None or record.destroyed is not None:
                 continue
             if now > record.retired + self.ticket_retention:
                 self.audit.append(
                     now, "KEY_DESTROYED", {**NODE.who(), "key": name.value, "version": info.version}
                 )
                 self.vault.destroy_version(name, info.version)
-                self.store.record_key(
-                    KeyRecord(name, info.version, record.created, record.retired, now)
-                )
+                self.store.record_key(dataclasses.replace(record, destroyed=now))
                 destroyed.append(info.version)
+        if destroyed:
+            self._keys_changed()
         return destroyed
+
+
+def _state(record: KeyRecord) -> KeyState:
+    if record.destroyed is not None:
+        return KeyState.DESTROYED
+    if record.activated is None:
+        return KeyState.PENDING
+    return KeyState.ACTIVE if record.retired is None else KeyState.DECRYPT_ONLY
+
+
+def active_version(records: Sequence[KeyRecord], vault: KeyVault, name: KeyName) -> int:
+    """The version that protects new data: the highest the store records as active (shared by
+    every node), else (no records yet) the token's highest."""
+    active = [r.version for r in records if r.active]
+    return max(active) if active else vault.active_version(name)

@@ -47,6 +47,15 @@ class KeyVersionNotFound(KmsError):
     reason = "TICKET_INVALID"
 
 
+class KeyVersionUnavailable(KmsError):
+    """A key version the cluster uses (the store records it, not destroyed) is not in this
+    node's HSM: a rotation whose version was not yet moved here. The node answers UNAVAILABLE
+    and alarms (KEY_VERSION_UNAVAILABLE); another node, or this one once the version is
+    imported, serves the request."""
+
+    reason = "KEY_VERSION_UNAVAILABLE"
+
+
 class WrappedKeyInvalid(KmsError):
     """A stored wrapped key does not unwrap (RFC 3394 integrity check): the state is damaged."""
 

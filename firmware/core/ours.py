@@ -8,7 +8,8 @@ Rules:
   field of the ticket is trusted.
 - A ticket that names another KMS (IDRkms), or whose key version is unknown or destroyed, is not
   ours (`NotOurs`); each caller turns that into its own answer (ERR 14 for a UE, TICKET_INVALID
-  for a DF2).
+  for a DF2). A version the cluster's store records as existing but this HSM lacks is the
+  node's fault, not the ticket's: KeyVersionUnavailable (UNAVAILABLE, alarmed by the caller).
 - The validity window is [TRs, TRe] in unix seconds; a bound the ticket does not give, or gives
   as a COUNTER (no time), does not limit.
 - Identities are compared in canonical form (firmware/core/identity.py); bytes that do not
@@ -21,10 +22,10 @@ from __future__ import annotations
 import hashlib
 import struct
 
-from firmware.core.errors import KeyVersionNotFound
+from firmware.core.errors import KeyVersionNotFound, KeyVersionUnavailable, KmsError
 from firmware.core.freshness import ntp64_to_unix
 from firmware.core.identity import IdentityError, canonical
-from firmware.core.ports import KeyVault
+from firmware.core.ports import KeyName, KeyVault, Store
 from firmware.mikey.codec import RoleTimestamp, Timestamp
 from firmware.mikey.constants import ErrNo, TsType
 from firmware.mikey.errors import MikeyError
@@ -69,14 +70,32 @@ def canonical_or_none(data: bytes) -> str | None:
         return None
 
 
-def open_ours(raw: bytes, vault: KeyVault, kms_identity: bytes) -> OpenedTicket:
-    """Verify (in the HSM) and open the TICKET payload bytes `raw`; NotOurs when it is not ours."""
+def missing_version(store: Store, name: KeyName, version: int) -> KmsError:
+    """What it means that the HSM lacks `version` of `name`: the node's fault when the store
+    records it (not destroyed: another node's HSM holds it), else the caller's."""
+    for record in store.key_records(name):
+        if record.version == version and record.destroyed is None:
+            return KeyVersionUnavailable(
+                f"{name.value}/v{version} is in use in the cluster but not in this node's HSM"
+            )
+    return KeyVersionNotFound(f"{name.value}/v{version} does not exist")
+
+
+def open_ours(raw: bytes, vault: KeyVault, kms_identity: bytes, store: Store) -> OpenedTicket:
+    """Verify (in the HSM) and open the TICKET payload bytes `raw`; NotOurs when it is not ours,
+    KeyVersionUnavailable when its version is the cluster's but not in this HSM."""
+    version = -1
     try:
         policy, data = peek_ticket(raw)
         version = version_from_thdr(data.thdr.data)
         prf = policy.prf_func
         opened = open_ticket(raw, lambda d: vault.ticket_hmac(version, prf, d))
-    except (MikeyError, KeyVersionNotFound):
+    except MikeyError:
+        raise NotOurs("not a valid ticket of this KMS") from None
+    except KeyVersionNotFound:
+        error = missing_version(store, KeyName.TICKET_PROTECTION, version)
+        if isinstance(error, KeyVersionUnavailable):
+            raise error from None
         raise NotOurs("not a valid ticket of this KMS") from None
     if opened.idr_kms is not None and opened.idr_kms != kms_identity:
         raise NotOurs("the ticket names another KMS")

@@ -34,6 +34,7 @@ class KeyState(enum.Enum):
     ACTIVE = 1  # protects new data
     DECRYPT_ONLY = 2  # verifies/opens what it protected; protects nothing new
     DESTROYED = 3
+    PENDING = 4  # staged: exists, protects nothing until activated (a cluster rotation)
 
 
 @dataclass(frozen=True)
@@ -237,6 +238,18 @@ class KeyRecord:
     created: float
     retired: float | None  # when a newer version took over; None while active
     destroyed: float | None
+    activated: float | None = None  # when it began to protect new data; None while staged
+
+    @property
+    def active(self) -> bool:
+        """Protects new data: activated, not retired, not destroyed."""
+        return self.activated is not None and self.retired is None and self.destroyed is None
+
+    @property
+    def staged(self) -> bool:
+        """Created (in at least one HSM) but not yet activated: a cluster rotation waits until
+        every node's HSM holds it."""
+        return self.activated is None and self.destroyed is None
 
 
 class ReplayGuard(Protocol):

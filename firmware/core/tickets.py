@@ -31,11 +31,14 @@ Rules:
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from firmware.core.admin import active_version
 from firmware.core.errors import (
     KeyVersionNotFound,
+    KeyVersionUnavailable,
     MalformedMessage,
     NotAuthenticated,
 )
@@ -44,12 +47,21 @@ from firmware.core.identity import IdentityError, canonical
 from firmware.core.ours import (
     NotOurs,
     allowed_responders,
+    missing_version,
     open_ours,
     thdr_for,
     ticket_id,
     within_validity,
 )
-from firmware.core.ports import KeyName, KeyVault, ReplayGuard, Resolution, Store, User
+from firmware.core.ports import (
+    AlarmSink,
+    KeyName,
+    KeyVault,
+    ReplayGuard,
+    Resolution,
+    Store,
+    User,
+)
 from firmware.mikey.codec import (
     Kemac,
     KeyData,
@@ -86,6 +98,7 @@ from firmware.mikey.prf import PrfFunc
 from firmware.mikey.ticket import seal_ticket, ticket_raw
 
 RAND_LEN = 32
+KEY_CACHE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -132,12 +145,16 @@ class TicketCore:
         replay: ReplayGuard,
         settings: TicketSettings,
         clock: Callable[[], float],
+        alarms: AlarmSink | None = None,
     ) -> None:
         self.vault, self.store, self.replay = vault, store, replay
         self.settings, self.clock = settings, clock
         self.kms_id = settings.kms_identity.encode()
         self._decoy: User | None = None
         self._decoy_lock = threading.Lock()
+        self.alarms = alarms
+        self._active: tuple[float, int] | None = None
+        self._missing_alarmed = -1e9
 
     # --- entry ------------------------------------------------------------------------------
 
@@ -197,6 +214,29 @@ class TicketCore:
             except (UnicodeDecodeError, IdentityError):
                 user = None
         return user if user is not None else self._decoy_user(), peer_idr
+
+    def _issuing_version(self) -> int:
+        """The TPK version that protects new tickets (the store's active one, shared by every
+        node); remembered for `KEY_CACHE_SECONDS`, and forgotten at once when this node changes
+        key versions (`forget_keys`), so a rotation elsewhere is seen within that time."""
+        now = time.monotonic()
+        cached = self._active
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        records = self.store.key_records(KeyName.TICKET_PROTECTION)
+        version = active_version(records, self.vault, KeyName.TICKET_PROTECTION)
+        self._active = (now + KEY_CACHE_SECONDS, version)
+        return version
+
+    def forget_keys(self) -> None:
+        self._active = None
+
+    def _alarm_missing_version(self, detail: str) -> None:
+        """One KEY_VERSION_UNAVAILABLE node alarm a minute, not one per request."""
+        now = time.monotonic()
+        if self.alarms is not None and now - self._missing_alarmed > 60.0:
+            self._missing_alarmed = now
+            self.alarms.raise_alarm("KEY_VERSION_UNAVAILABLE", detail=detail)
 
     def _decoy_user(self) -> User:
         """A user nobody is, with a random PSK wrapped by the KEK. An unknown caller is checked
@@ -324,7 +364,7 @@ class TicketCore:
             raise Refusal(ErrNo.INVALID_TICKET, "only the MIKEY base ticket is issued")
         policy = self._grant(requested, auth.peer, now)
         key_len, encr, mac = algorithms(policy.prf_func)
-        version = self.vault.active_version(KeyName.TICKET_PROTECTION)
+        version = self._issuing_version()
         randomness = self.vault.random_bytes(2 * key_len + RAND_LEN)
         mpk, tgk, rand = (
             randomness[:key_len],
@@ -346,6 +386,10 @@ class TicketCore:
             )
         except MikeyError as exc:
             raise Refusal(ErrNo(int(exc.err)), str(exc)) from None
+        except KeyVersionNotFound:
+            error = missing_version(self.store, KeyName.TICKET_PROTECTION, version)
+            self._alarm_missing_version(str(error))
+            raise error from None
         mpki, mpkr = mpk_split(policy.prf_func, mpk, rand)
         _, msg_encr, _ = algorithms(msg.header.prf_func)
         return build_request_resp(
@@ -368,9 +412,12 @@ class TicketCore:
         if msg.find(Ticket) is None:
             raise Refusal(ErrNo.INVALID_TICKET, "no TICKET")
         try:
-            opened = open_ours(msg.ticket_bytes(), self.vault, self.kms_id)
+            opened = open_ours(msg.ticket_bytes(), self.vault, self.kms_id, self.store)
         except NotOurs as exc:
             raise Refusal(ErrNo.INVALID_TICKET, str(exc)) from None
+        except KeyVersionUnavailable as exc:
+            self._alarm_missing_version(str(exc))
+            raise
         if not within_validity(opened, now):
             raise Refusal(ErrNo.INVALID_TICKET, "the ticket is outside its validity")
         if auth.peer not in allowed_responders(opened):

@@ -208,7 +208,7 @@ class KeyRelease:
         if ticket is None:
             raise MalformedMessage("TRANSFER_INIT carries no TICKET", int(ErrNo.INVALID_TICKET))
         try:
-            opened = open_ours(init.ticket_bytes(), self.vault, self.kms_id)
+            opened = open_ours(init.ticket_bytes(), self.vault, self.kms_id, self.store)
         except NotOurs as exc:
             raise TicketInvalid(str(exc)) from None
         start, end = validity(opened)

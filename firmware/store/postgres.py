@@ -138,6 +138,12 @@ MIGRATIONS: tuple[str, ...] = (
         since DOUBLE PRECISION NOT NULL
     );
     """,
+    # 2: when a key version was activated (a cluster rotation stages a version first, until
+    # every node's HSM holds it); versions recorded before were active from their creation
+    """
+    ALTER TABLE key_versions ADD COLUMN activated DOUBLE PRECISION;
+    UPDATE key_versions SET activated = created;
+    """,
 )
 
 _USER_SELECT = (
@@ -452,20 +458,27 @@ class PostgresStore:
 
     def record_key(self, record: KeyRecord) -> None:
         self._rowcount(
-            "INSERT INTO key_versions (name, version, created, retired, destroyed)"
-            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (name, version) DO UPDATE SET"
+            "INSERT INTO key_versions (name, version, created, retired, destroyed, activated)"
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name, version) DO UPDATE SET"
             " created = EXCLUDED.created, retired = EXCLUDED.retired,"
-            " destroyed = EXCLUDED.destroyed",
-            (record.name.value, record.version, record.created, record.retired, record.destroyed),
+            " destroyed = EXCLUDED.destroyed, activated = EXCLUDED.activated",
+            (
+                record.name.value,
+                record.version,
+                record.created,
+                record.retired,
+                record.destroyed,
+                record.activated,
+            ),
         )
 
     def key_records(self, name: KeyName) -> list[KeyRecord]:
         rows = self._rows(
-            "SELECT version, created, retired, destroyed FROM key_versions WHERE name = %s"
-            " ORDER BY version",
+            "SELECT version, created, retired, destroyed, activated FROM key_versions"
+            " WHERE name = %s ORDER BY version",
             (name.value,),
         )
-        return [KeyRecord(name, int(r[0]), float(r[1]), r[2], r[3]) for r in rows]
+        return [KeyRecord(name, int(r[0]), float(r[1]), r[2], r[3], r[4]) for r in rows]
 
 
 def _unavailable(exc: psycopg.Error) -> StoreUnavailable:

@@ -125,6 +125,12 @@ MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     """
     UPDATE counters SET value = value + (-9223372036854775807 - 1);
     """,
+    # 7: when a key version was activated (a cluster rotation stages a version first, until
+    # every node's HSM holds it); versions recorded before were active from their creation
+    """
+    ALTER TABLE key_versions ADD COLUMN activated REAL;
+    UPDATE key_versions SET activated = created;
+    """,
 )
 
 
@@ -408,23 +414,25 @@ class SqliteStore:
     def record_key(self, record: KeyRecord) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO key_versions VALUES (?,?,?,?,?)",
+                "INSERT OR REPLACE INTO key_versions"
+                " (name, version, created, retired, destroyed, activated) VALUES (?,?,?,?,?,?)",
                 (
                     record.name.value,
                     record.version,
                     record.created,
                     record.retired,
                     record.destroyed,
+                    record.activated,
                 ),
             )
 
     def key_records(self, name: KeyName) -> list[KeyRecord]:
         rows = self._query(
-            "SELECT version, created, retired, destroyed FROM key_versions WHERE name = ?"
-            " ORDER BY version",
+            "SELECT version, created, retired, destroyed, activated FROM key_versions"
+            " WHERE name = ? ORDER BY version",
             (name.value,),
         )
-        return [KeyRecord(name, int(r[0]), float(r[1]), r[2], r[3]) for r in rows]
+        return [KeyRecord(name, int(r[0]), float(r[1]), r[2], r[3], r[4]) for r in rows]
 
 
 @contextmanager

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10kms/v1/kms.proto\x12\x06kms.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x1c\n\x0cMikeyMessage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\xa6\x01\n\x0eGetKeysRequest\x12\x17\n\x0ftarget_identity\x18\x01 \x01(\t\x12\'\n\x0btarget_role\x18\x02 \x01(\x0e\x32\x12.kms.v1.TargetRole\x12\x15\n\rtransfer_init\x18\x03 \x01(\x0c\x12\x15\n\rtransfer_resp\x18\x04 \x01(\x0c\x12\x0c\n\x04liid\x18\x05 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x06 \x01(\t\"R\n\x11\x43ryptoSessionKeys\x12\r\n\x05\x63s_id\x18\x01 \x01(\r\x12\x13\n\x0bsession_key\x18\x02 \x01(\x0c\x12\x0c\n\x04salt\x18\x03 \x01(\x0c\x12\x0b\n\x03spi\x18\x04 \x01(\x0c\"\x7f\n\x0fGetKeysResponse\x12\x0e\n\x06\x63sb_id\x18\x01 \x01(\r\x12+\n\x08sessions\x18\x02 \x03(\x0b\x32\x19.kms.v1.CryptoSessionKeys\x12/\n\x0bvalid_until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x0ePutUserRequest\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x0f\n\x07\x61liases\x18\x02 \x03(\t\x12\x0b\n\x03psk\x18\x03 \x01(\x0c\x12\x0e\n\x06psk_id\x18\x04 \x01(\x0c\"\x1e\n\x0fPutUserResponse\x12\x0b\n\x03psk\x18\x01 \x01(\x0c\"%\n\x11\x44\x65leteUserRequest\x12\x10\n\x08identity\x18\x01 \x01(\t\"\x14\n\x12\x44\x65leteUserResponse\"\xa9\x01\n\x07Warrant\x12\x0c\n\x04liid\x18\x01 \x01(\t\x12\x17\n\x0ftarget_identity\x18\x02 \x01(\t\x12.\n\nvalid_from\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x64\x66\x32_identities\x18\x05 \x03(\t\"$\n\x14\x44\x65leteWarrantRequest\x12\x0c\n\x04liid\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteWarrantResponse\"\x15\n\x13ListWarrantsRequest\"9\n\x14ListWarrantsResponse\x12!\n\x08warrants\x18\x01 \x03(\x0b\x32\x0f.kms.v1.Warrant\"\xce\x01\n\nKeyVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.kms.v1.KeyVersion.State\x12+\n\x07\x63reated\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\n\n\x06\x41\x43TIVE\x10\x01\x12\x10\n\x0c\x44\x45\x43RYPT_ONLY\x10\x02\x12\r\n\tDESTROYED\x10\x03\"\x18\n\x16RotateTicketKeyRequest\"\x18\n\x16ListKeyVersionsRequest\"?\n\x17ListKeyVersionsResponse\x12$\n\x08versions\x18\x01 \x03(\x0b\x32\x12.kms.v1.KeyVersion\"\x14\n\x12WatchAlarmsRequest\"\x87\x01\n\x05\x41larm\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\x12\x0c\n\x04liid\x18\x04 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\"\x14\n\x12VerifyAuditRequest\"P\n\x13VerifyAuditResponse\x12\x0e\n\x06intact\x18\x01 \x01(\x08\x12\x0f\n\x07records\x18\x02 \x01(\x04\x12\x18\n\x10\x66irst_bad_record\x18\x03 \x01(\x04*_\n\nTargetRole\x12\x1b\n\x17TARGET_ROLE_UNSPECIFIED\x10\x00\x12\x19\n\x15TARGET_ROLE_INITIATOR\x10\x01\x12\x19\n\x15TARGET_ROLE_RESPONDER\x10\x02\x32G\n\rTicketService\x12\x36\n\x08\x45xchange\x12\x14.kms.v1.MikeyMessage\x1a\x14.kms.v1.MikeyMessage2G\n\tXkService\x12:\n\x07GetKeys\x12\x16.kms.v1.GetKeysRequest\x1a\x17.kms.v1.GetKeysResponse2\xf7\x04\n\x0c\x41\x64minService\x12:\n\x07PutUser\x12\x16.kms.v1.PutUserRequest\x1a\x17.kms.v1.PutUserResponse\x12\x43\n\nDeleteUser\x12\x19.kms.v1.DeleteUserRequest\x1a\x1a.kms.v1.DeleteUserResponse\x12.\n\nPutWarrant\x12\x0f.kms.v1.Warrant\x1a\x0f.kms.v1.Warrant\x12L\n\rDeleteWarrant\x12\x1c.kms.v1.DeleteWarrantRequest\x1a\x1d.kms.v1.DeleteWarrantResponse\x12I\n\x0cListWarrants\x12\x1b.kms.v1.ListWarrantsRequest\x1a\x1c.kms.v1.ListWarrantsResponse\x12\x45\n\x0fRotateTicketKey\x12\x1e.kms.v1.RotateTicketKeyRequest\x1a\x12.kms.v1.KeyVersion\x12R\n\x0fListKeyVersions\x12\x1e.kms.v1.ListKeyVersionsRequest\x1a\x1f.kms.v1.ListKeyVersionsResponse\x12:\n\x0bWatchAlarms\x12\x1a.kms.v1.WatchAlarmsRequest\x1a\r.kms.v1.Alarm0\x01\x12\x46\n\x0bVerifyAudit\x12\x1a.kms.v1.VerifyAuditRequest\x1a\x1b.kms.v1.VerifyAuditResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10kms/v1/kms.proto\x12\x06kms.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x1c\n\x0cMikeyMessage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\xa6\x01\n\x0eGetKeysRequest\x12\x17\n\x0ftarget_identity\x18\x01 \x01(\t\x12\'\n\x0btarget_role\x18\x02 \x01(\x0e\x32\x12.kms.v1.TargetRole\x12\x15\n\rtransfer_init\x18\x03 \x01(\x0c\x12\x15\n\rtransfer_resp\x18\x04 \x01(\x0c\x12\x0c\n\x04liid\x18\x05 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x06 \x01(\t\"R\n\x11\x43ryptoSessionKeys\x12\r\n\x05\x63s_id\x18\x01 \x01(\r\x12\x13\n\x0bsession_key\x18\x02 \x01(\x0c\x12\x0c\n\x04salt\x18\x03 \x01(\x0c\x12\x0b\n\x03spi\x18\x04 \x01(\x0c\"\x7f\n\x0fGetKeysResponse\x12\x0e\n\x06\x63sb_id\x18\x01 \x01(\r\x12+\n\x08sessions\x18\x02 \x03(\x0b\x32\x19.kms.v1.CryptoSessionKeys\x12/\n\x0bvalid_until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x0ePutUserRequest\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x0f\n\x07\x61liases\x18\x02 \x03(\t\x12\x0b\n\x03psk\x18\x03 \x01(\x0c\x12\x0e\n\x06psk_id\x18\x04 \x01(\x0c\"\x1e\n\x0fPutUserResponse\x12\x0b\n\x03psk\x18\x01 \x01(\x0c\"%\n\x11\x44\x65leteUserRequest\x12\x10\n\x08identity\x18\x01 \x01(\t\"\x14\n\x12\x44\x65leteUserResponse\"\xa9\x01\n\x07Warrant\x12\x0c\n\x04liid\x18\x01 \x01(\t\x12\x17\n\x0ftarget_identity\x18\x02 \x01(\t\x12.\n\nvalid_from\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x64\x66\x32_identities\x18\x05 \x03(\t\"$\n\x14\x44\x65leteWarrantRequest\x12\x0c\n\x04liid\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteWarrantResponse\"\x15\n\x13ListWarrantsRequest\"9\n\x14ListWarrantsResponse\x12!\n\x08warrants\x18\x01 \x03(\x0b\x32\x0f.kms.v1.Warrant\"\xdb\x01\n\nKeyVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.kms.v1.KeyVersion.State\x12+\n\x07\x63reated\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"X\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\n\n\x06\x41\x43TIVE\x10\x01\x12\x10\n\x0c\x44\x45\x43RYPT_ONLY\x10\x02\x12\r\n\tDESTROYED\x10\x03\x12\x0b\n\x07PENDING\x10\x04\"(\n\x16RotateTicketKeyRequest\x12\x0e\n\x06staged\x18\x01 \x01(\x08\"+\n\x18\x41\x63tivateTicketKeyRequest\x12\x0f\n\x07version\x18\x01 \x01(\r\"\x18\n\x16ListKeyVersionsRequest\"?\n\x17ListKeyVersionsResponse\x12$\n\x08versions\x18\x01 \x03(\x0b\x32\x12.kms.v1.KeyVersion\"\x14\n\x12WatchAlarmsRequest\"\x87\x01\n\x05\x41larm\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\x12\x0c\n\x04liid\x18\x04 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\"\x14\n\x12VerifyAuditRequest\"P\n\x13VerifyAuditResponse\x12\x0e\n\x06intact\x18\x01 \x01(\x08\x12\x0f\n\x07records\x18\x02 \x01(\x04\x12\x18\n\x10\x66irst_bad_record\x18\x03 \x01(\x04*_\n\nTargetRole\x12\x1b\n\x17TARGET_ROLE_UNSPECIFIED\x10\x00\x12\x19\n\x15TARGET_ROLE_INITIATOR\x10\x01\x12\x19\n\x15TARGET_ROLE_RESPONDER\x10\x02\x32G\n\rTicketService\x12\x36\n\x08\x45xchange\x12\x14.kms.v1.MikeyMessage\x1a\x14.kms.v1.MikeyMessage2G\n\tXkService\x12:\n\x07GetKeys\x12\x16.kms.v1.GetKeysRequest\x1a\x17.kms.v1.GetKeysResponse2\xc2\x05\n\x0c\x41\x64minService\x12:\n\x07PutUser\x12\x16.kms.v1.PutUserRequest\x1a\x17.kms.v1.PutUserResponse\x12\x43\n\nDeleteUser\x12\x19.kms.v1.DeleteUserRequest\x1a\x1a.kms.v1.DeleteUserResponse\x12.\n\nPutWarrant\x12\x0f.kms.v1.Warrant\x1a\x0f.kms.v1.Warrant\x12L\n\rDeleteWarrant\x12\x1c.kms.v1.DeleteWarrantRequest\x1a\x1d.kms.v1.DeleteWarrantResponse\x12I\n\x0cListWarrants\x12\x1b.kms.v1.ListWarrantsRequest\x1a\x1c.kms.v1.ListWarrantsResponse\x12\x45\n\x0fRotateTicketKey\x12\x1e.kms.v1.RotateTicketKeyRequest\x1a\x12.kms.v1.KeyVersion\x12I\n\x11\x41\x63tivateTicketKey\x12 .kms.v1.ActivateTicketKeyRequest\x1a\x12.kms.v1.KeyVersion\x12R\n\x0fListKeyVersions\x12\x1e.kms.v1.ListKeyVersionsRequest\x1a\x1f.kms.v1.ListKeyVersionsResponse\x12:\n\x0bWatchAlarms\x12\x1a.kms.v1.WatchAlarmsRequest\x1a\r.kms.v1.Alarm0\x01\x12\x46\n\x0bVerifyAudit\x12\x1a.kms.v1.VerifyAuditRequest\x1a\x1b.kms.v1.VerifyAuditResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kms.v1.kms_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TARGETROLE']._serialized_start=1555
-  _globals['_TARGETROLE']._serialized_end=1650
+  _globals['_TARGETROLE']._serialized_start=1629
+  _globals['_TARGETROLE']._serialized_end=1724
   _globals['_MIKEYMESSAGE']._serialized_start=61
   _globals['_MIKEYMESSAGE']._serialized_end=89
   _globals['_GETKEYSREQUEST']._serialized_start=92
@@ -61,27 +61,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTWARRANTSRESPONSE']._serialized_start=906
   _globals['_LISTWARRANTSRESPONSE']._serialized_end=963
   _globals['_KEYVERSION']._serialized_start=966
-  _globals['_KEYVERSION']._serialized_end=1172
+  _globals['_KEYVERSION']._serialized_end=1185
   _globals['_KEYVERSION_STATE']._serialized_start=1097
-  _globals['_KEYVERSION_STATE']._serialized_end=1172
-  _globals['_ROTATETICKETKEYREQUEST']._serialized_start=1174
-  _globals['_ROTATETICKETKEYREQUEST']._serialized_end=1198
-  _globals['_LISTKEYVERSIONSREQUEST']._serialized_start=1200
-  _globals['_LISTKEYVERSIONSREQUEST']._serialized_end=1224
-  _globals['_LISTKEYVERSIONSRESPONSE']._serialized_start=1226
-  _globals['_LISTKEYVERSIONSRESPONSE']._serialized_end=1289
-  _globals['_WATCHALARMSREQUEST']._serialized_start=1291
-  _globals['_WATCHALARMSREQUEST']._serialized_end=1311
-  _globals['_ALARM']._serialized_start=1314
-  _globals['_ALARM']._serialized_end=1449
-  _globals['_VERIFYAUDITREQUEST']._serialized_start=1451
-  _globals['_VERIFYAUDITREQUEST']._serialized_end=1471
-  _globals['_VERIFYAUDITRESPONSE']._serialized_start=1473
-  _globals['_VERIFYAUDITRESPONSE']._serialized_end=1553
-  _globals['_TICKETSERVICE']._serialized_start=1652
-  _globals['_TICKETSERVICE']._serialized_end=1723
-  _globals['_XKSERVICE']._serialized_start=1725
-  _globals['_XKSERVICE']._serialized_end=1796
-  _globals['_ADMINSERVICE']._serialized_start=1799
-  _globals['_ADMINSERVICE']._serialized_end=2430
+  _globals['_KEYVERSION_STATE']._serialized_end=1185
+  _globals['_ROTATETICKETKEYREQUEST']._serialized_start=1187
+  _globals['_ROTATETICKETKEYREQUEST']._serialized_end=1227
+  _globals['_ACTIVATETICKETKEYREQUEST']._serialized_start=1229
+  _globals['_ACTIVATETICKETKEYREQUEST']._serialized_end=1272
+  _globals['_LISTKEYVERSIONSREQUEST']._serialized_start=1274
+  _globals['_LISTKEYVERSIONSREQUEST']._serialized_end=1298
+  _globals['_LISTKEYVERSIONSRESPONSE']._serialized_start=1300
+  _globals['_LISTKEYVERSIONSRESPONSE']._serialized_end=1363
+  _globals['_WATCHALARMSREQUEST']._serialized_start=1365
+  _globals['_WATCHALARMSREQUEST']._serialized_end=1385
+  _globals['_ALARM']._serialized_start=1388
+  _globals['_ALARM']._serialized_end=1523
+  _globals['_VERIFYAUDITREQUEST']._serialized_start=1525
+  _globals['_VERIFYAUDITREQUEST']._serialized_end=1545
+  _globals['_VERIFYAUDITRESPONSE']._serialized_start=1547
+  _globals['_VERIFYAUDITRESPONSE']._serialized_end=1627
+  _globals['_TICKETSERVICE']._serialized_start=1726
+  _globals['_TICKETSERVICE']._serialized_end=1797
+  _globals['_XKSERVICE']._serialized_start=1799
+  _globals['_XKSERVICE']._serialized_end=1870
+  _globals['_ADMINSERVICE']._serialized_start=1873
+  _globals['_ADMINSERVICE']._serialized_end=2579
 # @@protoc_insertion_point(module_scope)

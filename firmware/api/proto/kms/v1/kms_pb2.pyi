@@ -373,6 +373,8 @@ class KeyVersion(_message.Message):
         DECRYPT_ONLY: KeyVersion._State.ValueType  # 2
         """resolves tickets it protected; protects no new ones"""
         DESTROYED: KeyVersion._State.ValueType  # 3
+        PENDING: KeyVersion._State.ValueType  # 4
+        """staged: protects nothing until activated (added by this node)"""
 
     class State(_State, metaclass=_StateEnumTypeWrapper): ...
     STATE_UNSPECIFIED: KeyVersion.State.ValueType  # 0
@@ -381,6 +383,8 @@ class KeyVersion(_message.Message):
     DECRYPT_ONLY: KeyVersion.State.ValueType  # 2
     """resolves tickets it protected; protects no new ones"""
     DESTROYED: KeyVersion.State.ValueType  # 3
+    PENDING: KeyVersion.State.ValueType  # 4
+    """staged: protects nothing until activated (added by this node)"""
 
     NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
@@ -412,16 +416,40 @@ Global___KeyVersion: _TypeAlias = KeyVersion  # noqa: Y015
 class RotateTicketKeyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    STAGED_FIELD_NUMBER: _builtins.int
+    staged: _builtins.bool
+    """create but do not activate (a cluster rotation); added by this node"""
     def __init__(
         self,
+        *,
+        staged: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["staged", b"staged"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RotateTicketKeyRequest: _TypeAlias = RotateTicketKeyRequest  # noqa: Y015
+
+@_typing.final
+class ActivateTicketKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActivateTicketKeyRequest: _TypeAlias = ActivateTicketKeyRequest  # noqa: Y015
 
 @_typing.final
 class ListKeyVersionsRequest(_message.Message):

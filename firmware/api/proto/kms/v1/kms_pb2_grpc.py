@@ -269,6 +269,11 @@ class AdminServiceStub:
                 request_serializer=kms_dot_v1_dot_kms__pb2.RotateTicketKeyRequest.SerializeToString,
                 response_deserializer=kms_dot_v1_dot_kms__pb2.KeyVersion.FromString,
                 _registered_method=True)
+        self.ActivateTicketKey = channel.unary_unary(
+                '/kms.v1.AdminService/ActivateTicketKey',
+                request_serializer=kms_dot_v1_dot_kms__pb2.ActivateTicketKeyRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_kms__pb2.KeyVersion.FromString,
+                _registered_method=True)
         self.ListKeyVersions = channel.unary_unary(
                 '/kms.v1.AdminService/ListKeyVersions',
                 request_serializer=kms_dot_v1_dot_kms__pb2.ListKeyVersionsRequest.SerializeToString,
@@ -330,6 +335,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ActivateTicketKey(self, request, context):
+        """Activate a staged ticket key version (a cluster rotation, once every node's HSM holds it).
+        Added by this node; not in the shared contract.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListKeyVersions(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -379,6 +392,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
             'RotateTicketKey': grpc.unary_unary_rpc_method_handler(
                     servicer.RotateTicketKey,
                     request_deserializer=kms_dot_v1_dot_kms__pb2.RotateTicketKeyRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_kms__pb2.KeyVersion.SerializeToString,
+            ),
+            'ActivateTicketKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.ActivateTicketKey,
+                    request_deserializer=kms_dot_v1_dot_kms__pb2.ActivateTicketKeyRequest.FromString,
                     response_serializer=kms_dot_v1_dot_kms__pb2.KeyVersion.SerializeToString,
             ),
             'ListKeyVersions': grpc.unary_unary_rpc_method_handler(
@@ -563,6 +581,33 @@ class AdminService:
             target,
             '/kms.v1.AdminService/RotateTicketKey',
             kms_dot_v1_dot_kms__pb2.RotateTicketKeyRequest.SerializeToString,
+            kms_dot_v1_dot_kms__pb2.KeyVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ActivateTicketKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.AdminService/ActivateTicketKey',
+            kms_dot_v1_dot_kms__pb2.ActivateTicketKeyRequest.SerializeToString,
             kms_dot_v1_dot_kms__pb2.KeyVersion.FromString,
             options,
             channel_credentials,

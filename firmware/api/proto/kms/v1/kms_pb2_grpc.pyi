@@ -211,6 +211,10 @@ class AdminServiceStub:
     DeleteWarrant: _grpc.UnaryUnaryMultiCallable[_kms_pb2.DeleteWarrantRequest, _kms_pb2.DeleteWarrantResponse]
     ListWarrants: _grpc.UnaryUnaryMultiCallable[_kms_pb2.ListWarrantsRequest, _kms_pb2.ListWarrantsResponse]
     RotateTicketKey: _grpc.UnaryUnaryMultiCallable[_kms_pb2.RotateTicketKeyRequest, _kms_pb2.KeyVersion]
+    ActivateTicketKey: _grpc.UnaryUnaryMultiCallable[_kms_pb2.ActivateTicketKeyRequest, _kms_pb2.KeyVersion]
+    """Activate a staged ticket key version (a cluster rotation, once every node's HSM holds it).
+    Added by this node; not in the shared contract.
+    """
     ListKeyVersions: _grpc.UnaryUnaryMultiCallable[_kms_pb2.ListKeyVersionsRequest, _kms_pb2.ListKeyVersionsResponse]
     WatchAlarms: _grpc.UnaryStreamMultiCallable[_kms_pb2.WatchAlarmsRequest, _kms_pb2.Alarm]
     VerifyAudit: _grpc.UnaryUnaryMultiCallable[_kms_pb2.VerifyAuditRequest, _kms_pb2.VerifyAuditResponse]
@@ -231,6 +235,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     DeleteWarrant: _aio.UnaryUnaryMultiCallable[_kms_pb2.DeleteWarrantRequest, _kms_pb2.DeleteWarrantResponse]  # type: ignore[assignment]
     ListWarrants: _aio.UnaryUnaryMultiCallable[_kms_pb2.ListWarrantsRequest, _kms_pb2.ListWarrantsResponse]  # type: ignore[assignment]
     RotateTicketKey: _aio.UnaryUnaryMultiCallable[_kms_pb2.RotateTicketKeyRequest, _kms_pb2.KeyVersion]  # type: ignore[assignment]
+    ActivateTicketKey: _aio.UnaryUnaryMultiCallable[_kms_pb2.ActivateTicketKeyRequest, _kms_pb2.KeyVersion]  # type: ignore[assignment]
+    """Activate a staged ticket key version (a cluster rotation, once every node's HSM holds it).
+    Added by this node; not in the shared contract.
+    """
     ListKeyVersions: _aio.UnaryUnaryMultiCallable[_kms_pb2.ListKeyVersionsRequest, _kms_pb2.ListKeyVersionsResponse]  # type: ignore[assignment]
     WatchAlarms: _aio.UnaryStreamMultiCallable[_kms_pb2.WatchAlarmsRequest, _kms_pb2.Alarm]  # type: ignore[assignment]
     VerifyAudit: _aio.UnaryUnaryMultiCallable[_kms_pb2.VerifyAuditRequest, _kms_pb2.VerifyAuditResponse]  # type: ignore[assignment]
@@ -284,6 +292,16 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _kms_pb2.RotateTicketKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_kms_pb2.KeyVersion, _abc.Awaitable[_kms_pb2.KeyVersion]]: ...
+
+    @_abc_1.abstractmethod
+    def ActivateTicketKey(
+        self,
+        request: _kms_pb2.ActivateTicketKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kms_pb2.KeyVersion, _abc.Awaitable[_kms_pb2.KeyVersion]]:
+        """Activate a staged ticket key version (a cluster rotation, once every node's HSM holds it).
+        Added by this node; not in the shared contract.
+        """
 
     @_abc_1.abstractmethod
     def ListKeyVersions(
