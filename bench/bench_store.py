@@ -1,9 +1,9 @@
 """Store cost per hot call: SQLite against PostgreSQL on this machine.
 
 Run from the repository root: `python -m bench.bench_store [--seconds S] [--rounds N]`.
-It starts its own throw-away PostgreSQL (tests/pg.py, with the server's default settings: fsync
-and synchronous_commit on, as in production) and a SQLite file on the same disk, and times the
-calls the request path makes: user_by_psk_id, add_resolution from 8 threads at once,
+It starts its own throw-away PostgreSQL (firmware/devpg.py, with the server's default settings:
+fsync and synchronous_commit on, as in production) and a SQLite file on the same disk, and times
+the calls the request path makes: user_by_psk_id, add_resolution from 8 threads at once,
 resolutions(ticket_id), advance_counter, and the replay cache's admit (the in-memory
 core.freshness.ReplayCache in the SQLite column, which is what a SQLite node uses, against
 PostgresReplayCache). Each call runs for S seconds per round; the best round of each counts.
@@ -27,10 +27,10 @@ from pathlib import Path
 
 from firmware.core.freshness import ReplayCache
 from firmware.core.ports import Resolution, User, WrappedKey
+from firmware.devpg import PgServer
 from firmware.store.postgres import PostgresStore
 from firmware.store.replay import PostgresReplayCache
 from firmware.store.sqlite import SqliteStore
-from tests.pg import PgServer
 
 THREADS = 8
 USERS = 1000
