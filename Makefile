@@ -9,7 +9,7 @@ APT_PACKAGES := softhsm2 opensc tshark umockdev gir1.2-umockdev-1.0 python3-gi p
 	libsrtp2-1 cryptsetup-bin dosfstools postgresql
 IMAGE_APT_PACKAGES := mmdebstrap erofs-utils qemu-system-x86 qemu-utils cpio e2fsprogs
 
-.PHONY: all deps apt demo test test-fast test-image lint proto proto-check bench clean
+.PHONY: all deps apt demo cluster-demo test test-fast test-image lint proto proto-check bench clean
 
 all: test
 
@@ -59,6 +59,9 @@ test-image: deps .stamp-apt-image
 
 demo: deps
 	$(PY) -m firmware.demo
+
+cluster-demo: deps
+	$(PY) -m firmware.cluster_demo
 
 bench: deps
 	$(PY) -m bench
