@@ -3,10 +3,19 @@
 Rules:
 - One IntEnum per IANA "MIKEY Payload" name space, members named as in the RFC tables.
 - Registries whose values change how the bytes are laid out (payload type, TS type, MAC alg, hash
-  func, DH group, KV type, CS ID map type) are closed: the codec refuses unknown values, because it
-  cannot know the length of what follows.  Registries that the codec does not interpret (Prot type,
-  SP parameter type, General Extension type, Ticket Type) are kept as plain ``int`` fields on the
-  payloads; their enums here only name the known values.
+  func, DH group, KV type, key data type, CS ID map type) are closed: the codec refuses unknown
+  values, because it cannot know the length of what follows.  So are the data type (ERR 13,
+  RFC 4738 6), the PRF func, the Encr alg (its ERR says which) and the PK-mode registries (Cert
+  type, PKE C, S type) the node does not serve.
+- Role and type registries that do not change the layout (ID Role, RAND Role, TS Role, ID Type,
+  Error no) are open: the payload field is the enum member when the value is registered, else the
+  raw ``int`` (field types ``IdRole | int`` ...), so a payload with an unassigned, future or
+  private-range value (RFC 6043 14: 240-254) parses and can be ignored or refused at the semantic
+  level ("Unexpected payloads ... SHOULD be ignored", RFC 6043 4.2.1.4 and the like).  An int
+  rather than an IntEnum with a ``_missing_`` fallback: the type tells every reader that
+  unregistered values exist, and decoding never invents enum members from received bytes.
+- Registries that the codec does not interpret at all (Prot type, SP parameter type, General
+  Extension type, Ticket Type) are plain ``int`` fields; their enums here only name the values.
 - The key-derivation constants are the consecutive 9-digit chunks of the decimal expansion of e
   (RFC 3830 section 4.1.3); ``tests/mikey`` recomputes them.
 """
@@ -156,7 +165,7 @@ class TsType(enum.IntEnum):
 
 
 class TsRole(enum.IntEnum):
-    """TR TS Role (RFC 6043 Table 6.9)."""
+    """TR TS Role (RFC 6043 Table 6.9); open: 240-254 are private use."""
 
     TRi = 1
     TRs = 2
@@ -165,7 +174,7 @@ class TsRole(enum.IntEnum):
 
 
 class IdType(enum.IntEnum):
-    """ID / IDR ID Type (RFC 3830 Table 6.7.a, RFC 6043 Table 6.10)."""
+    """ID / IDR ID Type (RFC 3830 Table 6.7.a, RFC 6043 Table 6.10); open."""
 
     NAI = 0
     URI = 1
@@ -173,17 +182,19 @@ class IdType(enum.IntEnum):
 
 
 class IdRole(enum.IntEnum):
-    """IDR ID Role (RFC 6043 Table 6.11)."""
+    """IDR ID Role (RFC 6043 Table 6.11, RFC 6509 4.4); open: 240-254 are private use."""
 
     IDRi = 1
     IDRr = 2
     IDRkms = 3
     IDRpsk = 4
     IDRapp = 5
+    IDRkmsi = 6  # Initiator's KMS (RFC 6509 4.4, MIKEY-SAKKE)
+    IDRkmsr = 7  # Responder's KMS (RFC 6509 4.4, MIKEY-SAKKE)
 
 
 class RandRole(enum.IntEnum):
-    """RANDR RAND Role (RFC 6043 Table 6.13)."""
+    """RANDR RAND Role (RFC 6043 Table 6.13); open: 240-254 are private use."""
 
     RANDRi = 1
     RANDRr = 2
@@ -289,11 +300,12 @@ class SrtpParam(enum.IntEnum):
 
 
 class GenExtType(enum.IntEnum):
-    """General Extension type (RFC 3830 Table 6.15, RFC 4563, RFC 5410); kept as int on payloads."""
+    """General Extension type (RFC 3830 6.15, RFC 4563, RFC 4738, RFC 5410); int on payloads."""
 
     VENDOR_ID = 0
     SDP_IDS = 1
     KEY_ID = 3
+    CSB_ID = 4  # RFC 4738 6
     OMA_BCAST = 5
 
 
@@ -305,7 +317,7 @@ class TicketType(enum.IntEnum):
 
 
 class ErrNo(enum.IntEnum):
-    """ERR Error no (RFC 3830 Table 6.12, RFC 6043 Table 6.14)."""
+    """ERR Error no (RFC 3830 Table 6.12, RFC 4738 6, RFC 6043 Table 6.14); open on the wire."""
 
     AUTH_FAILURE = 0
     INVALID_TS = 1
@@ -320,6 +332,7 @@ class ErrNo(enum.IntEnum):
     INVALID_SPPAR = 10
     INVALID_DT = 11
     UNSPECIFIED = 12
+    UNSUPPORTED_MESSAGE_TYPE = 13  # RFC 4738 6: "Unsupported message type ------- 13"
     INVALID_TICKET = 14
     INVALID_TPPAR = 15
 

@@ -223,7 +223,7 @@ def appended_identities(
         first, second = (IdRole.IDRr, responder), (IdRole.IDRkms, kms)
     else:
         return b""
-    found: dict[IdRole, bytes] = {}
+    found: dict[int, bytes] = {}
     for p in msg.payloads:
         if isinstance(p, RoleIdentity) and p.role not in found:
             found[p.role] = p.data

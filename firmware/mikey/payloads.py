@@ -154,9 +154,9 @@ class Timestamp:
 
 @dataclass(frozen=True, slots=True)
 class RoleTimestamp:
-    """TR (RFC 6043 6.4)."""
+    """TR (RFC 6043 6.4); ``role`` is the raw int when the TS Role is not registered."""
 
-    role: TsRole
+    role: TsRole | int
     ts_type: TsType
     value: bytes
 
@@ -170,26 +170,27 @@ class Rand:
 
 @dataclass(frozen=True, slots=True)
 class RoleRand:
-    """RANDR (RFC 6043 6.8)."""
+    """RANDR (RFC 6043 6.8); ``role`` is the raw int when the RAND Role is not registered."""
 
-    role: RandRole
+    role: RandRole | int
     value: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """ID (RFC 3830 6.7)."""
+    """ID (RFC 3830 6.7); ``id_type`` is the raw int when the ID Type is not registered."""
 
-    id_type: IdType
+    id_type: IdType | int
     data: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class RoleIdentity:
-    """IDR (RFC 6043 6.6).  Identities under MACs are ``data`` only (RFC 6043 5.5)."""
+    """IDR (RFC 6043 6.6).  Identities under MACs are ``data`` only (RFC 6043 5.5).  ``role`` and
+    ``id_type`` are raw ints when the value is not registered (e.g. a private-range role)."""
 
-    role: IdRole
-    id_type: IdType
+    role: IdRole | int
+    id_type: IdType | int
     data: bytes
 
 
@@ -298,9 +299,9 @@ class SecurityPolicy:
 
 @dataclass(frozen=True, slots=True)
 class ErrorPayload:
-    """ERR (RFC 3830 6.12, RFC 6043 6.9)."""
+    """ERR (RFC 3830 6.12, RFC 6043 6.9); ``err_no`` is the raw int when not registered."""
 
-    err_no: ErrNo
+    err_no: ErrNo | int
     reserved: int = 0
 
 
@@ -345,10 +346,10 @@ class TicketPolicy:
     def find_all(self, kind: type[_P]) -> list[_P]:
         return [p for p in self.payloads or () if isinstance(p, kind)]
 
-    def idr(self, role: IdRole) -> list[RoleIdentity]:
+    def idr(self, role: IdRole | int) -> list[RoleIdentity]:
         return [p for p in self.payloads or () if isinstance(p, RoleIdentity) and p.role == role]
 
-    def tr(self, role: TsRole) -> RoleTimestamp | None:
+    def tr(self, role: TsRole | int) -> RoleTimestamp | None:
         for p in self.payloads or ():
             if isinstance(p, RoleTimestamp) and p.role == role:
                 return p

@@ -18,9 +18,11 @@ Rules and invariants:
   skipped); payloads of a known type in an unexpected place are kept, so callers may ignore them
   as RFC 6043 asks.  TP Data and Initiator Data may not contain TP/TICKET (bounds recursion) nor
   key-data sub-payloads (those live only in KEMAC Encr data, see ``parse_key_data``).
-- Fields whose registry changes the layout are IntEnums and unknown values are refused; open
-  registries that do not (Prot type, SP parameter type, General Extension type, Ticket Type) are
-  plain ints.
+- Fields whose registry changes the layout are IntEnums and unknown values are refused (see
+  constants.py for which and why); the open role/type registries (ID Role, RAND Role, TS Role,
+  ID Type, Error no) give the member when registered, else the raw int; the registries the codec
+  does not interpret (Prot type, SP parameter type, General Extension type, Ticket Type) are
+  plain ints.  An unknown data type is refused with ERR 13 (RFC 4738 6).
 """
 
 from __future__ import annotations
@@ -105,10 +107,10 @@ _ID_ROLES = enum_table(IdRole)
 _ID_TYPES = enum_table(IdType)
 _RAND_ROLES = enum_table(RandRole)
 _MAC_ALGS = enum_table(MacAlg)
+_ERR_NOS = enum_table(ErrNo)
 _TS_LEN = tuple(t.value_len for t in TsType)
 _MAC_LEN = tuple(a.mac_len for a in MacAlg)
-_ENUMS = (CertType, DhGroup, EncrAlg, ErrNo, HashFunc, IdType, KeyDataType, KvType, MacAlg,
-          PkeCache, SignType, TsRole, TsType)  # fmt: skip
+_ENUMS = (CertType, DhGroup, EncrAlg, HashFunc, KeyDataType, KvType, MacAlg, PkeCache, SignType)
 _MEMBERS: dict[type, dict[int, enum.IntEnum]] = {cls: enum_table(cls) for cls in _ENUMS}
 
 
@@ -169,14 +171,14 @@ def _mk_t(ts_type: TsType, value: bytes) -> Timestamp:
     return o
 
 
-def _mk_randr(role: RandRole, value: bytes) -> RoleRand:
+def _mk_randr(role: RandRole | int, value: bytes) -> RoleRand:
     o: RoleRand = new_object(RoleRand)
     _RANDR_ROLE(o, role)
     _RANDR_VALUE(o, value)
     return o
 
 
-def _mk_idr(role: IdRole, id_type: IdType, data: bytes) -> RoleIdentity:
+def _mk_idr(role: IdRole | int, id_type: IdType | int, data: bytes) -> RoleIdentity:
     o: RoleIdentity = new_object(RoleIdentity)
     _IDR_ROLE(o, role)
     _IDR_TYPE(o, id_type)
@@ -226,8 +228,8 @@ def parse_header(r: Reader) -> tuple[Header, int]:
     if version != MIKEY_VERSION:
         raise r.fail(f"unsupported MIKEY version {version}", ErrNo.UNSPECIFIED)
     data_type = _DATA_TYPES.get(buf[p + 1])
-    if data_type is None:
-        raise r.fail(f"unknown DataType value {buf[p + 1]}", ErrNo.INVALID_DT, p + 1)
+    if data_type is None:  # RFC 4738 6: Error no 13 "Unsupported message type"
+        raise r.fail(f"unknown DataType value {buf[p + 1]}", ErrNo.UNSUPPORTED_MESSAGE_TYPE, p + 1)
     prf_func = _PRF_FUNCS.get(vp & 0x7F)
     if prf_func is None:
         raise r.fail(f"unknown PrfFunc value {vp & 0x7F}", ErrNo.INVALID_PRF, p + 3)
@@ -332,13 +334,13 @@ def _serialize_t(out: bytearray, p: Timestamp) -> None:
 
 
 def _parse_tr(r: Reader) -> RoleTimestamp:
-    role = _enum(TsRole, r.u8("TS Role"), r, ErrNo.INVALID_TS, 1)
-    return RoleTimestamp(role, *_parse_ts_value(r))
+    role = r.u8("TS Role")
+    return RoleTimestamp(_TS_ROLES.get(role, role), *_parse_ts_value(r))
 
 
 def _serialize_tr(out: bytearray, p: RoleTimestamp) -> None:
     check(len(p.value) == p.ts_type.value_len, "TS value length does not match TS type")
-    out += bytes((p.role, p.ts_type))
+    out += bytes((fit_u8(p.role, "TS Role"), p.ts_type))
     out += p.value
 
 
@@ -354,9 +356,7 @@ def _parse_randr(r: Reader) -> RoleRand:
     buf, p = r.buf, r.pos
     if p >= r.end:
         raise r.fail("truncated RAND Role: need 1 byte, have 0")
-    role = _RAND_ROLES.get(buf[p])
-    if role is None:
-        raise r.fail(f"unknown RandRole value {buf[p]}", ErrNo.UNSPECIFIED)
+    role = _RAND_ROLES.get(buf[p], buf[p])
     if p + 1 >= r.end:
         raise r.fail("truncated RAND length: need 1 byte, have 0", at=p + 1)
     q = p + 2 + buf[p + 1]
@@ -367,17 +367,17 @@ def _parse_randr(r: Reader) -> RoleRand:
 
 
 def _serialize_randr(out: bytearray, p: RoleRand) -> None:
-    out.append(p.role)
+    out.append(fit_u8(p.role, "RAND Role"))
     out += len8(p.value, "RAND") + p.value
 
 
 def _parse_id(r: Reader) -> Identity:
-    id_type = _enum(IdType, r.u8("ID type"), r, ErrNo.INVALID_ID, 1)
-    return Identity(id_type, r.take(r.u16("ID len"), "ID data"))
+    id_type = r.u8("ID type")
+    return Identity(_ID_TYPES.get(id_type, id_type), r.take(r.u16("ID len"), "ID data"))
 
 
 def _serialize_id(out: bytearray, p: Identity) -> None:
-    out.append(p.id_type)
+    out.append(fit_u8(p.id_type, "ID type"))
     out += len16(p.data, "ID data") + p.data
 
 
@@ -385,12 +385,8 @@ def _parse_idr(r: Reader) -> RoleIdentity:
     buf, p = r.buf, r.pos
     if p + 4 > r.end:
         raise r.fail(f"truncated IDR: need 4 bytes, have {r.end - p}")
-    role = _ID_ROLES.get(buf[p])
-    if role is None:
-        raise r.fail(f"unknown IdRole value {buf[p]}", ErrNo.INVALID_ID)
-    id_type = _ID_TYPES.get(buf[p + 1])
-    if id_type is None:
-        raise r.fail(f"unknown IdType value {buf[p + 1]}", ErrNo.INVALID_ID, p + 1)
+    role = _ID_ROLES.get(buf[p], buf[p])
+    id_type = _ID_TYPES.get(buf[p + 1], buf[p + 1])
     n = (buf[p + 2] << 8) | buf[p + 3]
     q = p + 4 + n
     if q > r.end:
@@ -400,7 +396,7 @@ def _parse_idr(r: Reader) -> RoleIdentity:
 
 
 def _serialize_idr(out: bytearray, p: RoleIdentity) -> None:
-    out += bytes((p.role, p.id_type))
+    out += bytes((fit_u8(p.role, "ID Role"), fit_u8(p.id_type, "ID Type")))
     out += len16(p.data, "ID Data") + p.data
 
 
@@ -547,13 +543,13 @@ def _serialize_sp(out: bytearray, p: SecurityPolicy) -> None:
 
 
 def _parse_err(r: Reader) -> ErrorPayload:
-    err_no = _enum(ErrNo, r.u8("Error no"), r, ErrNo.UNSPECIFIED, 1)
-    return ErrorPayload(err_no, r.u16("ERR reserved"))
+    err_no = r.u8("Error no")
+    return ErrorPayload(_ERR_NOS.get(err_no, err_no), r.u16("ERR reserved"))
 
 
 def _serialize_err(out: bytearray, p: ErrorPayload) -> None:
     check(0 <= p.reserved <= 0xFFFF, "ERR reserved does not fit in 16 bits")
-    out.append(p.err_no)
+    out.append(fit_u8(p.err_no, "Error no"))
     out += U16.pack(p.reserved)
 
 

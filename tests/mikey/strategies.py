@@ -30,6 +30,19 @@ u32 = st.integers(0, 0xFFFFFFFF)
 small = st.binary(max_size=24)
 
 
+def open_registry(cls: type) -> st.SearchStrategy[int]:
+    """A registered member, or any byte (unassigned, private-range or reserved values too): the
+    open role/type registries parse every value (constants.py)."""
+    return st.one_of(st.sampled_from(cls), u8)
+
+
+id_roles = open_registry(IdRole)
+id_types = open_registry(IdType)
+rand_roles = open_registry(RandRole)
+ts_roles = open_registry(TsRole)
+err_nos = open_registry(ErrNo)
+
+
 def _ts(draw: st.DrawFn) -> tuple[TsType, bytes]:
     t = draw(st.sampled_from(TsType))
     return t, draw(st.binary(min_size=t.value_len, max_size=t.value_len))
@@ -42,7 +55,7 @@ def timestamps(draw: st.DrawFn) -> c.Timestamp:
 
 @st.composite
 def role_timestamps(draw: st.DrawFn) -> c.RoleTimestamp:
-    return c.RoleTimestamp(draw(st.sampled_from(TsRole)), *_ts(draw))
+    return c.RoleTimestamp(draw(ts_roles), *_ts(draw))
 
 
 @st.composite
@@ -94,7 +107,7 @@ def simple_payloads() -> st.SearchStrategy[c.Payload]:
         st.builds(c.Pke, st.sampled_from(PkeCache), small),
         dhs(),
         timestamps(),
-        st.builds(c.Identity, st.sampled_from(IdType), small),
+        st.builds(c.Identity, id_types, small),
         st.builds(c.Certificate, st.sampled_from(CertType), small),
         chashes(),
         verifications(),
@@ -105,10 +118,10 @@ def simple_payloads() -> st.SearchStrategy[c.Payload]:
             st.lists(st.builds(c.PolicyParam, u8, small), max_size=4).map(tuple),
         ),
         st.builds(c.Rand, small),
-        st.builds(c.ErrorPayload, st.sampled_from(ErrNo), st.integers(0, 0xFFFF)),
+        st.builds(c.ErrorPayload, err_nos, st.integers(0, 0xFFFF)),
         role_timestamps(),
-        st.builds(c.RoleIdentity, st.sampled_from(IdRole), st.sampled_from(IdType), small),
-        st.builds(c.RoleRand, st.sampled_from(RandRole), small),
+        st.builds(c.RoleIdentity, id_roles, id_types, small),
+        st.builds(c.RoleRand, rand_roles, small),
         st.builds(c.GeneralExtension, u8, small),
     )
 

@@ -105,12 +105,14 @@ def test_unknown_payload_type_is_refused_with_its_offset() -> None:
     assert exc.value.offset == 28 and "unknown payload type 99" in str(exc.value)
 
 
-def test_unknown_data_type_answers_invalid_dt() -> None:
+def test_unknown_data_type_answers_err_13_unsupported_message_type() -> None:
+    """RFC 4738 6: 'Added to "Error payload name spaces:" Unsupported message type ------- 13'."""
     raw = bytearray(SEEDS[1])
     raw[1] = 200
     with pytest.raises(MikeyError) as exc:
         decode(bytes(raw))
-    assert exc.value.err is ErrNo.INVALID_DT and exc.value.offset == 1
+    assert exc.value.err is ErrNo.UNSUPPORTED_MESSAGE_TYPE and exc.value.offset == 1
+    assert ErrNo.UNSUPPORTED_MESSAGE_TYPE == 13
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,8 @@
 """An independent decoder agrees with our layout: Wireshark's MIKEY dissector (tshark) reads the
-RFC 3830 messages we encode (PSK init with SP and KEMAC, PSK verification message) with the same
-field values and no malformed-packet mark.  The pcap is built by hand (UDP to port 2269)."""
+RFC 3830 messages we encode (PSK init with SP and KEMAC, PSK verification message) and an Error
+message carrying values of the open registries (ERR 13 and an unassigned Error no, IDRkmsi and a
+private-range ID Role / unassigned ID Type) with the same field values and no malformed-packet
+mark.  The pcap is built by hand (UDP to port 2269)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from firmware.mikey import crypto
 from firmware.mikey.constants import (
     DataType,
     EncrAlg,
+    ErrNo,
+    IdRole,
     IdType,
     KeyDataType,
     MacAlg,
@@ -42,6 +46,14 @@ def _pcap(payloads: list[bytes]) -> bytes:
         frame = b"\x00" * 6 + b"\x00\x11\x22\x33\x44\x55" + b"\x08\x00" + ip + udp
         out += struct.pack("<IIII", 1700000000 + n, 0, len(frame), len(frame)) + frame
     return out
+
+
+def _open_registry_error(t: c.Timestamp) -> bytes:
+    header = c.Header(DataType.ERROR, 0x11223344, c.EmptyMap(), PrfFunc.MIKEY_1, False)
+    return encode(Message(header, (t, c.ErrorPayload(ErrNo.UNSUPPORTED_MESSAGE_TYPE),
+                                   c.ErrorPayload(200),
+                                   c.RoleIdentity(IdRole.IDRkmsi, IdType.URI, b"sip:kms.example"),
+                                   c.RoleIdentity(241, 9, b"private"))))  # fmt: skip
 
 
 def _messages() -> tuple[bytes, bytes, bytes]:
@@ -91,7 +103,8 @@ def _fields(tree: object, out: dict[str, list[str]]) -> None:
 def _dissect(tmp_path: Path, msgs: list[bytes]) -> list[dict[str, list[str]]]:
     f = tmp_path / "mikey.pcap"
     f.write_bytes(_pcap(msgs))
-    proc = subprocess.run(["tshark", "-r", str(f), "-d", "udp.port==2269,mikey", "-T", "json"],
+    proc = subprocess.run(["tshark", "-r", str(f), "-d", "udp.port==2269,mikey", "-T", "json",
+                           "--no-duplicate-keys"],
                           capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
     assert "malformed" not in proc.stdout.lower()
     frames = []
@@ -111,7 +124,8 @@ def test_tshark_reads_our_psk_init_and_verification_message_with_the_same_values
     tmp_path: Path,
 ) -> None:
     i_msg, r_msg, null_kemac = _messages()
-    fi, fr, fn = _dissect(tmp_path, [i_msg, r_msg, null_kemac])
+    error = _open_registry_error(c.Timestamp(TsType.NTP_UTC, bytes.fromhex("e1d2c3b4a5968778")))
+    fi, fr, fn, fe = _dissect(tmp_path, [i_msg, r_msg, null_kemac, error])
     assert fi, "tshark did not dissect the MIKEY payload"
     assert _int(fi["mikey.version"][0]) == 1 and _int(fi["mikey.type"][0]) == 0
     assert _int(fi["mikey.csb_id"][0]) == 0x11223344
@@ -131,3 +145,9 @@ def test_tshark_reads_our_psk_init_and_verification_message_with_the_same_values
     assert _int(fn["mikey.key.kv"][0]) == 1
     assert fn["mikey.key.data"][0].replace(":", "") == bytes(range(100, 116)).hex()
     assert fn["mikey.key.kv.spi"][0].replace(":", "") == "0708"
+    # open registries: the values we keep as raw ints are the ones Wireshark shows
+    assert _int(fe["mikey.type"][0]) == DataType.ERROR
+    assert [_int(v) for v in fe["mikey.err.no"]] == [13, 200]
+    assert [_int(v) for v in fe["mikey.id.role"]] == [IdRole.IDRkmsi, 241]
+    assert [_int(v) for v in fe["mikey.id.type"]] == [IdType.URI, 9]
+    assert fe["mikey.id.data"] == ["sip:kms.example", "private"]
