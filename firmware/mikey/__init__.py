@@ -21,42 +21,61 @@ Modules and public API
                ``parse_key_data``/``serialize_key_data``, ``parse_ticket_data``/
                ``serialize_ticket_data``.
 ``message``    ``Message(header, payloads)`` with ``raw``/``offsets`` of the received bytes;
-               ``decode(bytes) -> Message``, ``encode(Message) -> bytes``; MAC coverage of RFC 6043
-               Table 5.2: ``mac_input``, ``coverage``, ``appended_identities``,
-               ``ticket_mac_input``.
+               ``decode(bytes, limits=UE_LIMITS) -> Message`` (``DecodeLimits``: size and payload
+               bounds before the MAC check), ``encode(Message) -> bytes``; MAC coverage of
+               RFC 6043 Table 5.2: ``mac_input``, ``coverage``, ``appended_identities``,
+               ``identity_candidates``, ``ticket_mac_input``; ``kemac_iv_t``; the Q4 / Q6
+               constants ``KEMAC_IV_T``, ``ABSENT_IDENTITY``, ``ABSENT_IDENTITY_ACCEPTED``.
+``rules``      keyless message rules: ``check_required_payloads`` (RFC 6043 4.2 compositions),
+               ``check_header_rules`` (#CS / map type / GENERIC-ID answers), ``check_algorithms``
+               (12.1 strength), ``check_message`` (all three).
 ``crypto``     ``fast_prf`` (= prf.prf), K1/K2 ``message_keys``/``auth_key``, K3 ``tek``/
                ``tek_salt``, K4 ``vr_auth_key``, K5 ``ticket_keys``, K6 ``mpk_split``, K7
                ``fork_mpkr``/``fork_tgk``; ``kemac_crypt`` (AES-CM-128/256, AES-KW-128),
-               ``compute_mac``/``check_mac``.
-``ticket``     base ticket: ``seal_ticket``, ``peek_ticket`` (THDR data before verification, e.g.
-               the TPK version), ``open_ticket -> OpenedTicket`` (MPK, MPKi, MPKr, keys, policy,
-               IDRi, IDRr list, TRs/TRe, THDR data); ``check_policy`` (flag consistency),
-               ``within_validity``, ``ntp_seconds``/``ntp_bytes``.
+               ``compute_mac``/``check_mac``/``mac_matches``; ``check_strength``, ``mac_for``,
+               ``encr_for`` (12.1).
+``ticket``     base ticket: ``seal_ticket`` (SPIs, RAND length, strength), ``peek_ticket`` (THDR
+               data before verification, e.g. the TPK version), ``open_ticket -> OpenedTicket``
+               (MPK, MPKi, MPKr, keys, policy, IDRi, IDRr list, TRs/TRe, THDR data);
+               ``check_policy`` (flag consistency), ``within_validity``, ``ntp_seconds``/
+               ``ntp_bytes``.
 ``transfer``   ``verify_v`` (any message, K1/K2), ``verify_transfer_init`` (MPKi),
-               ``verify_transfer_resp`` (MPKi or MPKr'), ``forked_mpkr_for``, ``fork_keys``,
-               ``check_vi``, ``session_keys -> [SessionKey(cs_id, tek, salt)]`` - what Xk uses.
-``kms``        ``verify_initial_psk``, ``build_request_resp``, ``build_resolve_resp`` (forking),
-               ``build_error``/``verify_error``, ``verify_initiator_data`` (Vr), ``sign_message``.
-``exchange``   UE roles ``Initiator`` / ``Responder`` (sans-I/O), ``open_kemac``.
+               ``verify_transfer_resp`` (MPKi or MPKr'; same PRF and CSB ID), ``forked_mpkr_for``,
+               ``fork_keys``, ``check_vi``, ``open_kemac``/``seal_kemac``/``supplied_keys``
+               (UE-supplied keys, L/M), ``crypto_sessions``/``policy_lengths``,
+               ``session_keys -> [SessionKey(cs_id, tek, salt, spi)]`` - what Xk uses.
+``kms``        ``verify_initial_psk``, ``check_rand_strength``, ``build_request_resp``,
+               ``build_resolve_resp`` (forking; SPIs per key), ``build_error``/``verify_error``,
+               ``verify_initiator_data`` (Vr), ``sign_message``.
+``exchange``   UE roles ``Initiator`` / ``Responder`` (sans-I/O); ``open_kemac`` (re-exported).
 ``sdp``        ``find_key_mgmt``, ``key_mgmt_line``, ``add_key_mgmt`` (RFC 4567).
 ``prf``        ``PrfFunc``, ``prf``, ``prf_with_hmac``, ``p_chain``, ``hmac_digest``.
 
 Choices where the RFCs leave doubt (details in the module docstrings)
 ---------------------------------------------------------------------
-- Q4 (T in the AES-CM IV of a response's KEMAC): the T of the message carrying the KEMAC.
+- Q4 (T in the AES-CM IV of a response's KEMAC): the T of the message carrying the KEMAC
+  (``message.KEMAC_IV_T``).
 - Q5 (PRF): HDR PRF func for K1/K2/K3; Ticket Policy PRF func for K4..K7.
 - Q6 (identities appended to MAC inputs): the IDR payload's ID Data when present, else the
-  caller-supplied value (e.g. the configured KMS identity), else nothing.
+  caller-supplied value (e.g. the configured KMS identity), else nothing
+  (``message.ABSENT_IDENTITY``); verification also accepts the ticket's (or requested policy's)
+  identity of an omitted role (``ABSENT_IDENTITY_ACCEPTED``).
 - Unknown payload types are refused (their length is unknown); known payloads in unexpected places
-  are kept, so callers can ignore them as RFC 6043 asks.
+  are kept, so callers can ignore them as RFC 6043 asks; unregistered roles, ID types and error
+  numbers parse to raw ints; an unknown data type is ERR 13 (RFC 4738).
+- Key and salt lengths of a crypto session come from its SRTP policy (16/14 without one);
+  UE-supplied keys (L/M) are opened with the MPK-derived keys and replace the ticket's.
 
 Typical KMS use (ticket request)::
 
-    req = decode(body)                              # MikeyError -> answer build_error(...)
+    req = decode(body, limits=UE_LIMITS)            # MikeyError -> answer build_error(...)
+    check_message(req)                              # header rules, payloads, strength
     verify_initial_psk(req, psk, kms_identity=KMS)  # K1 over received bytes || IDi || IDkms
+    check_rand_strength(req, len(psk))              # RFC 6043 12.1
     ticket = seal_ticket(granted, tpk=hsm_hmac, thdr_data=version, t=t, rand=rand, mpk=mpk,
-                         session_keys=[tgk])
+                         session_keys=[tgk], mpk_spi=spi_mpk, key_spis=[spi_tgk])
     mpki, mpkr = mpk_split(granted.prf_func, mpk, rand)
     return build_request_resp(req, psk, t=t_now, ticket=ticket, mpki=mpki, mpkr=mpkr_if_forking,
-                              session_keys=[tgk], kms_identity=KMS)
+                              session_keys=[tgk], mpki_spi=spi_mpk, mpkr_spi=spi_mpk,
+                              key_spis=[spi_tgk], kms_identity=KMS)
 """

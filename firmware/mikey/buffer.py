@@ -7,6 +7,9 @@ Rules and invariants:
   struct.error or IndexError.  Hot parsers may index ``buf`` directly after one bounds check of a
   fixed-layout run; ``Reader.short`` then names the first field that is cut, exactly as the
   field-by-field reads would.
+- ``Reader.budget`` is how many more payloads the payload chains read through it (and through the
+  readers of nested chains, which inherit and give back the budget) may parse; a caller bounds
+  the work done on input it has not authenticated yet by lowering it (message.DecodeLimits).
 - ``enum_table`` builds a value -> member dict once: ``Enum.__call__`` is slow, a dict lookup is
   not; parsers look registry values up there and decide themselves what an unknown value means.
 - The writer side appends to a ``bytearray``; ``check`` / ``fit_u8`` / ``len8`` / ``len16`` refuse
@@ -25,6 +28,7 @@ from firmware.mikey.errors import MikeyError
 E = TypeVar("E", bound=enum.IntEnum)
 U16 = struct.Struct("!H")
 U32 = struct.Struct("!I")
+UNLIMITED = 1 << 62
 
 
 class Reader:
@@ -34,13 +38,14 @@ class Reader:
     one bounds check for a fixed-layout run; ``short`` then names the first field that is cut,
     exactly as the field-by-field methods below would."""
 
-    __slots__ = ("base", "buf", "end", "pos")
+    __slots__ = ("base", "budget", "buf", "end", "pos")
 
     def __init__(self, buf: bytes, pos: int = 0, end: int | None = None, base: int = 0) -> None:
         self.buf = buf
         self.pos = pos
         self.end = len(buf) if end is None else end
         self.base = base
+        self.budget = UNLIMITED  # payloads the chains may still parse (wire.parse_chain)
 
     def fail(
         self, message: str, err: ErrNo = ErrNo.UNSPECIFIED, at: int | None = None
@@ -132,4 +137,4 @@ def len8(data: bytes, what: str) -> bytes:
     return bytes((n,))
 
 
-__all__ = ["U16", "U32", "Reader", "check", "enum_table", "fit_u8", "len8", "len16"]
+__all__ = ["U16", "U32", "UNLIMITED", "Reader", "check", "enum_table", "fit_u8", "len8", "len16"]

@@ -261,6 +261,61 @@ def tek_salt(
     return fast_prf(func, tgk, tek_label(CONST_TGK_SALT, cs_id, rand_i, rand_r), length)
 
 
+# --- algorithm strength (RFC 6043 12.1) ---------------------------------------------------------
+
+STRONG_PRFS = frozenset({PrfFunc.PRF_HMAC_SHA_256})
+STRONG_ENCR = frozenset({EncrAlg.AES_CM_256})
+STRONG_MACS = frozenset({MacAlg.HMAC_SHA_256_256})
+MIN_KEY_LEN = 16  # "All keys ... MUST have adequate strength/length, i.e., 128 bits or more"
+
+
+def is_strong_prf(prf: PrfFunc) -> bool:
+    return prf in STRONG_PRFS
+
+
+def is_strong_encr(alg: EncrAlg) -> bool:
+    return alg in STRONG_ENCR
+
+
+def is_strong_mac(alg: MacAlg) -> bool:
+    return alg in STRONG_MACS
+
+
+def mac_for(prf: PrfFunc) -> MacAlg:
+    """The V / ticket MAC of the same strength as ``prf``."""
+    return MacAlg.HMAC_SHA_256_256 if is_strong_prf(prf) else MacAlg.HMAC_SHA_1_160
+
+
+def encr_for(prf: PrfFunc) -> EncrAlg:
+    """The KEMAC encryption of the same strength as ``prf``."""
+    return EncrAlg.AES_CM_256 if is_strong_prf(prf) else EncrAlg.AES_CM_128
+
+
+def check_strength(
+    prf: PrfFunc,
+    *,
+    encr_alg: EncrAlg = EncrAlg.NULL,
+    mac_alg: MacAlg = MacAlg.NULL,
+    key_lengths: tuple[int, ...] = (),
+) -> None:
+    """Refuse (MikeyError) what RFC 6043 12.1 forbids a builder to produce: 256-bit algorithms
+    mixed with weaker ones ("The 256-bit algorithms SHOULD be used together, and they SHALL NOT
+    be mixed with algorithms using key sizes less than 256 bits"; NULL is no algorithm), keys
+    shorter than 128 bits, and 128-bit encryption for longer keys ("If session keys
+    (TEK/TGK/GTGK) longer than 128 bits are used, 128-bit algorithms SHALL NOT be used")."""
+    strong = is_strong_prf(prf)
+    if encr_alg is not EncrAlg.NULL and is_strong_encr(encr_alg) != strong:
+        raise MikeyError(f"{encr_alg.name} does not match the strength of {prf.name}", -1,
+                         ErrNo.INVALID_EA)  # fmt: skip
+    if mac_alg is not MacAlg.NULL and is_strong_mac(mac_alg) != strong:
+        raise MikeyError(f"{mac_alg.name} does not match the strength of {prf.name}", -1,
+                         ErrNo.INVALID_MAC)  # fmt: skip
+    if any(n < MIN_KEY_LEN for n in key_lengths):
+        raise MikeyError("keys MUST be 128 bits or more", -1, ErrNo.UNSPECIFIED)
+    if encr_alg.key_len == 16 and any(n > 16 for n in key_lengths):
+        raise MikeyError(f"keys longer than 128 bits under {encr_alg.name}", -1, ErrNo.INVALID_EA)
+
+
 # --- MAC -----------------------------------------------------------------------------------------
 
 
@@ -270,11 +325,17 @@ def compute_mac(mac_alg: MacAlg, key: bytes, data: bytes) -> bytes:
     return hmac.digest(key, data, mac_alg.hash_name)
 
 
-def check_mac(mac_alg: MacAlg, key: bytes, data: bytes, mac: bytes) -> None:
-    """Raise MikeyError(AUTH_FAILURE) unless ``mac`` is the MAC of ``data``."""
+def mac_matches(mac_alg: MacAlg, key: bytes, data: bytes, mac: bytes) -> bool:
+    """Whether ``mac`` is the MAC of ``data`` (constant-time); a NULL MAC authenticates nothing:
+    MikeyError(INVALID_MAC)."""
     if mac_alg is MacAlg.NULL:
         raise MikeyError("NULL MAC cannot authenticate", -1, ErrNo.INVALID_MAC)
-    if not hmac.compare_digest(hmac.digest(key, data, mac_alg.hash_name), mac):
+    return hmac.compare_digest(hmac.digest(key, data, mac_alg.hash_name), mac)
+
+
+def check_mac(mac_alg: MacAlg, key: bytes, data: bytes, mac: bytes) -> None:
+    """Raise MikeyError(AUTH_FAILURE) unless ``mac`` is the MAC of ``data``."""
+    if not mac_matches(mac_alg, key, data, mac):
         raise MikeyError("MAC verification failed", -1, ErrNo.AUTH_FAILURE)
 
 

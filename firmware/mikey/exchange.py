@@ -5,10 +5,27 @@ bytes or values; times (T payloads), RANDs and CSB IDs come in as arguments.
 
 Initiator: request_init -> (KMS) process_request_resp -> transfer_init -> (Responder)
 process_transfer_resp.  Responder: receive_transfer_init -> resolve_init -> (KMS)
-process_resolve_resp -> transfer_resp.  Both end with ``session_keys`` (TEK and salt per crypto
-session).  Key forking (I flag) is handled on both sides: the Initiator adds Initiator Data (Vi,
-Vr) and forks MPKr/TGKs with the (IDRr, RANDRkms) it receives in TRANSFER_RESP; the Responder
-gets MPKr'/TGK' from the KMS and echoes the modifier.
+process_resolve_resp -> transfer_resp.  Both end with ``session_keys`` (TEK, salt and SPI per
+crypto session).  Key forking (I flag) is handled on both sides: the Initiator adds Initiator
+Data (Vi, Vr) and forks MPKr/TGKs with the (IDRr, RANDRkms) it receives in TRANSFER_RESP; the
+Responder gets MPKr'/TGK' from the KMS and echoes the modifier.
+
+Rules and invariants:
+- Every received message passes rules.check_message (header rules, required payloads with the
+  ticket's flags, algorithm strength) before any key is derived from it; a TRANSFER_INIT using
+  the SRTP-ID map is refused by the Responder itself (RFC 6043 6.1).
+- The RANDs we send are at least 16 bytes (RFC 3830 6.11); the V MAC defaults to the strength of
+  the PRF func and never mixes with it (RFC 6043 12.1).
+- The keys the KMS names (KV type SPI, 6.2.1) are kept (``mpki_spi``, ``keys``); a crypto
+  session offered without an SPI is named by the SPI of the ticket's TGK when the KMS gave one.
+- The Responder's TRANSFER_RESP answers every crypto session with exactly one policy, Session
+  Data and an SPI (6.1.1, 4.2.2.3): the first policy offered, else its own first SP, else an SP
+  payload of SRTP defaults it adds; the SPI offered, else the TGK's, else the CS ID as a one-byte
+  MKI (unique in the CSB).  It may add crypto sessions and, with the M flag, supply keys; the
+  Initiator may supply keys with the L flag (KEMAC protected with MPKi, 4.2.2.1).
+- Without key forking the TRANSFER_RESP names its responder (IDRr): the identity the KMS's
+  RESOLVE_RESP named ("the same identity MUST be sent", 4.2.2.3), else our own, so a key-release
+  check can hold the answer to it.
 """
 
 from __future__ import annotations
@@ -21,7 +38,6 @@ from firmware.mikey.codec import (
     GenericIdEntry,
     GenericIdMap,
     Header,
-    Kemac,
     KeyData,
     Payload,
     RoleRand,
@@ -31,7 +47,6 @@ from firmware.mikey.codec import (
     Timestamp,
     TpFlags,
     Verification,
-    parse_key_data,
 )
 from firmware.mikey.constants import (
     DataType,
@@ -43,16 +58,27 @@ from firmware.mikey.constants import (
     PrfFunc,
     RandRole,
 )
-from firmware.mikey.crypto import compute_mac, fork_mpkr, kemac_crypt, message_keys, vr_auth_key
+from firmware.mikey.crypto import (
+    check_strength,
+    compute_mac,
+    encr_for,
+    fork_mpkr,
+    mac_for,
+    message_keys,
+    vr_auth_key,
+)
 from firmware.mikey.errors import MikeyError
-from firmware.mikey.kms import idr, sign_message
+from firmware.mikey.kms import MIN_RAND_LEN, idr, sign_message
 from firmware.mikey.message import Message, appended_identities, decode, encode, mac_input
+from firmware.mikey.rules import check_message
 from firmware.mikey.transfer import (
+    TGK_LIKE,
     SessionKey,
     check_vi,
     fork_keys,
     fork_modifier,
-    message_rands,
+    open_kemac,
+    seal_kemac,
     session_keys,
     transfer_ticket,
     verify_transfer_init,
@@ -61,37 +87,55 @@ from firmware.mikey.transfer import (
 )
 from firmware.mikey.wire import serialize_nested
 
-
-def open_kemac(msg: Message, inkey: bytes, initial: Message | None = None) -> tuple[KeyData, ...]:
-    """Decrypt the KEMAC of a received message with K1/K2 keys from ``inkey`` (IV from the
-    message's own T and CSB ID)."""
-    kemac = msg.require(Kemac)
-    rand_i, rand_r = message_rands(msg, initial)
-    keys = message_keys(msg.header.prf_func, inkey, msg.header.csb_id,
-                        response=initial is not None, rand_i=rand_i, rand_r=rand_r,
-                        encr_alg=kemac.encr_alg, mac_alg=MacAlg.NULL)  # fmt: skip
-    plain = kemac_crypt(kemac.encr_alg, keys, msg.header.csb_id, msg.timestamp.as_64(),
-                        kemac.encr_data, decrypt=True)  # fmt: skip
-    return parse_key_data(plain)
+__all__ = ["Initiator", "Responder", "open_kemac"]
 
 
-def _split_mpks(kd: tuple[KeyData, ...]) -> tuple[list[bytes], tuple[KeyData, ...]]:
-    mpks = [k.key for k in kd if k.key_type is KeyDataType.MPK]
+def _split_mpks(kd: tuple[KeyData, ...]) -> tuple[list[KeyData], tuple[KeyData, ...]]:
+    mpks = [k for k in kd if k.key_type is KeyDataType.MPK]
     if not mpks or len(mpks) > 2:
         raise MikeyError("KEMAC must carry one or two MPKs", -1, ErrNo.UNSPECIFIED)
     return mpks, tuple(k for k in kd if k.key_type is not KeyDataType.MPK)
 
 
+def _received(data: bytes, data_type: DataType, flags: TpFlags | None = None) -> Message:
+    msg = decode(data)
+    if msg.header.data_type != data_type:
+        raise MikeyError(f"not a {data_type.name}", 1, ErrNo.INVALID_DT)
+    check_message(msg, flags=flags)
+    return msg
+
+
+def _strong_rand(rand: bytes, what: str) -> RoleRand:
+    if len(rand) < MIN_RAND_LEN:
+        raise MikeyError(f"{what} shorter than {MIN_RAND_LEN} bytes", -1, ErrNo.UNSPECIFIED)
+    return RoleRand(RandRole.RANDRi if what == "RANDRi" else RandRole.RANDRr, rand)
+
+
+def _tgk_spi(keys: Sequence[KeyData]) -> bytes | None:
+    return next((k.spi for k in keys if k.key_type in TGK_LIKE and k.spi), None)
+
+
 @dataclass
 class _Ue:
-    """A UE's credentials with the KMS: ``psk`` (named by ``psk_id``) and the identities."""
+    """A UE's credentials with the KMS: ``psk`` (named by ``psk_id``) and the identities; the V
+    MAC follows the PRF func's strength unless given."""
 
     identity: bytes
     psk: bytes = field(repr=False)
     kms_identity: bytes
     psk_id: bytes | None = None
     prf_func: PrfFunc = PrfFunc.MIKEY_1
-    mac_alg: MacAlg = MacAlg.HMAC_SHA_1_160
+    mac_alg: MacAlg | None = None
+
+    def __post_init__(self) -> None:
+        if self.mac_alg is None:
+            self.mac_alg = mac_for(self.prf_func)
+        check_strength(self.prf_func, mac_alg=self.mac_alg)
+
+    @property
+    def mac(self) -> MacAlg:
+        assert self.mac_alg is not None  # set in __post_init__
+        return self.mac_alg
 
     def _psk_initial(
         self, data_type: DataType, csb_id: int, t: Timestamp, rand: RoleRand, last: Payload
@@ -113,8 +157,8 @@ class _Ue:
         key = message_keys(self.prf_func, self.psk, csb_id, response=False,
                            rand_i=rand.value if initiator else None,
                            rand_r=None if initiator else rand.value,
-                           mac_alg=self.mac_alg).auth_key  # fmt: skip
-        return sign_message(header, payloads, key, self.mac_alg, self.identity + self.kms_identity)
+                           mac_alg=self.mac).auth_key  # fmt: skip
+        return sign_message(header, payloads, key, self.mac, self.identity + self.kms_identity)
 
 
 @dataclass
@@ -125,6 +169,8 @@ class Initiator(_Ue):
     ticket: Ticket | None = field(default=None, repr=False)
     mpki: bytes = field(default=b"", repr=False)
     mpkr: bytes | None = field(default=None, repr=False)
+    mpki_spi: bytes | None = None
+    mpkr_spi: bytes | None = None
     keys: tuple[KeyData, ...] = field(default=(), repr=False)
     _init: Message | None = field(default=None, repr=False)
 
@@ -132,7 +178,7 @@ class Initiator(_Ue):
                      policy: TicketPolicy) -> bytes:  # fmt: skip
         """REQUEST_INIT_PSK = HDR, T, RANDRi, IDRi, IDRkms, TP, [IDRpsk], V."""
         data = self._psk_initial(DataType.REQUEST_INIT_PSK, csb_id, t,
-                                 RoleRand(RandRole.RANDRi, rand_i), policy)  # fmt: skip
+                                 _strong_rand(rand_i, "RANDRi"), policy)  # fmt: skip
         self._request = decode(data)
         return data
 
@@ -140,13 +186,12 @@ class Initiator(_Ue):
         """Verify REQUEST_RESP (K2 from the PSK), decrypt MPKi [MPKr] keys; returns the ticket."""
         if self._request is None:
             raise MikeyError("no REQUEST_INIT sent", -1)
-        resp = decode(data)
-        if resp.header.data_type != DataType.REQUEST_RESP:
-            raise MikeyError("not a REQUEST_RESP", 0, ErrNo.INVALID_DT)
+        resp = _received(data, DataType.REQUEST_RESP)
         verify_v(resp, self.psk, initial=self._request)
         mpks, self.keys = _split_mpks(open_kemac(resp, self.psk, self._request))
-        self.mpki = mpks[0]
-        self.mpkr = mpks[1] if len(mpks) > 1 else None
+        self.mpki, self.mpki_spi = mpks[0].key, mpks[0].spi
+        self.mpkr = mpks[1].key if len(mpks) > 1 else None
+        self.mpkr_spi = mpks[1].spi if len(mpks) > 1 else None
         self.ticket = resp.require(Ticket)
         return self.ticket
 
@@ -159,51 +204,64 @@ class Initiator(_Ue):
         sessions: Sequence[GenericIdEntry],
         responder: bytes,
         policies: Sequence[SecurityPolicy] = (),
+        keys: Sequence[KeyData] = (),
     ) -> bytes:
-        """TRANSFER_INIT = HDR(GENERIC-ID), T, RANDRi, IDRi, IDRr, {SP}, TICKET, V (K1 from
-        MPKi); with the I flag the TICKET gets Initiator Data (Vi, Vr)."""
+        """TRANSFER_INIT = HDR(GENERIC-ID), T, RANDRi, IDRi, IDRr, {SP}, TICKET, [KEMAC], V (K1
+        from MPKi); with the I flag the TICKET gets Initiator Data (Vi, Vr).  ``keys`` are our
+        own session keys (only with the L flag), sent in a KEMAC encrypted with MPKi's keys."""
         if self.ticket is None:
             raise MikeyError("no ticket", -1)
         pol = self.ticket.policy
         forking = bool(pol.flags & TpFlags.I)
-        n = self.mac_alg.mac_len
-        zero = Verification(self.mac_alg, bytes(n))
+        n = self.mac.mac_len
+        zero = Verification(self.mac, bytes(n))
         ticket = Ticket(pol, self.ticket.ticket_data, (zero, zero) if forking else None)
-        header = Header(DataType.TRANSFER_INIT, csb_id, GenericIdMap(tuple(sessions)),
-                        self.prf_func, bool(pol.flags & TpFlags.F))  # fmt: skip
+        spi = _tgk_spi(self.keys) or b""
+        entries = tuple(e if e.spi else GenericIdEntry(e.cs_id, e.prot_type, e.s_flag,
+                                                       e.policy_nos, e.session_data, spi)
+                        for e in sessions)  # fmt: skip
+        header = Header(DataType.TRANSFER_INIT, csb_id, GenericIdMap(entries), self.prf_func,
+                        bool(pol.flags & TpFlags.F))  # fmt: skip
         payloads: list[Payload] = [
             t,
-            RoleRand(RandRole.RANDRi, rand_i),
+            _strong_rand(rand_i, "RANDRi"),
             idr(IdRole.IDRi, self.identity),
             idr(IdRole.IDRr, responder),
             *policies,
             ticket,
         ]
+        ticket_at = len(payloads) - 1
+        if keys:
+            if not pol.flags & TpFlags.L:
+                raise MikeyError("the ticket does not let the Initiator supply keys (L)", -1)
+            payloads.append(seal_kemac(keys, self.mpki, prf=self.prf_func, csb_id=csb_id,
+                                       response=False, rand_i=rand_i, rand_r=None, t=t,
+                                       encr_alg=encr_for(self.prf_func)))  # fmt: skip
         draft = decode(encode(Message(header, (*payloads, zero))))
         key = message_keys(self.prf_func, self.mpki, csb_id, response=False, rand_i=rand_i,
-                           rand_r=None, mac_alg=self.mac_alg).auth_key  # fmt: skip
-        mac = compute_mac(self.mac_alg, key, mac_input(draft, appended_identities(draft)))
-        v = Verification(self.mac_alg, mac)
+                           rand_r=None, mac_alg=self.mac).auth_key  # fmt: skip
+        mac = compute_mac(self.mac, key, mac_input(draft, appended_identities(draft)))
+        v = Verification(self.mac, mac)
         if forking:
             if self.mpkr is None:
                 raise MikeyError("key forking needs MPKr from the KMS", -1)
-            vr_key = vr_auth_key(pol.prf_func, self.mpkr, self.mac_alg)
+            vr_key = vr_auth_key(pol.prf_func, self.mpkr, self.mac)
             out = bytearray()
             serialize_nested(out, (v, zero), "Initiator Data")
             field_bytes = bytes(out[2 : len(out) - n])
-            vr = Verification(self.mac_alg, compute_mac(self.mac_alg, vr_key, field_bytes))
-            payloads[-1] = Ticket(pol, self.ticket.ticket_data, (v, vr))
+            vr = Verification(self.mac, compute_mac(self.mac, vr_key, field_bytes))
+            payloads[ticket_at] = Ticket(pol, self.ticket.ticket_data, (v, vr))
         data = encode(Message(header, (*payloads, v)))
         self._init = decode(data)
         return data
 
     def process_transfer_resp(self, data: bytes) -> list[SessionKey]:
         """Verify TRANSFER_RESP (MPKi, or MPKr' forked with its IDRr/RANDRkms) and return the
-        TEK and salt of every crypto session."""
+        TEK, salt and SPI of every crypto session its CS map answers."""
         if self._init is None:
             raise MikeyError("no TRANSFER_INIT sent", -1)
-        resp = decode(data)
         pol = transfer_ticket(self._init).policy
+        resp = _received(data, DataType.TRANSFER_RESP, pol.flags)
         keys = self.keys
         key = self.mpki
         if pol.flags & TpFlags.I:
@@ -213,7 +271,15 @@ class Initiator(_Ue):
             key = fork_mpkr(pol.prf_func, self.mpkr, id_data, rand_kms)
             keys = fork_keys(pol, keys, id_data, rand_kms)
         verify_transfer_resp(resp, self._init, key)
-        return session_keys(self._init, keys, resp=resp)
+        return session_keys(self._init, keys, resp=resp, mpki=self.mpki, resp_key=key)
+
+
+def _free_policy_no(*messages: Message | Sequence[SecurityPolicy]) -> int:
+    used: set[int] = set()
+    for m in messages:
+        sps = m.find_all(SecurityPolicy) if isinstance(m, Message) else m
+        used.update(sp.policy_no for sp in sps)
+    return min(set(range(256)) - used)
 
 
 @dataclass
@@ -224,16 +290,18 @@ class Responder(_Ue):
     _resolve: Message | None = field(default=None, repr=False)
     mpki: bytes = field(default=b"", repr=False)
     mpkr_forked: bytes | None = field(default=None, repr=False)
+    mpki_spi: bytes | None = None
+    mpkr_spi: bytes | None = None
     keys: tuple[KeyData, ...] = field(default=(), repr=False)
     modifier: tuple[bytes, bytes] | None = None
+    named: bytes | None = None  # the IDRr the KMS's RESOLVE_RESP named (without forking)
     _resp: Message | None = field(default=None, repr=False)
+    _resp_key: bytes = field(default=b"", repr=False)
 
     def receive_transfer_init(self, data: bytes) -> Message:
-        """Parse a TRANSFER_INIT (it cannot be verified before the ticket is resolved)."""
-        msg = decode(data)
-        if msg.header.data_type != DataType.TRANSFER_INIT:
-            raise MikeyError("not a TRANSFER_INIT", 0, ErrNo.INVALID_DT)
-        transfer_ticket(msg)
+        """Parse a TRANSFER_INIT and check what can be checked before the ticket is resolved
+        (RFC 6043 4.2.2.2: header rules - no SRTP-ID map - and required payloads)."""
+        msg = _received(data, DataType.TRANSFER_INIT)
         self.init = msg
         return msg
 
@@ -242,7 +310,7 @@ class Responder(_Ue):
         if self.init is None:
             raise MikeyError("no TRANSFER_INIT received", -1)
         data = self._psk_initial(DataType.RESOLVE_INIT_PSK, csb_id, t,
-                                 RoleRand(RandRole.RANDRr, rand_r),
+                                 _strong_rand(rand_r, "RANDRr"),
                                  transfer_ticket(self.init))  # fmt: skip
         self._resolve = decode(data)
         return data
@@ -252,41 +320,78 @@ class Responder(_Ue):
         (and Vi against its V when forking)."""
         if self._resolve is None or self.init is None:
             raise MikeyError("no RESOLVE_INIT sent", -1)
-        resp = decode(data)
-        if resp.header.data_type != DataType.RESOLVE_RESP:
-            raise MikeyError("not a RESOLVE_RESP", 0, ErrNo.INVALID_DT)
+        pol = transfer_ticket(self.init).policy
+        resp = _received(data, DataType.RESOLVE_RESP, pol.flags)
         verify_v(resp, self.psk, initial=self._resolve)
         mpks, self.keys = _split_mpks(open_kemac(resp, self.psk, self._resolve))
-        self.mpki = mpks[0]
-        pol = transfer_ticket(self.init).policy
+        self.mpki, self.mpki_spi = mpks[0].key, mpks[0].spi
         if pol.flags & TpFlags.I:
             if len(mpks) != 2:
                 raise MikeyError("key forking: RESOLVE_RESP lacks MPKr'", -1, ErrNo.UNSPECIFIED)
-            self.mpkr_forked = mpks[1]
+            self.mpkr_forked, self.mpkr_spi = mpks[1].key, mpks[1].spi
             self.modifier = fork_modifier(resp)
+        named = resp.idr(IdRole.IDRr)
+        self.named = named.data if named is not None else None
         verify_transfer_init(self.init, self.mpki)
         if pol.flags & TpFlags.I:
             check_vi(self.init)
 
-    def transfer_resp(self, *, t: Timestamp, rand_r: bytes | None = None) -> bytes:
-        """TRANSFER_RESP = HDR, T, [RANDRr], IDRr, [RANDRkms], V (K2 from MPKi or MPKr'); IDRr is
-        the forking modifier's, else our own identity."""
+    def _answer_map(
+        self,
+        sessions: Sequence[GenericIdEntry],
+        policies: Sequence[SecurityPolicy],
+    ) -> tuple[EmptyMap | GenericIdMap, list[SecurityPolicy]]:
+        """The CS ID map of the answer and the SP payloads it adds (module rules)."""
+        assert self.init is not None
+        offered = self.init.header.cs_map
+        blocks = {e.cs_id: e for e in offered.entries} if isinstance(offered, GenericIdMap) else {}
+        for e in sessions:  # the Responder updates offered blocks and adds its own
+            blocks[e.cs_id] = e
+        if not blocks:
+            return (offered if isinstance(offered, EmptyMap) else EmptyMap()), list(policies)
+        own = list(policies)
+        spi = _tgk_spi(self.keys)
+        out = []
+        for cs_id, e in blocks.items():
+            if e.policy_nos:
+                policy_no = e.policy_nos[0]  # "one of the suggested policies SHOULD be chosen"
+            else:  # "if #P = 0 in an initial message, a security profile MUST be provided"
+                sp = next((p for p in own if p.prot_type == e.prot_type), None)
+                if sp is None:
+                    sp = SecurityPolicy(_free_policy_no(self.init, own), e.prot_type)
+                    own.append(sp)  # no parameters: SRTP's own defaults (RFC 3830 6.10.1)
+                policy_no = sp.policy_no
+            if not e.session_data:
+                raise MikeyError(f"CS {cs_id}: Session Data needed in the answer (6.1.1)", -1)
+            out.append(GenericIdEntry(cs_id, e.prot_type, e.s_flag, (policy_no,), e.session_data,
+                                      e.spi or spi or bytes((cs_id,))))  # fmt: skip
+        return GenericIdMap(tuple(out)), own
+
+    def transfer_resp(
+        self,
+        *,
+        t: Timestamp,
+        rand_r: bytes | None = None,
+        sessions: Sequence[GenericIdEntry] = (),
+        policies: Sequence[SecurityPolicy] = (),
+        keys: Sequence[KeyData] = (),
+    ) -> bytes:
+        """TRANSFER_RESP = HDR, T, [RANDRr], IDRr, [RANDRkms], {SP}, [KEMAC], V (K2 from MPKi or
+        MPKr').  The CS map answers each offered crypto session (and those ``sessions`` add or
+        update) with one policy, Session Data and an SPI; ``policies`` are our own SPs; ``keys``
+        our own session keys (only with the M flag)."""
         if self.init is None or not self.mpki:
             raise MikeyError("ticket not resolved", -1)
         h = self.init.header
         pol = transfer_ticket(self.init).policy
-        cs_map = h.cs_map
-        if isinstance(cs_map, GenericIdMap):
-            cs_map = GenericIdMap(tuple(
-                GenericIdEntry(e.cs_id, e.prot_type, e.s_flag, e.policy_nos[:1], e.session_data,
-                               e.spi) for e in cs_map.entries))  # fmt: skip
+        cs_map, own = self._answer_map(sessions, policies)
         header = Header(DataType.TRANSFER_RESP, h.csb_id, cs_map, h.prf_func, False)
         payloads: list[Payload] = [t]
         g = bool(pol.flags & TpFlags.G)
         if g:
             if rand_r is None:
                 raise MikeyError("G flag: RANDRr required", -1)
-            payloads.append(RoleRand(RandRole.RANDRr, rand_r))
+            payloads.append(_strong_rand(rand_r, "RANDRr"))
         key_in = self.mpki
         if self.modifier is not None and self.mpkr_forked is not None:
             payloads += [idr(IdRole.IDRr, self.modifier[0]),
@@ -294,16 +399,27 @@ class Responder(_Ue):
             key_in = self.mpkr_forked
         else:
             # Without forking nothing else says who answered (the MAC is keyed from MPKi, which
-            # every resolver holds): name ourselves, so a key-release check can hold us to it.
-            payloads.append(idr(IdRole.IDRr, self.identity))
+            # every resolver holds): name the KMS's choice, else ourselves, so a key-release
+            # check can hold us to it.
+            payloads.append(idr(IdRole.IDRr, self.named or self.identity))
+        payloads += own
         rand_i = self.init.randr(RandRole.RANDRi)
+        if keys:
+            if not pol.flags & TpFlags.M:
+                raise MikeyError("the ticket does not let the Responder supply keys (M)", -1)
+            payloads.append(seal_kemac(keys, key_in, prf=h.prf_func, csb_id=h.csb_id,
+                                       response=True, rand_i=rand_i,
+                                       rand_r=rand_r if g else None, t=t,
+                                       encr_alg=encr_for(h.prf_func)))  # fmt: skip
         key = message_keys(h.prf_func, key_in, h.csb_id, response=True, rand_i=rand_i,
-                           rand_r=rand_r if g else None, mac_alg=self.mac_alg).auth_key  # fmt: skip
-        data = sign_message(header, payloads, key, self.mac_alg, self.init.raw)
+                           rand_r=rand_r if g else None, mac_alg=self.mac).auth_key  # fmt: skip
+        data = sign_message(header, payloads, key, self.mac, self.init.raw)
         self._resp = decode(data)
+        self._resp_key = key_in
         return data
 
     def session_keys(self) -> list[SessionKey]:
         if self.init is None:
             raise MikeyError("no TRANSFER_INIT", -1)
-        return session_keys(self.init, self.keys, resp=self._resp)
+        return session_keys(self.init, self.keys, resp=self._resp, mpki=self.mpki or None,
+                            resp_key=self._resp_key or None)  # fmt: skip

@@ -4,7 +4,10 @@ Rules and invariants:
 - ``decode`` keeps the received bytes (``Message.raw``) and each payload's start offset
   (``Message.offsets``); MACs are always computed over ``raw``, never over a re-encoding.
   ``raw`` and ``offsets`` take no part in equality, so decode(encode(m)) == m.
-- ``decode`` is total: it returns a Message or raises MikeyError (see errors.py).
+- ``decode`` is total: it returns a Message or raises MikeyError (see errors.py).  Given
+  ``DecodeLimits`` (``UE_LIMITS`` for what UEs send), it refuses a message over the size bound
+  before parsing anything and stops at the payload bound, so what an unauthenticated sender can
+  make us parse before the MAC check is bounded.
 - MAC input (``mac_input``) = the received message with only the MAC bytes removed (V's Next
   Payload and Auth alg bytes stay), followed by what Table 5.2 appends; for TRANSFER_INIT the
   TICKET's Initiator Data length and Initiator Data fields are cut out (a TRANSFER_INIT without
@@ -15,6 +18,7 @@ Rules and invariants:
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -28,6 +32,7 @@ from firmware.mikey.payloads import (
     RoleRand,
     Signature,
     Ticket,
+    TicketPolicy,
     Timestamp,
     Verification,
     new_object,
@@ -111,11 +116,34 @@ def _ticket_index(msg: Message) -> int:
 _MSG_HEADER, _MSG_PAYLOADS, _MSG_RAW, _MSG_OFFSETS = slot_setters(Message)
 
 
-def decode(data: bytes) -> Message:
-    """Decode one MIKEY message; raises MikeyError for anything else."""
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    """Bounds on the work ``decode`` does for a message whose MAC is not checked yet: its size
+    in bytes and the payloads it may carry, nested ones (TP Data, Initiator Data) included."""
+
+    max_size: int
+    max_payloads: int
+
+
+UE_LIMITS = DecodeLimits(max_size=16384, max_payloads=128)
+"""For what UEs send the KMS (REQUEST_INIT, RESOLVE_INIT) and what reaches Xk (TRANSFER_INIT /
+RESP): a full exchange's messages are a few hundred bytes with 6-20 payloads; the bounds leave
+room for a Ticket Policy naming ~100 responders (RFC 6043 6.10: one IDRr payload per responder)
+and cap the cost of a crafted message at a few normal ones (bench_mikey measures it)."""
+
+
+def decode(data: bytes, *, limits: DecodeLimits | None = None) -> Message:
+    """Decode one MIKEY message; raises MikeyError for anything else.  With ``limits``, a longer
+    message is refused before any parsing and the payload count is bounded while parsing
+    (ERR Unspecified, offset of the first byte / payload beyond the bound)."""
     if type(data) is not bytes:
         data = bytes(data)  # the Reader slices ``bytes``; payload fields are then bytes too
     r = Reader(data)
+    if limits is not None:
+        if len(data) > limits.max_size:
+            raise MikeyError(f"message longer than {limits.max_size} bytes", limits.max_size,
+                             ErrNo.UNSPECIFIED)  # fmt: skip
+        r.budget = limits.max_payloads
     header, np = parse_header(r)
     offsets: list[int] = []
     payloads, _ = parse_chain(r, np, TOP_LEVEL, offsets)
@@ -161,8 +189,6 @@ def _initiator_data_at(raw: bytes, start: int) -> int:
     return p + 2 + ((raw[p] << 8) | raw[p + 1])  # Ticket Data
 
 
-_REQUEST_INITS = frozenset({DataType.REQUEST_INIT_PSK, DataType.REQUEST_INIT_PK})
-_RESOLVE_INITS = frozenset({DataType.RESOLVE_INIT_PSK, DataType.RESOLVE_INIT_PK})
 INITIAL_TYPES = frozenset(
     {
         DataType.REQUEST_INIT_PSK,
@@ -199,6 +225,50 @@ def ticket_mac_input(ticket_raw: bytes) -> bytes:
     return ticket_raw[1 : _initiator_data_at(ticket_raw, 0)]
 
 
+class AbsentIdentity(enum.Enum):
+    """What stands in the MAC input for an identity an initial message omits (spec Q6)."""
+
+    KNOWN_OR_NOTHING = "the identity the verifier knows otherwise (caller-supplied), else no bytes"
+    FROM_POLICY = "the identity of that role in the ticket (or requested Ticket Policy)"
+
+
+ABSENT_IDENTITY = AbsentIdentity.KNOWN_OR_NOTHING
+"""Our reading of RFC 6043 5.5, 'For initial messages, the identities (not whole payloads) of the
+parties involved MUST directly follow the MIKEY message in the Verification MAC/Signature
+calculation': the parties involved are the ones the message names in its IDR payloads, else the
+ones the verifier knows by other means (4.2.1.2: IDRi 'MAY be left out when it can be expected
+that the KMS can identify the Initiator by other means'; IDRkms when 'the KMS has a single
+identity'), else nothing - as minisip does for absent IDs in RFC 3830.  What we send and try
+first."""
+
+ABSENT_IDENTITY_ACCEPTED = (AbsentIdentity.KNOWN_OR_NOTHING, AbsentIdentity.FROM_POLICY)
+"""Both readings verify: the other one takes the identity of an omitted IDR from the ticket the
+message carries (TRANSFER_INIT, RESOLVE_INIT) or the Ticket Policy it requests (REQUEST_INIT),
+RFC 6043 6.10: 'IDRi contains the identity of the peer that requested or created the ticket',
+'IDRr is the identity of a responder ... authorized to resolve the ticket'."""
+
+MAX_IDENTITY_CANDIDATES = 8  # other-reading MAC inputs tried at most (one HMAC each)
+
+
+_APPENDED: dict[int, tuple[tuple[IdRole, int], tuple[IdRole, int]]] = {
+    # data type: (role, index into (initiator, responder, kms)) of Identity_x, Identity_y
+    DataType.REQUEST_INIT_PSK: ((IdRole.IDRi, 0), (IdRole.IDRkms, 2)),
+    DataType.REQUEST_INIT_PK: ((IdRole.IDRi, 0), (IdRole.IDRkms, 2)),
+    DataType.TRANSFER_INIT: ((IdRole.IDRi, 0), (IdRole.IDRr, 1)),
+    DataType.RESOLVE_INIT_PSK: ((IdRole.IDRr, 1), (IdRole.IDRkms, 2)),
+    DataType.RESOLVE_INIT_PK: ((IdRole.IDRr, 1), (IdRole.IDRkms, 2)),
+}
+
+
+def _sent_identities(msg: Message) -> dict[int, bytes]:
+    """ID Data of the first IDR payload of each role the message carries."""
+    found: dict[int, bytes] = {}
+    for p in msg.payloads:
+        if isinstance(p, RoleIdentity) and p.role not in found:
+            found[p.role] = p.data
+    return found
+
+
 def appended_identities(
     msg: Message,
     *,
@@ -206,29 +276,52 @@ def appended_identities(
     responder: bytes | None = None,
     kms: bytes | None = None,
 ) -> bytes:
-    """Identities appended to an initial message's MAC input (RFC 6043 Table 5.2).
-
-    Choice (spec Q6): each identity is the ID Data of the message's own IDR payload of that role
+    """Identities appended to an initial message's MAC input (RFC 6043 Table 5.2), read as
+    ``ABSENT_IDENTITY`` says: each is the ID Data of the message's own IDR payload of that role
     when present, else the value the caller supplies (e.g. the configured KMS identity, or the
-    identity learnt elsewhere); if neither exists the identity contributes no bytes, as minisip
-    does for absent IDs in RFC 3830 (RFC 6043 5.5 says "the identities ... MUST directly follow",
-    which presupposes both parties know them).
-    """
-    dt = msg.header.data_type
-    if dt in _REQUEST_INITS:
-        first, second = (IdRole.IDRi, initiator), (IdRole.IDRkms, kms)
-    elif dt == DataType.TRANSFER_INIT:
-        first, second = (IdRole.IDRi, initiator), (IdRole.IDRr, responder)
-    elif dt in _RESOLVE_INITS:
-        first, second = (IdRole.IDRr, responder), (IdRole.IDRkms, kms)
-    else:
+    identity learnt elsewhere), else no bytes."""
+    slots = _APPENDED.get(msg.header.data_type)
+    if slots is None:
         return b""
-    found: dict[int, bytes] = {}
-    for p in msg.payloads:
-        if isinstance(p, RoleIdentity) and p.role not in found:
-            found[p.role] = p.data
-    a, b = found.get(first[0]), found.get(second[0])
-    return (first[1] or b"" if a is None else a) + (second[1] or b"" if b is None else b)
+    known = (initiator, responder, kms)
+    found = _sent_identities(msg)
+    (r1, k1), (r2, k2) = slots
+    a, b = found.get(r1), found.get(r2)
+    return (known[k1] or b"" if a is None else a) + (known[k2] or b"" if b is None else b)
+
+
+def identity_candidates(
+    msg: Message,
+    *,
+    initiator: bytes | None = None,
+    responder: bytes | None = None,
+    kms: bytes | None = None,
+) -> list[bytes]:
+    """Every appended-identities string an initial message's MAC may have been computed over,
+    ``ABSENT_IDENTITY`` first, then (``ABSENT_IDENTITY_ACCEPTED``) the ticket's / requested
+    policy's identities for each role the message omits - several IDRr make several candidates,
+    at most ``MAX_IDENTITY_CANDIDATES`` in all."""
+    first = appended_identities(msg, initiator=initiator, responder=responder, kms=kms)
+    slots = _APPENDED.get(msg.header.data_type)
+    found = _sent_identities(msg)
+    if slots is None or all(r in found for r, _ in slots):
+        return [first]
+    ticket = next((p for p in msg.payloads if isinstance(p, Ticket)), None)
+    policy = ticket.policy if ticket is not None else msg.find(TicketPolicy)
+    known = (initiator, responder, kms)
+    options: list[list[bytes]] = []
+    for r, k in slots:
+        if r in found:
+            options.append([found[r]])
+            continue
+        from_policy = [p.data for p in policy.idr(r)] if policy is not None else []
+        options.append(from_policy or [known[k] or b""])
+    out = [first]
+    for a in options[0]:
+        for b in options[1]:
+            if a + b not in out and len(out) <= MAX_IDENTITY_CANDIDATES:
+                out.append(a + b)
+    return out
 
 
 def coverage(
@@ -254,6 +347,33 @@ def coverage(
     return mac_input(msg)
 
 
+class KemacIvT(enum.Enum):
+    """Which T feeds the AES-CM IV of a KEMAC that a response carries (spec Q4)."""
+
+    CARRYING_MESSAGE = "the T payload of the message that carries the KEMAC"
+    INITIAL_MESSAGE = "the T payload of the initial message the response answers"
+
+
+KEMAC_IV_T = KemacIvT.CARRYING_MESSAGE
+"""Our reading of RFC 3830 4.2.3, 'IV = (S XOR (0x0000 || CSB ID || T)) || 0x0000, where S is a
+112-bit salting key ... and where T is the 64-bit timestamp sent by the Initiator': in RFC 3830
+only the Initiator sends a KEMAC and its response reuses its T, so "the Initiator" is the sender
+of the KEMAC; RFC 6043 4.2.1.5 / 4.2.3.5 make the KMS's responses carry 'a fresh timestamp value
+(unlike [RFC3830])', and nothing says to reuse the request's T for the IV, so the T of the
+message that carries the KEMAC feeds its IV (the ticket's own T for the base-ticket KEMAC,
+App. A.1)."""
+
+
+def kemac_iv_t(
+    msg: Message, initial: Message | None = None, reading: KemacIvT = KEMAC_IV_T
+) -> bytes:
+    """The 64-bit T of the AES-CM IV for the KEMAC of ``msg`` (a response names its ``initial``
+    message; ``reading`` exists to show the other reading of Q4 in tests)."""
+    if reading is KemacIvT.INITIAL_MESSAGE and initial is not None:
+        return initial.timestamp.as_64()
+    return msg.timestamp.as_64()
+
+
 def with_mac(msg: Message, mac: bytes) -> Message:
     """Replace the MAC of the final V payload."""
     v = msg.payloads[-1] if msg.payloads else None
@@ -264,6 +384,13 @@ def with_mac(msg: Message, mac: bytes) -> Message:
 
 
 __all__ = [
+    "ABSENT_IDENTITY",
+    "ABSENT_IDENTITY_ACCEPTED",
+    "KEMAC_IV_T",
+    "UE_LIMITS",
+    "AbsentIdentity",
+    "DecodeLimits",
+    "KemacIvT",
     "Message",
     "Signature",
     "appended_identities",
@@ -271,6 +398,8 @@ __all__ = [
     "decode",
     "encode",
     "encode_decoded",
+    "identity_candidates",
+    "kemac_iv_t",
     "mac_input",
     "ticket_mac_input",
     "with_mac",

@@ -376,6 +376,17 @@ class KeyData:
     salt: bytes = field(default=b"", repr=False)
     kv: KeyValidity = KvNull()
 
+    @property
+    def spi(self) -> bytes | None:
+        """The SPI (MKI) naming this key (KV type SPI, RFC 3830 6.13), or None."""
+        return self.kv.spi if isinstance(self.kv, KvSpi) else None
+
+    def with_spi(self, spi: bytes | None) -> KeyData:
+        """This key named by ``spi`` (KV type SPI); ``None`` leaves it as it is."""
+        if spi is None:
+            return self
+        return KeyData(self.key_type, self.key, self.salt, KvSpi(spi))
+
 
 @dataclass(frozen=True, slots=True)
 class TicketHeader:

@@ -7,6 +7,9 @@ Rules and invariants:
   pick the TPK version, and nothing else from an unverified ticket may be trusted.
 - Ticket keys come from the TPK through a ``KeySource`` (bytes, or the HSM's HMAC port) with the
   Ticket Policy PRF (K5); the KEMAC IV uses the ticket's T and CSB ID 0xFFFFFFFF (A.1).
+- ``seal_ticket`` names the MPK and session keys with SPIs when given (6.2.1), takes a RAND at
+  least as long as the TPK and MPK (12.1) and never mixes 256-bit with weaker algorithms; the
+  parsers of an unverified ticket stop at ``TICKET_MAX_PAYLOADS`` / ``TICKET_DATA_MAX_PAYLOADS``.
 - The ticket V covers the TICKET payload except its Next Payload byte, the Initiator Data length
   and data, and the MAC bytes; ``open_ticket`` verifies it over the received payload bytes.
 - ``check_policy`` enforces the flag consistency rules: not D => L, G => F, not G => H,
@@ -53,8 +56,11 @@ from firmware.mikey.constants import (
 from firmware.mikey.crypto import (
     KeySource,
     check_mac,
+    check_strength,
     compute_mac,
+    encr_for,
     kemac_crypt,
+    mac_for,
     mpk_split,
     ticket_keys,
 )
@@ -63,6 +69,9 @@ from firmware.mikey.message import ticket_mac_input
 from firmware.mikey.wire import parse_ticket, serialize_ticket
 
 TICKET_CSB_ID = 0xFFFFFFFF
+MIN_TICKET_RAND = 16  # RFC 3830 6.11: "It SHOULD be at least 16"
+TICKET_MAX_PAYLOADS = 128  # TP Data (IDRr per responder) and Initiator Data, before the MAC check
+TICKET_DATA_MAX_PAYLOADS = 16  # base Ticket Data is THDR, T, RAND, KEMAC, [IDRpsk], V
 TGK_TYPES = frozenset({KeyDataType.TGK, KeyDataType.TGK_SALT})
 
 
@@ -163,6 +172,7 @@ def _ticket_payload(raw: bytes) -> Ticket:
     if not raw:
         raise MikeyError("empty TICKET payload", 0, ErrNo.INVALID_TICKET)
     r = Reader(raw, 1)
+    r.budget = TICKET_MAX_PAYLOADS  # peek_ticket parses before any MAC is checked
     t = parse_ticket(r)
     if r.pos != r.end:
         raise r.fail("bytes after the TICKET payload")
@@ -181,7 +191,7 @@ def peek_ticket(raw: bytes) -> tuple[TicketPolicy, TicketData]:
     version).  Nothing returned may be trusted until ``open_ticket`` succeeds."""
     t = _ticket_payload(raw)
     _require_base(t.policy)
-    return t.policy, parse_ticket_data(t.ticket_data)
+    return t.policy, parse_ticket_data(t.ticket_data, max_payloads=TICKET_DATA_MAX_PAYLOADS)
 
 
 def _parts(td: TicketData) -> tuple[Timestamp, Rand, Kemac, RoleIdentity | None, Verification]:
@@ -207,28 +217,48 @@ def seal_ticket(
     mpk: bytes,
     session_keys: Sequence[KeyData] = (),
     mpk_kv: KeyValidity = KV_NULL,
+    mpk_spi: bytes | None = None,
+    key_spis: Sequence[bytes] | None = None,
     idr_psk: bytes | None = None,
-    encr_alg: EncrAlg = EncrAlg.AES_CM_128,
-    mac_alg: MacAlg = MacAlg.HMAC_SHA_1_160,
+    encr_alg: EncrAlg | None = None,
+    mac_alg: MacAlg | None = None,
 ) -> Ticket:
-    """Build a MIKEY base ticket: KEMAC = E(encr_key_TPK, MPK || keys), V with auth_key_TPK."""
+    """Build a MIKEY base ticket: KEMAC = E(encr_key_TPK, MPK || keys), V with auth_key_TPK.
+    ``mpk_spi`` / ``key_spis`` (one per session key) name the keys (KV type SPI, RFC 6043 6.2.1).
+    The ticket RAND must be at least as long as the MPK and a TPK given as bytes (12.1); the
+    algorithms default to the strength of the Ticket Policy PRF func and are never mixed."""
     _require_base(policy)
-    if mac_alg is MacAlg.NULL:
+    prf = policy.prf_func
+    encr = encr_for(prf) if encr_alg is None else encr_alg
+    mac = mac_for(prf) if mac_alg is None else mac_alg
+    if mac is MacAlg.NULL:
         raise MikeyError("a ticket needs a MAC", -1, ErrNo.INVALID_MAC)
-    check_policy(policy.flags, has_tgk=any(k.key_type in TGK_TYPES for k in session_keys))
-    keys = ticket_keys(policy.prf_func, tpk, rand, encr_alg, mac_alg)
-    plain = serialize_key_data([KeyData(KeyDataType.MPK, mpk, b"", mpk_kv), *session_keys])
-    encr = kemac_crypt(encr_alg, keys, TICKET_CSB_ID, t.as_64(), plain, decrypt=False)
-    payloads: list[object] = [t, Rand(rand), Kemac(encr_alg, encr)]
+    keys = list(session_keys)
+    if key_spis is not None:
+        if len(key_spis) != len(keys):
+            raise MikeyError(f"{len(key_spis)} SPIs for {len(keys)} session keys", -1)
+        keys = [k.with_spi(spi) for k, spi in zip(keys, key_spis, strict=True)]
+    mpk_data = KeyData(KeyDataType.MPK, mpk, b"", mpk_kv).with_spi(mpk_spi)
+    lengths = (len(mpk), *(len(k.key) for k in keys))
+    check_strength(prf, encr_alg=encr, mac_alg=mac, key_lengths=lengths)
+    longest = max(len(mpk), len(tpk) if isinstance(tpk, bytes) else 0, MIN_TICKET_RAND)
+    if len(rand) < longest:
+        raise MikeyError("the ticket RAND MUST at least be as long as the longest of TPK and MPK",
+                         -1, ErrNo.UNSPECIFIED)  # fmt: skip
+    check_policy(policy.flags, has_tgk=any(k.key_type in TGK_TYPES for k in keys))
+    tkeys = ticket_keys(prf, tpk, rand, encr, mac)
+    plain = serialize_key_data([mpk_data, *keys])
+    encr_data = kemac_crypt(encr, tkeys, TICKET_CSB_ID, t.as_64(), plain, decrypt=False)
+    payloads: list[object] = [t, Rand(rand), Kemac(encr, encr_data)]
     if idr_psk is not None:
         payloads.append(RoleIdentity(IdRole.IDRpsk, IdType.BYTE_STRING, idr_psk))
-    n = mac_alg.mac_len
-    payloads.append(Verification(mac_alg, bytes(n)))
+    n = mac.mac_len
+    payloads.append(Verification(mac, bytes(n)))
     td = TicketData(TicketHeader(thdr_data), tuple(payloads))  # type: ignore[arg-type]
     unsigned = Ticket(policy, serialize_ticket_data(td), None)
     cover = ticket_mac_input(ticket_raw(unsigned))[:-n]
-    mac = compute_mac(mac_alg, keys.auth_key, cover)
-    return Ticket(policy, unsigned.ticket_data[:-n] + mac, None)
+    mac_bytes = compute_mac(mac, tkeys.auth_key, cover)
+    return Ticket(policy, unsigned.ticket_data[:-n] + mac_bytes, None)
 
 
 def open_ticket(raw: bytes, tpk: KeySource) -> OpenedTicket:
@@ -236,7 +266,7 @@ def open_ticket(raw: bytes, tpk: KeySource) -> OpenedTicket:
     ticket = _ticket_payload(raw)
     policy = ticket.policy
     _require_base(policy)
-    td = parse_ticket_data(ticket.ticket_data)
+    td = parse_ticket_data(ticket.ticket_data, max_payloads=TICKET_DATA_MAX_PAYLOADS)
     t, rand, kemac, psk, v = _parts(td)
     keys = ticket_keys(policy.prf_func, tpk, rand.value, kemac.encr_alg, v.mac_alg)
     check_mac(v.mac_alg, keys.auth_key, ticket_mac_input(raw)[: -len(v.mac) or None], v.mac)

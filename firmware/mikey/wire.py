@@ -575,7 +575,10 @@ def parse_nested(r: Reader, what: str) -> tuple[Payload, ...] | None:
         return None
     if q > end:
         raise r.fail(f"truncated {what}: need {n} bytes, have {end - p - 2}", at=p + 2)
-    payloads, r.pos = parse_chain(Reader(buf, p + 3, q, r.base), buf[p + 2], NESTED)
+    sub = Reader(buf, p + 3, q, r.base)
+    sub.budget = r.budget
+    payloads, r.pos = parse_chain(sub, buf[p + 2], NESTED)
+    r.budget = sub.budget
     return tuple(payloads)
 
 
@@ -687,6 +690,7 @@ SERIALIZERS: dict[type, Callable[[bytearray, object], None]] = {
 _ENCODERS = {cls: (int(t), SERIALIZERS[cls]) for cls, t in PAYLOAD_TYPES.items()}
 TOP_LEVEL = frozenset(int(t) for t in PayloadType) - {PayloadType.LAST, PayloadType.KEY_DATA}
 NESTED = TOP_LEVEL - {PayloadType.TP, PayloadType.TICKET}
+_NESTING = frozenset({PayloadType.TP, PayloadType.TICKET})  # payloads holding nested chains
 
 
 def parse_chain(
@@ -698,11 +702,15 @@ def parse_chain(
     append = payloads.append
     parsers = PARSERS
     buf, end = r.buf, r.end
+    budget = r.budget  # kept local; handed to the nested chains of TP / TICKET and back
     while np:
         if np not in allowed:
             if np in TOP_LEVEL or np == PayloadType.KEY_DATA:
                 raise r.fail(f"payload type {np} not allowed here")
             raise r.fail(f"unknown payload type {np}: its length cannot be known")
+        if not budget:
+            raise r.fail("more payloads than this message may carry before it is authenticated")
+        budget -= 1
         pos = r.pos
         if offsets is not None:
             offsets.append(pos)
@@ -712,8 +720,11 @@ def parse_chain(
         if pos >= end:
             raise r.fail("truncated Next Payload: need 1 byte, have 0")
         r.pos = pos + 1
+        r.budget = budget  # TP / TICKET spend it on their nested chains
         append(parsers[np](r))
+        budget = r.budget
         np = buf[pos]
+    r.budget = budget
     if r.pos != end:
         raise r.fail(f"{end - r.pos} bytes after the last payload")
     return payloads, r.pos
@@ -789,8 +800,10 @@ def serialize_key_data(keys: Iterable[KeyData]) -> bytes:
 # --- base-ticket Ticket Data (RFC 6043 App. A) ---------------------------------------------------
 
 
-def parse_ticket_data(data: bytes, base: int = 0) -> TicketData:
+def parse_ticket_data(data: bytes, base: int = 0, *, max_payloads: int | None = None) -> TicketData:
     r = Reader(data, base=base)
+    if max_payloads is not None:
+        r.budget = max_payloads
     np = r.u8("THDR Next Payload")
     thdr = TicketHeader(r.take(r.u16("THDR Data length"), "THDR Data"))
     payloads, _ = parse_chain(r, np, NESTED)

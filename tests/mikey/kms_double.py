@@ -1,15 +1,19 @@
-"""A small in-test KMS built only from firmware.mikey's KMS building blocks (software TPK)."""
+"""A small in-test KMS built only from firmware.mikey's KMS building blocks (software TPK behind an
+HMAC port, as the HSM's is).  It names every key it issues with an SPI unique to the ticket
+(RFC 6043 6.2.1), draws its RANDs as long as the keys they protect (12.1), and issues MPK and TGK
+of ``key_len`` bytes under the requested policy's algorithms."""
 
 from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass, field
 
-from firmware.mikey.codec import KeyData, KvSpi, Ticket, TicketPolicy, Timestamp
+from firmware.mikey.codec import KeyData, TicketPolicy, Timestamp, TpFlags
 from firmware.mikey.constants import DataType, IdRole, KeyDataType, TsType
 from firmware.mikey.crypto import mpk_split
 from firmware.mikey.kms import build_request_resp, build_resolve_resp, verify_initial_psk
 from firmware.mikey.message import decode
+from firmware.mikey.prf import PrfFunc, hmac_digest
 from firmware.mikey.ticket import open_ticket, seal_ticket
 
 
@@ -22,15 +26,21 @@ class KmsDouble:
     identity: bytes
     psks: dict[bytes, bytes]  # user identity -> PSK
     tpk: bytes = bytes(range(0x10, 0x20))
+    prf: PrfFunc = PrfFunc.MIKEY_1  # the tickets' Ticket Policy PRF (the TPK port's hash)
+    key_len: int = 16  # MPK and TGK
     counter: int = 0
     resolved: list[tuple[bytes, bytes]] = field(default_factory=list)
+    spis: list[tuple[bytes, bytes]] = field(default_factory=list)  # (MPK SPI, TGK SPI) per ticket
 
     def _rand(self, n: int = 16) -> bytes:
-        self.counter += 1
-        return hmac.digest(b"kms-double", self.counter.to_bytes(4, "big"), "sha256")[:n]
+        out = b""
+        while len(out) < n:
+            self.counter += 1
+            out += hmac.digest(b"kms-double", self.counter.to_bytes(4, "big"), "sha256")
+        return out[:n]
 
     def _tpk_mac(self, data: bytes) -> bytes:
-        return hmac.digest(self.tpk, data, "sha1")
+        return hmac_digest(self.prf, self.tpk, data)
 
     def handle_request(self, data: bytes, granted: TicketPolicy) -> bytes:
         req = decode(data)
@@ -39,9 +49,11 @@ class KmsDouble:
         assert idri is not None
         psk = self.psks[idri.data]
         verify_initial_psk(req, psk, kms_identity=self.identity)
-        mpk = self._rand()
-        tgk = KeyData(KeyDataType.TGK, self._rand(), b"", KvSpi(b"\x01"))
-        rand = self._rand()
+        mpk = self._rand(self.key_len)
+        tgk = KeyData(KeyDataType.TGK, self._rand(self.key_len))
+        rand = self._rand(max(16, self.key_len))
+        mpk_spi, tgk_spi = self._rand(4), self._rand(4)
+        self.spis.append((mpk_spi, tgk_spi))
         ticket = seal_ticket(
             granted,
             tpk=self._tpk_mac,
@@ -50,11 +62,10 @@ class KmsDouble:
             rand=rand,
             mpk=mpk,
             session_keys=[tgk],
-            mpk_kv=KvSpi(b"\x02"),
+            mpk_spi=mpk_spi,
+            key_spis=[tgk_spi],
         )
         mpki, mpkr = mpk_split(granted.prf_func, mpk, rand)
-        from firmware.mikey.codec import TpFlags
-
         return build_request_resp(
             req,
             psk,
@@ -63,7 +74,9 @@ class KmsDouble:
             mpki=mpki,
             mpkr=mpkr if granted.flags & TpFlags.I else None,
             session_keys=[tgk],
-            mpk_kv=KvSpi(b"\x02"),
+            mpki_spi=mpk_spi,
+            mpkr_spi=mpk_spi,
+            key_spis=[tgk_spi],
             kms_identity=self.identity,
         )
 
@@ -75,7 +88,7 @@ class KmsDouble:
         verify_initial_psk(req, psk, kms_identity=self.identity)
         opened = open_ticket(req.ticket_bytes(), self._tpk_mac)
         assert idrr.data in opened.idr_r
-        rand_kms = self._rand()
+        rand_kms = self._rand(max(16, self.key_len))
         self.resolved.append((idrr.data, rand_kms))
         return build_resolve_resp(
             req,
@@ -86,6 +99,3 @@ class KmsDouble:
             rand_kms=rand_kms,
             kms_identity=self.identity,
         )
-
-
-_ = Ticket

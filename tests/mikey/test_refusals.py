@@ -148,6 +148,7 @@ def test_refuses_transfer_init_without_its_mandatory_ticket(plain: Run) -> None:
         lambda: Responder(BOB, PSK_B, KMS_ID).receive_transfer_init(stripped.raw),
         lambda: verify_transfer_init(stripped, _opened(plain).mpki),  # no MAC input without it
         stripped.ticket_bytes,
+        lambda: session_keys(stripped, _opened(plain).session_keys),  # no policy without it
     ):
         with pytest.raises(MikeyError, match="TICKET") as exc:
             refuse()
@@ -161,7 +162,7 @@ def test_refuses_other_messages_presented_as_transfer_init_or_resp(plain: Run) -
     assert exc.value.err is ErrNo.INVALID_DT
     with pytest.raises(MikeyError) as exc:
         Responder(BOB, PSK_B, KMS_ID).receive_transfer_init(plain.resolve_init)
-    assert (exc.value.err, exc.value.offset) == (ErrNo.INVALID_DT, 0)
+    assert (exc.value.err, exc.value.offset) == (ErrNo.INVALID_DT, 1)  # the data type byte
     with pytest.raises(MikeyError) as exc:  # the initiator's own TRANSFER_INIT reflected back
         verify_transfer_resp(init, init, _opened(plain).mpki)
     assert exc.value.err is ErrNo.INVALID_DT
@@ -460,14 +461,14 @@ def test_ue_roles_refuse_their_own_initial_message_reflected_as_the_response() -
     req = i.request_init(csb_id=7, t=ntp_t(0), rand_i=b"i" * 16, policy=policy(PLAIN))
     with pytest.raises(MikeyError) as exc:
         i.process_request_resp(req)
-    assert (exc.value.err, exc.value.offset) == (ErrNo.INVALID_DT, 0)
+    assert (exc.value.err, exc.value.offset) == (ErrNo.INVALID_DT, 1)  # the data type byte
     r = run(PLAIN)
     resp = Responder(BOB, PSK_B, KMS_ID)
     resp.receive_transfer_init(r.transfer_init)
     mine = resp.resolve_init(csb_id=8, t=ntp_t(5), rand_r=b"r" * 16)
     with pytest.raises(MikeyError) as exc:
         resp.process_resolve_resp(mine)
-    assert (exc.value.err, exc.value.offset) == (ErrNo.INVALID_DT, 0)
+    assert (exc.value.err, exc.value.offset) == (ErrNo.INVALID_DT, 1)  # the data type byte
 
 
 def test_exchange_without_psk_identities_derives_the_same_keys_on_both_sides() -> None:
@@ -512,8 +513,16 @@ def test_responder_refuses_resolve_resp_that_withholds_mpkr_for_a_forking_ticket
         opened, policy=dataclasses.replace(opened.policy, flags=opened.flags & ~c.TpFlags.I)
     )
     raw = build_resolve_resp(req, PSK_B, t=ntp_t(3), opened=unforked, responder_identity=BOB)
-    with pytest.raises(MikeyError, match="lacks MPKr'"):
+    with pytest.raises(MikeyError, match="RANDRkms payload missing"):  # RFC 6043 4.2.3.5
         resp.process_resolve_resp(raw)
+    # with the modifier present (and authentic), the KEMAC must still carry MPKr'
+    unsigned = decode(raw)
+    payloads = (*unsigned.payloads[:-1], c.RoleRand(RandRole.RANDRkms, b"k" * 16))
+    key = message_keys(req.header.prf_func, PSK_B, req.header.csb_id, response=True, rand_i=None,
+                       rand_r=req.randr(RandRole.RANDRr)).auth_key  # fmt: skip
+    resigned = sign_message(unsigned.header, payloads, key, MacAlg.HMAC_SHA_1_160, req.raw)
+    with pytest.raises(MikeyError, match="lacks MPKr'"):
+        resp.process_resolve_resp(resigned)
 
 
 def test_responder_needs_randrr_to_answer_a_g_flag_ticket() -> None:
