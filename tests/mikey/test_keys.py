@@ -20,7 +20,7 @@ from firmware.mikey.constants import (
     SrtpParam,
 )
 from firmware.mikey.errors import MikeyError
-from firmware.mikey.exchange import Responder, open_kemac
+from firmware.mikey.exchange import Initiator, Responder, open_kemac
 from firmware.mikey.kms import build_request_resp, build_resolve_resp
 from firmware.mikey.message import Message, decode, encode
 from firmware.mikey.ticket import open_ticket, seal_ticket
@@ -34,7 +34,7 @@ from firmware.mikey.transfer import (
     session_keys,
 )
 
-from .corpus import BOB, FORKING, KMS_ID, PLAIN, PSK_A, PSK_B, Run, policy, run
+from .corpus import ALICE, BOB, FORKING, KMS_ID, PLAIN, PSK_A, PSK_B, Run, policy, run
 from .kms_double import ntp_t
 
 TPK = bytes(range(0x10, 0x20))
@@ -277,6 +277,15 @@ def test_the_responders_answer_has_one_policy_session_data_and_an_spi_per_crypto
     own = _sp(5, session_encr_key_len=16)
     resp_map = decode(r.responder.transfer_resp(t=ntp_t(6), policies=[own])).header.cs_map
     assert isinstance(resp_map, c.GenericIdMap) and resp_map.entries[0].policy_nos == (5,)
+    # an offer without SPIs is answered with the SPI the KMS gave the TGK
+    r = run(PLAIN)
+    r.initiator.keys = tuple(dataclasses.replace(k, kv=c.KvNull()) for k in r.initiator.keys)
+    bob = _transfer(r, [c.GenericIdEntry.srtp(1, 7)])
+    assert bob.init is not None
+    offer = bob.init.header.cs_map
+    assert isinstance(offer, c.GenericIdMap) and offer.entries[0].spi == b""
+    resp_map = decode(bob.transfer_resp(t=ntp_t(12))).header.cs_map
+    assert isinstance(resp_map, c.GenericIdMap) and resp_map.entries[0].spi == r.kms.spis[0][1]
     # without SPIs from anywhere the CS ID names the key (unique in the CSB)
     bob = _transfer(run(PLAIN), [c.GenericIdEntry.srtp(1, 7), c.GenericIdEntry.srtp(2, 8)],
                     unnamed=True)  # fmt: skip
@@ -356,3 +365,25 @@ def test_a_kemac_the_ticket_does_not_allow_is_refused() -> None:
     ):  # fmt: skip
         with pytest.raises(MikeyError, match="does not let"):
             step()
+
+
+def test_the_ue_roles_run_the_message_rules_on_what_they_receive() -> None:
+    """RFC 6043 6.1.1: 'In response messages, #P SHALL always be exactly 1'; 4.2.1.5: the
+    REQUEST_RESP's '#CS, and CS ID map type fields ... SHALL be identical to the corresponding
+    fields in the REQUEST_INIT message' - checked before any key is derived."""
+    r = run(PLAIN)
+    resp = decode(r.transfer_resp)
+    assert isinstance(resp.header.cs_map, c.GenericIdMap)
+    no_policy = c.GenericIdMap(tuple(dataclasses.replace(e, policy_nos=())
+                                     for e in resp.header.cs_map.entries))  # fmt: skip
+    bad = encode(Message(dataclasses.replace(resp.header, cs_map=no_policy), resp.payloads))
+    with pytest.raises(MikeyError, match="#P SHALL be exactly 1"):
+        r.initiator.process_transfer_resp(bad)
+    i = Initiator(ALICE, PSK_A, KMS_ID)
+    i.request_init(csb_id=1, t=ntp_t(0), rand_i=b"i" * 16, policy=policy(PLAIN))
+    rresp = decode(r.request_resp)
+    sessions = c.GenericIdMap((c.GenericIdEntry.srtp(1, 5),))
+    with pytest.raises(MikeyError, match="Empty map") as exc:
+        i.process_request_resp(encode(Message(dataclasses.replace(rresp.header, cs_map=sessions),
+                                              rresp.payloads)))  # fmt: skip
+    assert exc.value.offset == 9
