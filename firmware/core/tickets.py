@@ -93,7 +93,7 @@ from firmware.mikey.kms import (
     verify_initial_psk,
     verify_initiator_data,
 )
-from firmware.mikey.message import Message, decode
+from firmware.mikey.message import UE_LIMITS, Message, decode
 from firmware.mikey.prf import PrfFunc
 from firmware.mikey.ticket import seal_ticket, ticket_raw
 
@@ -160,7 +160,7 @@ class TicketCore:
 
     def exchange(self, data: bytes) -> bytes:
         try:
-            msg = decode(data)
+            msg = decode(data, limits=UE_LIMITS)  # bounded before anything is authenticated
         except MikeyError as exc:
             raise MalformedMessage(f"cannot parse the MIKEY message: {exc}", int(exc.err)) from None
         if msg.header.data_type == DataType.REQUEST_INIT_PSK:

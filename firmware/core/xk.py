@@ -76,7 +76,7 @@ from firmware.mikey.constants import DataType, ErrNo, IdRole
 from firmware.mikey.crypto import fork_mpkr
 from firmware.mikey.errors import MikeyError
 from firmware.mikey.kms import verify_initiator_data
-from firmware.mikey.message import Message, decode
+from firmware.mikey.message import UE_LIMITS, Message, decode
 from firmware.mikey.ticket import OpenedTicket
 from firmware.mikey.transfer import (
     check_vi,
@@ -290,7 +290,7 @@ class KeyRelease:
     @staticmethod
     def _decode(data: bytes, expected: DataType, what: str) -> Message:
         try:
-            msg = decode(data)
+            msg = decode(data, limits=UE_LIMITS)  # a CSCF's bytes: bounded before any MAC check
         except MikeyError as exc:
             raise MalformedMessage(f"{what} cannot be parsed: {exc}", int(exc.err)) from None
         if msg.header.data_type != expected:

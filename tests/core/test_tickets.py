@@ -147,3 +147,26 @@ def test_the_identity_cache_is_bounded() -> None:
 
     assert canonical.cache_info().maxsize is not None
     assert canonical.cache_info().maxsize <= 65536
+
+
+@pytest.mark.parametrize("responders", [600, 1800])
+def test_a_huge_unauthenticated_message_is_refused_before_any_hsm_work(
+    node, responders: int
+) -> None:
+    """Pre-authentication cost cap (RFC 6043 12.3: no state, little work before authenticating):
+    a well-formed REQUEST_INIT made huge (a Ticket Policy naming thousands of responders) is
+    refused by its size before the user is looked up or the HSM is asked anything."""
+    from tests.calls import requested_policy, t_at, ues
+
+    core, _, _ = node
+    alice = ues(PrfFunc.MIKEY_1)[0]
+    names = [f"sip:r{i}@ims.example.net".encode() for i in range(responders)]
+    data = alice.request_init(
+        csb_id=1, t=t_at(NOW), rand_i=bytes(16),
+        policy=requested_policy(PrfFunc.MIKEY_1, False, names),
+    )  # fmt: skip
+    assert len(data) > 16384
+    before = len(core.vault.calls)
+    with pytest.raises(MalformedMessage):
+        core.exchange(data)
+    assert core.vault.calls[before:] == []
