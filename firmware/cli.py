@@ -142,7 +142,16 @@ def cmd_dev_init(args: argparse.Namespace) -> int:
                 metrics_port=args.metrics_port,
             )
         )
-    cfg = config_mod.load(cfg_path)
+    init_keys(config_mod.load(cfg_path))
+    print(f"dev node ready in {directory}")
+    print(f"config: {cfg_path}")
+    return 0
+
+
+def init_keys(cfg: config_mod.Config) -> None:
+    """Make sure the token holds v1 of every key the node needs, each recorded in the state
+    (first boot of an appliance, dev-init). Keys are generated inside the HSM; nothing about
+    them is printed."""
     from firmware.node import open_store, open_vault
 
     vault, store = open_vault(cfg, monitor=False), open_store(cfg)
@@ -151,16 +160,19 @@ def cmd_dev_init(args: argparse.Namespace) -> int:
         Admin(vault, store, _NoAudit(), time.time, 0, 0).record_existing()
     finally:
         _close(store, vault)
-    print(f"dev node ready in {directory}")
-    print(f"config: {cfg_path}")
+
+
+def cmd_init_keys(args: argparse.Namespace) -> int:
+    init_keys(config_mod.load(args.config))
+    print("keys ready in the token")
     return 0
 
 
 class _NoAudit:
-    """dev-init only records which key versions the new token holds: no change to audit."""
+    """init-keys only records which key versions the token holds: no change to audit."""
 
     def append(self, time: float, event: str, fields: object) -> int:
-        raise AssertionError(f"dev-init must not make audited changes ({event})")
+        raise AssertionError(f"init-keys must not make audited changes ({event})")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -305,6 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--li-port", type=int, default=7444)
     p.add_argument("--metrics-port", type=int, default=9464)
     p.set_defaults(func=cmd_dev_init)
+
+    p = sub.add_parser(
+        "init-keys",
+        help="create the node's keys in the token if missing (first boot)",
+        parents=[cfg],
+    )
+    p.set_defaults(func=cmd_init_keys)
 
     p = sub.add_parser("serve", help="run the node", parents=[cfg])
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)

@@ -62,6 +62,7 @@ class PolicyConfig:
     max_ticket_lifetime: float = 86400.0
     key_forking: bool = True
     replay_cache_capacity: int = 1_000_000
+    require_clock_sync: bool = False  # refuse to serve while the clock is not synchronised
 
 
 @dataclass(frozen=True)
@@ -336,6 +337,7 @@ def load(path: Path | str) -> Config:
         max_ticket_lifetime=pol.number("max_ticket_lifetime", 86400.0),
         key_forking=pol.flag("key_forking", True),
         replay_cache_capacity=int(pol.number("replay_cache_capacity", 1_000_000)),
+        require_clock_sync=pol.flag("require_clock_sync", False),
     )
     pol.done()
     if policy.ticket_lifetime > policy.max_ticket_lifetime:

@@ -158,7 +158,8 @@ class Node:
     hotplug: Any = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _hsm_lost_at: float | None = None
-    _down: set[str] = field(default_factory=set)  # "hsm", "store": what keeps us NOT_SERVING
+    _down: set[str] = field(default_factory=set)  # "hsm", "store", "clock": NOT_SERVING while any
+    availability: api_server.Availability = field(default_factory=api_server.Availability)
 
     @property
     def ue_port(self) -> int:
@@ -269,6 +270,7 @@ class Node:
         li_ca = _read(cfg.li_listener.client_ca)
         roles = RoleResolver(cfg.roles, li_ca)
         gate = Gate(roles, refusals)
+        availability = api_server.Availability()
         ue = api_server.make_listener(
             "ue",
             cfg.ue_listener,
@@ -288,6 +290,7 @@ class Node:
             cfg.workers,
             metrics,
             reuse_port=cfg.processes > 1,
+            availability=availability,
         )
         li = api_server.make_listener(
             "li",
@@ -317,6 +320,7 @@ class Node:
             require_tls13=True,
             reflection_guard=gate.guard_reflection,
             reuse_port=cfg.processes > 1,
+            availability=availability,
         )
         return cls(
             cfg,
@@ -335,6 +339,7 @@ class Node:
             li,
             clock,
             extras=[part for part in opened if part is replay or part is relay],
+            availability=availability,
         )
 
     # --- running ----------------------------------------------------------------------------
@@ -364,6 +369,9 @@ class Node:
         self._update_health()
         if hasattr(self.store, "ping"):
             threading.Thread(target=self._store_monitor, name="store-probe", daemon=True).start()
+        if self.cfg.policy.require_clock_sync:
+            self.check_clock()
+            threading.Thread(target=self._clock_monitor, name="clock-probe", daemon=True).start()
         if self.cfg.metrics_address:
             self.metrics_server = self.metrics.serve(self.cfg.metrics_address)
         if self.cfg.hsm.device_match:
@@ -435,6 +443,38 @@ class Node:
                 if up
                 else "the state store is not answering",
             )
+
+    def check_clock(self) -> bool:
+        """[policy] require_clock_sync: NOT_SERVING (and every RPC but health UNAVAILABLE,
+        alarm CLOCK_UNSYNCHRONISED, one log line) while the kernel does not call the clock
+        synchronised within the clock skew; serving again once it does."""
+        from firmware import clocksync
+
+        state = clocksync.clock_state()
+        ok = state.within(self.cfg.policy.clock_skew)
+        if ok == ("clock" not in self._down):
+            return ok
+        (self._down.discard if ok else self._down.add)("clock")
+        reason = (
+            "the clock is synchronised"
+            if ok
+            else f"the clock is not synchronised within {self.cfg.policy.clock_skew:g} s"
+            f" (kernel: synchronised={state.synchronised}, max error {state.max_error:g} s)"
+        )
+        self.availability.reason = None if ok else reason
+        self._update_health()
+        (log.info if ok else log.error)("%s", reason)
+        self.alarms.raise_alarm(
+            "CLOCK_SYNCHRONISED" if ok else "CLOCK_UNSYNCHRONISED", detail=reason
+        )
+        return ok
+
+    def _clock_monitor(self) -> None:
+        while not self._stop.wait(self.cfg.hsm.probe_interval):
+            try:
+                self.check_clock()
+            except OSError:  # adjtimex refused: say so, keep the last state
+                log.exception("clock state unreadable")
 
     def _sweeper(self) -> None:
         """Destroy retired ticket key versions once their tickets have expired (hourly)."""

@@ -238,3 +238,11 @@ def test_a_revoked_df2_certificate_is_refused_after_sighup_without_restart(
     finally:
         config.write_text(original)
         _stop(proc)
+
+
+def test_init_keys_is_idempotent_and_makes_no_new_version(devnode: Path) -> None:
+    config = str(devnode / "kmsnode.toml")
+    before = kmsnode("keys", "list", "--config", config).stdout
+    out = kmsnode("init-keys", "--config", config)
+    assert out.stdout.strip() == "keys ready in the token"
+    assert kmsnode("keys", "list", "--config", config).stdout == before

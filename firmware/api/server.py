@@ -99,6 +99,17 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return decode
 
 
+class Availability:
+    """Why the node refuses to serve right now (None: it serves). Set by the node (an
+    unsynchronised clock); every RPC but health is then answered UNAVAILABLE with the reason."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+
+HEALTH_PREFIX = "/grpc.health."
+
+
 class StreamSlots:
     """Caps on open streams: per listener and per client certificate."""
 
@@ -148,10 +159,12 @@ class ListenerPolicy(grpc.ServerInterceptor):  # type: ignore[misc]
         stream_pool: futures.ThreadPoolExecutor,
         require_tls13: bool,
         reflection_guard: Callable[[Any], None] | None = None,
+        availability: Availability | None = None,
     ) -> None:
         self.metrics, self.slots, self.stream_pool = metrics, slots, stream_pool
         self.require_tls13 = require_tls13
         self.reflection_guard = reflection_guard
+        self.availability = availability or Availability()
 
     def _check_tls(self, context: Any) -> None:
         if self.require_tls13:
@@ -172,26 +185,34 @@ class ListenerPolicy(grpc.ServerInterceptor):  # type: ignore[misc]
             "unary_stream": (grpc.unary_stream_rpc_method_handler, True),
             "stream_stream": (grpc.stream_stream_rpc_method_handler, True),
         }
+        serving_only = not full.startswith(HEALTH_PREFIX)
         for kind, (make, streaming) in kinds.items():
             inner = getattr(handler, kind)
             if inner is None:
                 continue
             wrapped = (
-                self._stream(inner, method, guard) if streaming else self._unary(inner, method)
+                self._stream(inner, method, guard)
+                if streaming
+                else self._unary(inner, method, serving_only)
             )
             return make(
                 wrapped, _tolerant(handler.request_deserializer), handler.response_serializer
             )
         return handler
 
-    def _unary(self, inner: Callable[..., Any], method: str) -> Callable[..., Any]:
-        metrics = self.metrics
+    def _unary(
+        self, inner: Callable[..., Any], method: str, serving_only: bool
+    ) -> Callable[..., Any]:
+        metrics, availability = self.metrics, self.availability
 
         def unary(request: Any, context: Any) -> Any:
             start = time.perf_counter()
             code = "OK"
             try:
                 self._check_tls(context)
+                reason = availability.reason
+                if serving_only and reason is not None:
+                    context.abort(grpc.StatusCode.UNAVAILABLE, reason)
                 return inner(request, context)
             except BaseException:
                 found = context.code() if hasattr(context, "code") else None
@@ -278,6 +299,7 @@ def make_listener(
     require_tls13: bool = False,
     reflection_guard: Callable[[Any], None] | None = None,
     reuse_port: bool = False,
+    availability: Availability | None = None,
 ) -> Listener:
     """Build and bind (not start) a server; `register` yields (add_fn, servicer, service name).
     Reflection is served only with a `reflection_guard`. `reuse_port` lets the worker processes
@@ -287,7 +309,9 @@ def make_listener(
         max_workers=limits.max_streams + _SPARE_STREAM_THREADS,
         thread_name_prefix=f"{name}-stream",
     )
-    policy = ListenerPolicy(metrics, slots, stream_pool, require_tls13, reflection_guard)
+    policy = ListenerPolicy(
+        metrics, slots, stream_pool, require_tls13, reflection_guard, availability
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name),
         interceptors=[policy],
