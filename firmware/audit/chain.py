@@ -16,6 +16,8 @@ Rules:
   only an operator's `kmsnode audit accept-gap` can acknowledge a gap.
 - A record must be byte for byte the canonical form that was MACed (a flipped byte shows even
   when it would parse to the same values, e.g. the case of a hex digit).
+- Records stored under a key (PostgreSQL rows, keyed by seq) must carry the seq they are stored
+  under: `scan(keys=...)` treats any other as a record that does not verify.
 - `scan` never raises for what a file holds (garbage, binary, invalid UTF-8, deep nesting, huge
   lines); it raises only what the MAC function raises (e.g. HsmUnavailable), so an HSM outage is
   never reported as tampering.
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,9 +133,15 @@ def split(data: bytes) -> tuple[list[bytes], int]:
     return data[:keep].split(b"\n")[:-1], len(data) - keep
 
 
-def scan(lines: list[bytes], mac: Mac, want: Collection[int] = ()) -> Scan:
+def scan(
+    lines: Sequence[bytes],
+    mac: Mac,
+    want: Collection[int] = (),
+    keys: Sequence[int] | None = None,
+) -> Scan:
     """Check every record's chain, MAC, form and seq; stop at the first that does not verify.
-    `want`: seqs whose MACs to return (the heads to compare)."""
+    `want`: seqs whose MACs to return (the heads to compare); `keys`: the seq each line is
+    stored under, which must be its own."""
     prev, seq, last_start = GENESIS, 0, 0
     gaps: list[Gap] = []
     macs: dict[int, bytes] = {}
@@ -148,6 +156,7 @@ def scan(lines: list[bytes], mac: Mac, want: Collection[int] = ()) -> Scan:
             number = _int(record.get("seq"))
             ok = (
                 number is not None
+                and (keys is None or keys[position - 1] == number)
                 and record.get("prev") == prev.hex()
                 and isinstance(record.get("event"), str)
                 and hmac.compare_digest(mac(canonical(record)), claimed)

@@ -1,43 +1,43 @@
 """Append-only, hash-chained audit log keyed by the HSM audit key: the writer.
 
-The format (records, chain, gaps, signed head `<log>.head`) is in firmware/audit/chain.py, the
-start rules and `accept-gap` in firmware/audit/recovery.py, verification in
-firmware/audit/verify.py (`verify`, `VerifyResult`, `Snapshot` are re-exported here).
+The format (records, chain, gaps, signed head) is in firmware/audit/chain.py, the start rules
+and `accept-gap` in firmware/audit/recovery.py, verification in firmware/audit/verify.py
+(`verify`, `VerifyResult`, `Snapshot` are re-exported here). Where the records live is a medium
+(firmware/audit/medium.py): a file (`AuditLog(path, mac, head_store=...)`, filemedium.py) or a
+chain of rows in PostgreSQL shared by a cluster, one chain per node
+(`AuditLog(PostgresMedium(connect, chain_id), mac)`, pgmedium.py). These rules hold for both.
 
 Rules:
 - `append` returns only once its record is durable; concurrent appends are committed together
-  by one writer thread (group commit). A commit: write the batch (a short write is a failure),
-  fsync, write and fsync the next head beside the
-  head file, count it in the state store (`HeadStore`, the point of no return), then rename the
-  head into place. Any failure before the store has counted the batch fails the whole batch:
-  `append` raises AuditUnavailable for each of its records and the caller must refuse what it
-  was about to do; the file is cut back to its last committed size at once.
+  by one writer thread (group commit): every record that arrived while the previous batch was
+  committed goes into the next one. A commit makes the batch's records, the signed head naming
+  its last record and the state store's head durable, all or none (the medium's commit). Any
+  failure fails the whole batch: `append` raises AuditUnavailable for each of its records and
+  the caller must refuse what it was about to do.
 - Fail closed, but stay up: the log never closes itself after a failure. The next commit first
-  cuts the file back to the known size again (and, when the store's answer to the failed batch
-  was lost, asks the store: if it did count that batch, the batch's exact bytes are written
-  back, as after a crash between the fsync and the answer). The log serves again as soon as
-  writes succeed.
+  has the medium restored to its last committed state (and when the medium finds that the
+  failed batch was committed after all, its lost answer notwithstanding, the log adopts it so
+  that no seq is given twice). The log serves again as soon as writes succeed.
 - `on_availability(False, reason)` is called once on the first failure, `(True, "")` once on
   the first commit after it, on the writer thread, before the callers of that batch are
   answered (so the node's alarm comes before the refusal). The reason names the cause (errno
   text, error class), never record content. It must not call `append` (it would wait for the
   thread that runs it): such an append is refused.
 - A stored head is never lowered: every commit names a seq above the last one, and at start
-  the store's head is at most the log's last seq (else the start is refused).
-- Start (construction): the log is inspected (recovery.py); a refused start raises
-  AuditIntegrityError and changes nothing. Else a torn last line is cut and recorded as
-  AUDIT_RECOVERED {"torn_bytes": n}, and a NODE_STARTED record {"previous_start": seq of the
-  previous NODE_STARTED or 0, "accepted_gaps": n} is committed (which also brings both heads up
-  to the log). `start_findings` tells the node what it found: the bytes cut, and the gaps
-  accepted since the last start (AUDIT_GAP records after the previous NODE_STARTED record).
-- One writer per log file: the writer lock (files.py) is held from construction to `close`.
+  the store's head is at most the chain's last seq (else the start is refused).
+- Start (construction): the medium's writer lock is taken and the chain inspected
+  (recovery.py); a refused start raises AuditIntegrityError and changes nothing. Else a torn
+  last line is cut and recorded as AUDIT_RECOVERED {"torn_bytes": n}, and a NODE_STARTED record
+  {"previous_start": seq of the previous NODE_STARTED or 0, "accepted_gaps": n} is committed
+  (which also brings both heads up to the chain). `start_findings` tells the node what it
+  found: the bytes cut, and the gaps accepted since the last start (AUDIT_GAP records after the
+  previous NODE_STARTED record).
+- One writer per chain: the medium's writer lock is held from construction to `close`.
 - Records never hold key material: callers pass only identities, reasons, ids and counts.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
 import os
 import threading
@@ -48,20 +48,24 @@ from pathlib import Path
 from typing import Any
 
 from firmware.audit.chain import GENESIS, START_EVENT, Gap, Mac, head_bytes, make_record
-from firmware.audit.files import (
-    discard_head,
-    head_path,
-    lock,
-    prepare_head,
-    publish_head,
-    write_all,
-)
+from firmware.audit.filemedium import FileMedium, why
+from firmware.audit.medium import Batch, Medium
 from firmware.audit.recovery import inspect
-from firmware.audit.verify import Snapshot, VerifyResult, verify
-from firmware.core.errors import AuditUnavailable, KmsError
+from firmware.audit.verify import AuditReport, ChainResult, Snapshot, VerifyResult, verify
+from firmware.core.errors import AuditUnavailable
 from firmware.core.ports import HeadStore
 
-__all__ = ["GENESIS", "AuditLog", "Gap", "Snapshot", "StartFindings", "VerifyResult", "verify"]
+__all__ = [
+    "GENESIS",
+    "AuditLog",
+    "AuditReport",
+    "ChainResult",
+    "Gap",
+    "Snapshot",
+    "StartFindings",
+    "VerifyResult",
+    "verify",
+]
 
 log = logging.getLogger("kmsnode.audit")
 
@@ -89,50 +93,40 @@ class _Pending:
         self.seq = 0
 
 
-def _why(exc: BaseException) -> str:
-    """The cause of a failed commit, for operators: never record content."""
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return f"{exc.strerror} ({errno.errorcode.get(exc.errno, exc.errno)})"
-    if isinstance(exc, KmsError):
-        return f"{exc.reason}: {exc}"
-    return type(exc).__name__
-
-
 class AuditLog:
-    """The writer side. One instance per log file (the writer lock enforces it)."""
+    """The writer side. One instance per chain (the medium's writer lock enforces it).
+
+    `target`: the log file's path (its state store head in `head_store`), or a Medium that
+    keeps its own heads (PostgresMedium: the store's head is written in the same transaction
+    as the records, so `head_store` must be None)."""
 
     def __init__(
         self,
-        path: Path,
+        target: Path | str | Medium,
         mac: Mac,
         counted: Callable[[int], None] | None = None,
         head_store: HeadStore | None = None,
         on_availability: Availability | None = None,
         clock: Callable[[], float] = time_mod.time,
     ) -> None:
-        self.path = Path(path)
-        self.head_path = head_path(self.path)
-        self._mac, self._counted, self._head_store = mac, counted, head_store
+        if isinstance(target, str | os.PathLike):
+            target = FileMedium(Path(target), head_store)
+        elif head_store is not None:
+            raise ValueError("a medium keeps its own heads: give head_store to FileMedium")
+        self.medium: Medium = target
+        self._mac, self._counted = mac, counted
         self._on_availability = on_availability
         self._queue: list[_Pending] = []
         self._cv = threading.Condition()
         self._commit_lock = threading.Lock()  # a commit vs. a snapshot
         self._closed = False
         self._writer: threading.Thread | None = None
-        # after a failure: the file may hold more than the committed size until cut back
-        self._dirty = False
-        # the batch whose store commit raised: (seq, mac, bytes), in case the store did count it
-        self._unconfirmed: tuple[int, bytes, bytes] | None = None
         self._available = True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = lock(self.path)
-        self._fd = -1
         try:
+            self.medium.lock()
             self.start_findings = self._start(clock())
         except BaseException:
-            if self._fd >= 0:
-                os.close(self._fd)
-            os.close(self._lock)
+            self.medium.close()
             raise
         self._writer = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._writer.start()
@@ -140,19 +134,14 @@ class AuditLog:
     # --- start ------------------------------------------------------------------------------
 
     def _start(self, now: float) -> StartFindings:
-        kept = self._head_store.audit_head() if self._head_store is not None else None
-        found = inspect(self.path, self._mac, kept)
+        found = inspect(self.medium.read(), self._mac, self.medium)
         if found.problem:
             raise found.error()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        if found.torn:
-            # never acknowledged (a record is acknowledged only once its newline is durable)
-            os.ftruncate(self._fd, found.size)
-            os.fsync(self._fd)
-        s = found.scan
-        self._seq, self._last, self._size, self._records = s.seq, s.mac, found.size, s.lines
+        s, torn = found.scan, found.stored.torn
+        self.medium.begin(found.stored, s.seq, s.mac)
+        self._seq, self._last, self._records = s.seq, s.mac, s.lines
         gaps = s.gaps_since_start
-        batch = [_Pending(now, RECOVERED_EVENT, {"torn_bytes": found.torn})] if found.torn else []
+        batch = [_Pending(now, RECOVERED_EVENT, {"torn_bytes": torn})] if torn else []
         batch.append(
             _Pending(now, START_EVENT, {"previous_start": s.last_start, "accepted_gaps": len(gaps)})
         )
@@ -160,11 +149,16 @@ class AuditLog:
             self._commit_locked(batch, notify=False)
         if batch[-1].error:
             raise AuditUnavailable(f"the audit log cannot be written at start: {batch[-1].error}")
-        return StartFindings(found.torn, gaps)
+        return StartFindings(torn, gaps)
+
+    @property
+    def chain(self) -> str:
+        """The chain's id ("" for the embedded file log)."""
+        return self.medium.chain
 
     @property
     def count(self) -> int:
-        """Records in the log (lines); equals `seq` unless an accepted gap is in the log."""
+        """Records in the chain; equals `seq` unless an accepted gap is in it."""
         return self._records
 
     @property
@@ -178,13 +172,18 @@ class AuditLog:
         return self._available
 
     def snapshot(self) -> Snapshot:
-        """The log as of the last commit, for `verify` while the node keeps writing."""
+        """The log file as of the last commit, for `verify` while the node keeps writing."""
+        if not isinstance(self.medium, FileMedium):
+            raise TypeError("snapshot() is the log file's; use verify_all()")
         with self._commit_lock:
-            try:
-                head = self.head_path.read_bytes()
-            except OSError:
-                head = b""
-            return Snapshot(self._size, head, self._seq, self._last)
+            return self.medium.snapshot(self._seq, self._last)
+
+    def verify_all(self) -> AuditReport:
+        """Verify every chain of the medium as of now (a file: this log; PostgreSQL: every
+        node's chain), this chain also against what this writer knows it made durable."""
+        with self._commit_lock:
+            check = self.medium.verifier(self._seq, self._last)
+        return check(self._mac)
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -216,79 +215,46 @@ class AuditLog:
 
     def _commit_locked(self, batch: list[_Pending], notify: bool = True) -> None:
         try:
-            if self._dirty:
-                self._restore()
+            adopted = self.medium.restore()
+            if adopted is not None:
+                self._adopt(adopted)
             seq, last, lines = self._seq, self._last, []
             for item in batch:
                 seq += 1
                 line, last = make_record(seq, item.time, item.event, item.fields, last, self._mac)
                 lines.append(line)
-            data = b"".join(lines)
-            write_all(self._fd, data)
-            os.fsync(self._fd)
-            prepare_head(self.path, head_bytes(seq, last, self._mac))
-            if self._head_store is not None:
-                self._unconfirmed = (seq, last, data)
-                self._head_store.set_audit_head(seq, last)
-                self._unconfirmed = None
+            done = Batch(self._seq + 1, tuple(lines), last, head_bytes(seq, last, self._mac))
+            self.medium.commit(done)
         except Exception as exc:
             self._fail(batch, exc, notify)
             return
         # Committed: the records are durable and the store counts them.
-        self._adopt(seq, last, data)
-        try:
-            publish_head(self.path)
-        except OSError as exc:
-            # The head file stays one commit behind (the next commit or start replaces it).
-            log.error("audit head file not replaced: %s", _why(exc))
+        self._adopt(done)
         if not self._available:
             self._available = True
             if notify:
                 self._tell(True, "")
         if self._counted is not None:
             self._counted(len(batch))
-        for number, item in enumerate(batch, start=seq - len(batch) + 1):
+        for number, item in enumerate(batch, start=done.first):
             item.seq = number
             item.done.set()
 
-    def _adopt(self, seq: int, last: bytes, data: bytes) -> None:
-        self._seq, self._last = seq, last
-        self._size += len(data)
-        self._records += data.count(b"\n")
+    def _adopt(self, batch: Batch) -> None:
+        self._seq, self._last = batch.last, batch.mac
+        self._records += len(batch.lines)
 
     def _fail(self, batch: list[_Pending], exc: Exception, notify: bool) -> None:
-        """Nothing of a failed batch stays or is acknowledged."""
-        why = _why(exc)
-        self._dirty = True
-        # now, so no torn record waits for the next commit (which cuts it back first anyway)
-        with contextlib.suppress(OSError):
-            os.ftruncate(self._fd, self._size)
-        discard_head(self.path)
+        """Nothing of a failed batch is acknowledged (the medium kept nothing of it)."""
+        reason = why(exc)
         if self._available:
             self._available = False
-            log.error("audit log unavailable: %s", why)
+            log.error("audit log unavailable: %s", reason)
             if notify:
-                self._tell(False, f"audit log not writable: {why}")
+                self._tell(False, f"audit log not writable: {reason}")
         for item in batch:
-            item.error = why
+            item.error = reason
             item.done.set()
-
-    def _restore(self) -> None:
-        """Back to the last committed state before writing again (after a failure)."""
-        os.ftruncate(self._fd, self._size)
-        os.fsync(self._fd)
-        if self._unconfirmed is not None and self._head_store is not None:
-            seq, last, data = self._unconfirmed
-            kept = self._head_store.audit_head()
-            if kept is not None and kept[0] > self._seq:
-                if kept != (seq, last):
-                    raise AuditUnavailable("the state store's audit head is ahead of this log")
-                # The store did count the batch whose answer was lost: its records are committed.
-                write_all(self._fd, data)
-                os.fsync(self._fd)
-                self._adopt(seq, last, data)
-            self._unconfirmed = None
-        self._dirty = False
 
     def _tell(self, available: bool, reason: str) -> None:
         if self._on_availability is None:
@@ -304,5 +270,4 @@ class AuditLog:
             self._cv.notify()
         if self._writer is not None:
             self._writer.join()
-        os.close(self._fd)
-        os.close(self._lock)
+        self.medium.close()

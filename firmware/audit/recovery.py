@@ -1,4 +1,8 @@
-"""What a start finds in the audit log, and the operator's way past a gap (`accept-gap`).
+"""What a start finds in an audit chain, and the operator's way past a gap (`accept-gap`).
+
+The rules hold for every medium (firmware/audit/medium.py) and, in a cluster, per chain: each
+node's start inspects only its own chain, and `accept-gap --chain ID` acknowledges one chain.
+The messages name the chain as its medium does ("the audit log PATH", "the audit chain ID").
 
 Rules (a start, `inspect`, decides; it changes nothing):
 - Bytes after the last newline are a torn last line: a write that never finished (crash or full
@@ -17,19 +21,20 @@ Rules (a start, `inspect`, decides; it changes nothing):
   that gap and is not a problem either.
 - `accept_gap` (the node stopped: it takes the log's writer lock) writes one signed AUDIT_GAP
   record naming the missing range `first..last`: first = the seq after the last record that
-  verifies, last = the highest of the genuine head file's count, the store's count and the seqs
-  the rejected lines would have had. Its seq is `last + 1`, above every head, so no stored head
-  is ever lowered; it chains to the last record that verifies. Lines that do not verify and a
-  torn tail are moved to `<log>.rejected-<seq>` first, a head file that does not verify to
-  `<log>.head.rejected-<seq>` (evidence for the investigation, 0600). Then the store's head and
-  the head file name the gap record. The next start reports the gap (the node raises TAMPER).
+  verifies, last = the highest of the genuine signed head's count, the store's count and the
+  seqs the rejected records would have had. Its seq is `last + 1`, above every head, so no
+  stored head is ever lowered; it chains to the last record that verifies. Records that do not
+  verify and a torn tail are set aside first, and a signed head that does not verify (a file's
+  `<log>.rejected-<seq>` and `<log>.head.rejected-<seq>`, 0600; PostgreSQL's audit_rejected
+  rows): evidence for the investigation. Then the store's head and the signed head name the gap
+  record. The next start reports the gap (the node raises TAMPER).
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from firmware.audit.chain import (
     GAP_EVENT,
@@ -41,28 +46,35 @@ from firmware.audit.chain import (
     make_record,
     parse_head,
     scan,
-    split,
 )
-from firmware.audit.files import head_path, lock, read_optional, write_all, write_head
-from firmware.core.errors import AuditIntegrityError, AuditUnavailable, KmsError
+from firmware.audit.filemedium import HINT, FileMedium
+from firmware.audit.medium import Batch, Medium, Stored
+from firmware.core.errors import AuditIntegrityError, KmsError
 from firmware.core.ports import HeadStore
 
-HINT = "run `kmsnode audit accept-gap --config FILE` after investigating"
+__all__ = ["HINT", "Found", "accept", "accept_gap", "inspect"]
+
 MAX_REASON = 500
+
+
+class Names(Protocol):
+    """How messages name a chain (every Medium has these)."""
+
+    where: str
+    head_where: str
+    hint: str
 
 
 @dataclass(frozen=True)
 class Found:
-    """The log and its heads as a start finds them."""
+    """The chain and its heads as a start finds them."""
 
-    path: Path
-    lines: list[bytes] = field(repr=False)  # the complete lines
-    size: int  # bytes of the complete lines
-    torn: int  # bytes after the last newline
+    stored: Stored
     scan: Scan
     head: Head
     kept: tuple[int, bytes] | None  # the state store's head
     problem: str  # why the start is refused, one line; "" when it may go on
+    hint: str
 
     @property
     def highest(self) -> int:
@@ -70,50 +82,40 @@ class Found:
         return max(self.head.count if self.head.genuine else 0, self.kept[0] if self.kept else 0)
 
     def error(self) -> AuditIntegrityError:
-        return AuditIntegrityError(f"{self.problem}; {HINT}")
+        return AuditIntegrityError(f"{self.problem}; {self.hint}")
 
 
-def read_log(path: Path) -> bytes | None:
-    try:
-        return read_optional(path)
-    except OSError as exc:
-        raise AuditUnavailable(f"cannot read the audit log {path}: {exc.strerror}") from None
-
-
-def inspect(path: Path, mac: Mac, kept: tuple[int, bytes] | None) -> Found:
-    """Read the log and its heads; never raises for what the files hold."""
-    data = read_log(path)
-    lines, torn = split(data or b"")
-    try:
-        head = parse_head(read_optional(head_path(path)), mac)
-    except OSError:
-        head = Head(present=True)  # there but unreadable: it does not verify
-    if kept is not None and kept[0] == 0:
-        kept = None
+def inspect(stored: Stored, mac: Mac, names: Names) -> Found:
+    """Decide on what a medium holds; never raises for what it holds."""
+    head = parse_head(stored.head, mac)
+    kept = stored.kept if stored.kept is not None and stored.kept[0] != 0 else None
     want = {n for n in (head.count if head.genuine else 0, kept[0] if kept else 0) if n}
-    found = scan(lines, mac, want)
-    size = len(data or b"") - torn
-    partial = Found(path, lines, size, torn, found, head, kept, "")
-    return Found(path, lines, size, torn, found, head, kept, _problem(partial, data is not None))
+    found = scan(stored.lines, mac, want, stored.keys)
+    partial = Found(stored, found, head, kept, "", names.hint)
+    return Found(stored, found, head, kept, _problem(partial, names), names.hint)
 
 
-def _problem(f: Found, exists: bool) -> str:
-    s, head, log = f.scan, f.head, f.path
+def _problem(f: Found, names: Names) -> str:
+    s, head, log, lines = f.scan, f.head, names.where, f.stored.lines
     store = f"the state store's head counts {f.kept[0]}" if f.kept else ""
-    if not f.lines:
+    if not lines:
         if not head.present and f.kept is None:
-            return ""  # a new log
+            return ""  # a new chain
         counts = [f"its signed head counts {head.count}" if head.genuine else "", store]
         if head.present and not head.genuine:
             counts[0] = "its head file exists (and does not verify)"
         missing = f"{f.highest} record(s) missing" if f.highest else "records missing"
-        what = "missing" if not exists else "empty" if not f.torn else "without a whole record"
-        return (
-            f"the audit log {log} is {what} but {' and '.join(c for c in counts if c)}: {missing}"
+        what = (
+            "missing"
+            if not f.stored.exists
+            else "empty"
+            if not f.stored.torn
+            else "without a whole record"
         )
+        return f"{log} is {what} but {' and '.join(c for c in counts if c)}: {missing}"
     if s.first_bad:
         return (
-            f"record {s.first_bad} of {s.lines} in the audit log {log} does not verify (changed,"
+            f"record {s.first_bad} of {s.lines} in {log} does not verify (changed,"
             f" removed, reordered or not a record): {s.lines - s.good} record(s) from there on"
             " cannot be trusted"
         )
@@ -122,14 +124,11 @@ def _problem(f: Found, exists: bool) -> str:
             missing = f"{store}: {f.kept[0] - s.seq} record(s) missing at the end"
         else:
             missing = "cannot tell how many records are missing"
-        return (
-            f"the signed head {head_path(log)} does not verify (forged, damaged or not a head);"
-            f" {missing}"
-        )
+        return f"{names.head_where} does not verify (forged, damaged or not a head); {missing}"
     if f.highest > s.seq:
         counts = [f"its signed head counts {head.count}" if head.genuine else "", store]
         return (
-            f"the audit log {log} ends at record {s.seq} but"
+            f"{log} ends at record {s.seq} but"
             f" {' and '.join(c for c in counts if c)}: {f.highest - s.seq} record(s) missing"
             " at the end (cut while the node was stopped?)"
         )
@@ -142,7 +141,7 @@ def _problem(f: Found, exists: bool) -> str:
             continue
         if not s.covers(count, tag):
             return (
-                f"the audit log {log} does not hold record {count} as {name} names it"
+                f"{log} does not hold record {count} as {name} names it"
                 " (another log put in its place?)"
             )
     return ""
@@ -154,44 +153,25 @@ def _describe(head: Head) -> str | int:
     return head.count if head.genuine else "does not verify"
 
 
-def _keep_aside(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def accept_gap(path: Path, mac: Mac, heads: HeadStore, reason: str, now: float) -> Gap:
-    """Acknowledge what `inspect` found wrong with a signed AUDIT_GAP record (module rules)."""
+def accept(medium: Medium, mac: Mac, reason: str, now: float) -> Gap:
+    """Acknowledge what `inspect` finds wrong with `medium`'s chain with a signed AUDIT_GAP
+    record (module rules). Takes the chain's writer lock; closes the medium."""
     reason = reason.strip()
     if not 0 < len(reason) <= MAX_REASON or not reason.isprintable():
         raise KmsError(f"the reason must be 1 to {MAX_REASON} printable characters on one line")
-    path = Path(path)
-    held = lock(path)
     try:
-        found = inspect(path, mac, heads.audit_head())
+        medium.lock()
+        found = inspect(medium.read(), mac, medium)
         if not found.problem:
+            torn = found.stored.torn
             raise KmsError(
-                "nothing to accept: the audit log agrees with its heads"
-                + (
-                    f" (the next start cuts a torn last line of {found.torn} bytes)"
-                    if found.torn
-                    else ""
-                )
+                f"nothing to accept: {medium.where} agrees with its heads"
+                + (f" (the next start cuts a torn last line of {torn} bytes)" if torn else "")
             )
         s = found.scan
-        good = sum(len(line) + 1 for line in found.lines[: s.good])
         rejected = s.lines - s.good
         first, last = s.seq + 1, max(found.highest, s.seq + rejected)
         seq = last + 1
-        data = read_log(path) or b""
-        if good < len(data):
-            _keep_aside(path.with_name(f"{path.name}.rejected-{seq}"), data[good:])
-        if found.head.present and not found.head.genuine:
-            old = read_optional(head_path(path))
-            _keep_aside(path.with_name(f"{path.name}.head.rejected-{seq}"), old or b"")
         fields = {
             "first": first,
             "last": last,
@@ -201,24 +181,16 @@ def accept_gap(path: Path, mac: Mac, heads: HeadStore, reason: str, now: float) 
             "head_file": _describe(found.head),
             "store_head": found.kept[0] if found.kept else None,
             "rejected_lines": rejected,
-            "torn_bytes": found.torn,
+            "torn_bytes": found.stored.torn,
         }
         line, tag = make_record(seq, now, GAP_EVENT, fields, s.mac, mac)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            os.ftruncate(fd, good)
-            os.lseek(fd, good, os.SEEK_SET)
-            write_all(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        heads.set_audit_head(seq, tag)  # above every head found: never lowers the stored one
-        write_head(path, head_bytes(seq, tag, mac))
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the log (if it was missing), the head and the kept files
-        finally:
-            os.close(dir_fd)
+        gap = Batch(seq, (line,), tag, head_bytes(seq, tag, mac))
+        medium.rewrite(s.good, gap, found.head.present and not found.head.genuine)
         return Gap(first, last, seq, round(now, 6), reason)
     finally:
-        os.close(held)
+        medium.close()
+
+
+def accept_gap(path: Path, mac: Mac, heads: HeadStore, reason: str, now: float) -> Gap:
+    """`accept` for the log file at `path` whose state store head is in `heads`."""
+    return accept(FileMedium(path, heads), mac, reason, now)

@@ -144,6 +144,27 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE key_versions ADD COLUMN activated DOUBLE PRECISION;
     UPDATE key_versions SET activated = created;
     """,
+    # 3: the audit chains of a cluster (firmware/audit/pgmedium.py): one hash chain per node
+    # (chain = node id), each record's canonical line under its seq; each chain's signed head
+    # (its state store head is its audit_heads row); what accept-gap set aside as evidence.
+    """
+    CREATE TABLE audit_records (
+        chain TEXT COLLATE "C" NOT NULL,
+        seq BIGINT NOT NULL,
+        record BYTEA NOT NULL,
+        PRIMARY KEY (chain, seq)
+    );
+    CREATE TABLE audit_signed_heads (
+        chain TEXT COLLATE "C" PRIMARY KEY,
+        head BYTEA NOT NULL
+    );
+    CREATE TABLE audit_rejected (
+        chain TEXT COLLATE "C" NOT NULL,
+        gap BIGINT NOT NULL,  -- seq of the AUDIT_GAP record that set it aside
+        seq BIGINT,  -- the row's seq; NULL: the chain's signed head
+        content BYTEA NOT NULL
+    );
+    """,
 )
 
 _USER_SELECT = (
