@@ -4,11 +4,17 @@ Rules:
 - warrant/alarms/df2 talk to the node's LI listener over mutual TLS with the admin or DF2
   credentials named in the config's [clients] (or --ca/--cert/--key); the endpoint is the one
   the running node recorded in <data_dir>/listeners.json, else the configured LI address.
-- `audit verify` checks the log on this machine with the HSM audit key and names the first bad
-  record; it lists the acknowledged gaps and exits 0 only when the log is intact.
-- `audit accept-gap --reason TEXT` runs only while the node is stopped (the runtime file must not
-  name a live process, and the log's writer lock must be free) and writes the signed AUDIT_GAP
-  record that lets the node start again (firmware/audit/recovery.py).
+- `audit verify` checks the audit with the HSM audit key: with the embedded store, the log on
+  this machine; with PostgreSQL ([store] url), every node's chain in the database (every node's
+  HSM holds the same audit key versions). It prints each chain's result and acknowledged gaps,
+  names the first bad record of each chain that is not intact, and exits 0 only when every
+  chain is intact.
+- `audit accept-gap --reason TEXT [--chain ID]` runs only while the chain's node is stopped (the
+  chain's writer lock must be free: an flock on the log file, or the chain's advisory lock in
+  PostgreSQL; for this node's own chains the runtime file must not name a live process either)
+  and writes the signed AUDIT_GAP record that lets that node start again
+  (firmware/audit/recovery.py). With PostgreSQL, `--chain` names the chain (default: this
+  node's id); the embedded log is one file and takes no `--chain`.
 - `df2 get-keys` takes TRANSFER_INIT / TRANSFER_RESP from the SDP a=key-mgmt:mikey lines and
   prints TEK, salt and SPI per crypto session; a refusal prints its reason and exits 1.
 """
@@ -222,56 +228,92 @@ def _gap_text(gap: Any) -> str:
     return f"{missing}, accepted {when} by record {gap.record}: {gap.reason}"
 
 
-def _accept_gap(cfg: config_mod.Config, reason: str) -> int:
-    """Run while the node is stopped: it refuses when the node's runtime file names a live
-    process, and the log's writer lock (held by a running node's AuditLog) refuses too."""
-    from firmware.audit.recovery import accept_gap
+def _own_chain(cfg: config_mod.Config, chain: str) -> bool:
+    """The chain is this config's node's, or one of its worker processes' (<id>-w<i>)."""
+    worker = chain.removeprefix(f"{cfg.node_id}-w")
+    return chain == cfg.node_id or (worker != chain and worker.isdigit())
+
+
+def _accept_gap(cfg: config_mod.Config, reason: str, chain: str | None) -> int:
+    """Run while the chain's node is stopped: the chain's writer lock (held by a running node's
+    AuditLog) refuses otherwise, and so does this node's runtime file naming a live process."""
+    from firmware.audit.recovery import accept
     from firmware.cli import _node_running
     from firmware.node import open_store, open_vault
+    from firmware.store.postgres import PostgresStore
 
-    if _node_running(cfg):
+    if chain is not None and cfg.store.url is None:
+        raise ConfigError("--chain needs [store] url: the embedded audit log is one file")
+    chain = chain if chain is not None else cfg.node_id
+    if _own_chain(cfg, chain) and _node_running(cfg):
         raise KmsError(f"the node is running ({cfg.runtime_file}): stop it before accepting a gap")
     store = open_store(cfg)
     try:
+        medium: Any
+        if isinstance(store, PostgresStore):
+            from firmware.audit.pgmedium import PostgresMedium
+
+            medium = PostgresMedium(store.dedicated, chain)
+        else:
+            from firmware.audit.filemedium import FileMedium
+
+            medium = FileMedium(cfg.audit_log, store)
         vault = open_vault(cfg, monitor=False)
         try:
-            gap = accept_gap(cfg.audit_log, vault.audit_hmac, store, reason, time.time())
+            gap = accept(medium, vault.audit_hmac, reason, time.time())
         finally:
             vault.close()
     finally:
         store.close()
-    print(f"gap accepted: {_gap_text(gap)}")
+    print(f"gap accepted{f' in audit chain {chain}' if medium.chain else ''}: {_gap_text(gap)}")
     print("the node raises a TAMPER alarm at its next start")
     return 0
 
 
+def _print_report(report: Any) -> int:
+    """Each chain's result and gaps, then the summary; 0 only when every chain is intact."""
+    for c in report.chains:
+        where = f"audit chain {c.chain}" if c.chain else "audit log"
+        for gap in c.gaps:
+            print(f"{where}: acknowledged gap: {_gap_text(gap)}")
+        if c.intact:
+            print(f"{where} intact: {c.records} records")
+        else:
+            print(f"{where} NOT intact: first bad record {c.first_bad} of {c.records} ({c.detail})")
+    if len(report.chains) != 1 or report.chains[0].chain:
+        bad = sum(not c.intact for c in report.chains)
+        print(
+            f"{len(report.chains)} audit chain(s), {report.records} records: "
+            + (f"{bad} NOT intact" if bad else "every chain intact")
+        )
+    return 0 if report.intact else 1
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
-    from firmware.audit.log import verify
+    from firmware.audit.verify import AuditReport, ChainResult, verify
     from firmware.node import open_store, open_vault
+    from firmware.store.postgres import PostgresStore
 
     cfg = config_mod.load(args.config)
     if args.action == "accept-gap":
-        return _accept_gap(cfg, args.reason)
+        return _accept_gap(cfg, args.reason, args.chain)
     store = open_store(cfg)
     try:
-        kept = store.audit_head()  # read before the log: a running node only adds records
+        vault = open_vault(cfg, monitor=False)
+        try:
+            if isinstance(store, PostgresStore):
+                from firmware.audit.pgmedium import verify_database
+
+                report = verify_database(store.connection, vault.audit_hmac)
+            else:
+                kept = store.audit_head()  # read before the log: a running node only adds records
+                result = verify(cfg.audit_log, vault.audit_hmac, kept=kept)
+                report = AuditReport((ChainResult.of("", result),))
+        finally:
+            vault.close()
     finally:
         store.close()
-    vault = open_vault(cfg, monitor=False)
-    try:
-        result = verify(cfg.audit_log, vault.audit_hmac, kept=kept)
-    finally:
-        vault.close()
-    for gap in result.gaps:
-        print(f"acknowledged gap: {_gap_text(gap)}")
-    if result.intact:
-        print(f"audit log intact: {result.records} records")
-        return 0
-    print(
-        f"audit log NOT intact: first bad record {result.first_bad} of {result.records}"
-        f" ({result.detail})"
-    )
-    return 1
+    return _print_report(report)
 
 
 def cmd_df2(args: argparse.Namespace) -> int:
@@ -339,6 +381,9 @@ def add_commands(sub: Any, cfg: argparse.ArgumentParser) -> None:
         help="after investigating, acknowledge what stops the start (node stopped)",
     )
     gap.add_argument("--reason", required=True, help="why the gap is accepted (recorded)")
+    gap.add_argument(
+        "--chain", help="with [store] url: the node id whose chain (default: this node's)"
+    )
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("df2", help="DF2/MF tool: fetch session keys over Xk")
