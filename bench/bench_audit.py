@@ -20,7 +20,6 @@ import argparse
 import hashlib
 import hmac
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import psycopg
 
-from bench.bench_store import _server_cpu
+from bench.bench_store import measure
 from firmware.audit.log import AuditLog
 from firmware.audit.pgmedium import PostgresMedium
 from firmware.devpg import PgServer
@@ -51,52 +50,27 @@ def mac(data: bytes) -> bytes:
 
 
 @dataclass
-class Cost:
+class Result:
     per_second: float
     per_commit: float
     cpu_us: float
     server_us: float
 
 
-def measure(
+def run(
     log: AuditLog, batches: list[int], seconds: float, threads: int, server: PgServer | None
-) -> Cost:
-    counts = [0] * threads
-    start = threading.Barrier(threads + 1)
-    stop = threading.Event()
-
-    def run(t: int) -> None:
-        start.wait()
-        n = 0
-        while not stop.is_set():
-            log.append(time.time(), "KEY_RELEASE", FIELDS)
-            n += 1
-        counts[t] = n
-
-    workers = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
-    for w in workers:
-        w.start()
+) -> Result:
+    """Appends from `threads` threads for `seconds` (bench_store.measure); cost per record."""
     batches.clear()
-    server0 = _server_cpu(server) if server else 0.0
-    start.wait()
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    time.sleep(seconds)
-    stop.set()
-    for w in workers:
-        w.join()
-    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    served = (_server_cpu(server) - server0) if server else 0.0
-    records = sum(counts)
-    return Cost(
-        records / wall,
-        records / max(1, len(batches)),
-        cpu / records * 1e6,
-        served / records * 1e6,
+    cost = measure(
+        lambda _: log.append(time.time(), "KEY_RELEASE", FIELDS), seconds, threads, server
     )
+    records = seconds * 1e6 / cost.wall_us  # about: calls made in the window
+    return Result(1e6 / cost.wall_us, records / max(1, len(batches)), cost.cpu_us, cost.server_us)
 
 
-def best(costs: list[Cost]) -> Cost:
-    return max(costs, key=lambda c: c.per_second)
+def best(results: list[Result]) -> Result:
+    return max(results, key=lambda r: r.per_second)
 
 
 def main() -> None:
@@ -109,7 +83,7 @@ def main() -> None:
     try:
         url = server.url(server.database())
         PostgresStore(url).close()  # migrates the database
-        results: dict[tuple[str, int], Cost] = {}
+        results: dict[tuple[str, int], Result] = {}
         with tempfile.TemporaryDirectory() as folder:
             for threads in (1, 8):
                 heads = SqliteStore(Path(folder) / f"state-{threads}.sqlite")
@@ -130,7 +104,7 @@ def main() -> None:
                         pg = server if name == "postgres" else None
                         results[name, threads] = best(
                             [
-                                measure(log, batches, args.seconds, threads, pg)
+                                run(log, batches, args.seconds, threads, pg)
                                 for _ in range(args.rounds)
                             ]
                         )
