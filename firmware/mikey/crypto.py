@@ -310,9 +310,9 @@ def check_strength(
     if mac_alg is not MacAlg.NULL and is_strong_mac(mac_alg) != strong:
         raise MikeyError(f"{mac_alg.name} does not match the strength of {prf.name}", -1,
                          ErrNo.INVALID_MAC)  # fmt: skip
-    if any(n < MIN_KEY_LEN for n in key_lengths):
+    if key_lengths and min(key_lengths) < MIN_KEY_LEN:
         raise MikeyError("keys MUST be 128 bits or more", -1, ErrNo.UNSPECIFIED)
-    if encr_alg.key_len == 16 and any(n > 16 for n in key_lengths):
+    if key_lengths and max(key_lengths) > 16 and encr_alg.key_len == 16:
         raise MikeyError(f"keys longer than 128 bits under {encr_alg.name}", -1, ErrNo.INVALID_EA)
 
 

@@ -71,9 +71,9 @@ from firmware.mikey.message import Message, encode
 from firmware.mikey.ticket import OpenedTicket
 from firmware.mikey.transfer import (
     FORKABLE,
+    encrypt_kemac,
     fork_keys,
     message_rands,
-    seal_kemac,
     transfer_ticket,
     verify_v,
 )
@@ -151,16 +151,17 @@ def _kms_response(
     prf = header.prf_func
     encr = encr_for(prf) if encr_alg is None else encr_alg
     mac = mac_for(prf) if mac_alg is None else mac_alg
-    check_strength(
-        prf, encr_alg=encr, mac_alg=mac, key_lengths=tuple(len(k.key) for k in kemac_keys)
-    )
+    check_strength(prf, encr_alg=encr, mac_alg=mac, key_lengths=tuple(map(_key_len, kemac_keys)))
     rand_i, rand_r = message_rands(request)
-    kemac = seal_kemac(kemac_keys, psk, prf=prf, csb_id=header.csb_id, response=True,
-                       rand_i=rand_i, rand_r=rand_r, t=t, encr_alg=encr)  # fmt: skip
-    auth = message_keys(prf, psk, header.csb_id, response=True, rand_i=rand_i, rand_r=rand_r,
-                        mac_alg=mac).auth_key  # fmt: skip
+    mk = message_keys(prf, psk, header.csb_id, response=True, rand_i=rand_i, rand_r=rand_r,
+                      encr_alg=encr, mac_alg=mac)  # fmt: skip
+    kemac = encrypt_kemac(kemac_keys, mk, csb_id=header.csb_id, t=t, encr_alg=encr)
     payloads = [t, *before_kemac, kemac, *after_kemac]
-    return sign_message(header, payloads, auth, mac, request.raw)
+    return sign_message(header, payloads, mk.auth_key, mac, request.raw)
+
+
+def _key_len(k: KeyData) -> int:
+    return len(k.key)
 
 
 def _named(keys: Sequence[KeyData], spis: Sequence[bytes] | None) -> list[KeyData]:

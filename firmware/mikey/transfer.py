@@ -64,6 +64,7 @@ from firmware.mikey.constants import (
 )
 from firmware.mikey.crypto import (
     KeySource,
+    MessageKeys,
     auth_key,
     fork_mpkr,
     fork_tgk,
@@ -261,6 +262,14 @@ def seal_kemac(
     carry it (spec Q4)."""
     mk = message_keys(prf, inkey, csb_id, response=response, rand_i=rand_i, rand_r=rand_r,
                       encr_alg=encr_alg, mac_alg=MacAlg.NULL)  # fmt: skip
+    return encrypt_kemac(keys, mk, csb_id=csb_id, t=t, encr_alg=encr_alg)
+
+
+def encrypt_kemac(
+    keys: Sequence[KeyData], mk: MessageKeys, *, csb_id: int, t: Timestamp, encr_alg: EncrAlg
+) -> Kemac:
+    """KEMAC = E(mk.encr_key, keys) with the AES-CM IV from ``mk.salt_key``, ``csb_id`` and
+    ``t`` (the T of the message carrying it), NULL MAC."""
     plain = serialize_key_data(keys)
     return Kemac(encr_alg, kemac_crypt(encr_alg, mk, csb_id, t.as_64(), plain, decrypt=False))
 
@@ -426,6 +435,7 @@ __all__ = [
     "SessionKey",
     "check_vi",
     "crypto_sessions",
+    "encrypt_kemac",
     "fork_keys",
     "fork_modifier",
     "forked_mpkr_for",

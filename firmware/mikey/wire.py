@@ -122,6 +122,15 @@ def _enum(cls: type[_E], value: int, r: Reader, err: ErrNo, back: int) -> _E:
     return m  # type: ignore[return-value]
 
 
+def _bytes2(a: int, b: int | None, what: str) -> bytes:
+    """One or two open-registry bytes (members or raw ints); an int that does not fit is refused
+    like every encoder refusal (bytes() raises ValueError only then: no check on the hot path)."""
+    try:
+        return bytes((a,)) if b is None else bytes((a, b))
+    except ValueError:
+        raise MikeyError(f"{what} does not fit in 8 bits", -1, ErrNo.UNSPECIFIED) from None
+
+
 # --- decoder constructors -------------------------------------------------------------------------
 
 _HDR_DT, _HDR_CSB, _HDR_MAP, _HDR_PRF, _HDR_V, _HDR_VER = slot_setters(Header)
@@ -340,7 +349,7 @@ def _parse_tr(r: Reader) -> RoleTimestamp:
 
 def _serialize_tr(out: bytearray, p: RoleTimestamp) -> None:
     check(len(p.value) == p.ts_type.value_len, "TS value length does not match TS type")
-    out += bytes((fit_u8(p.role, "TS Role"), p.ts_type))
+    out += _bytes2(p.role, p.ts_type, "TS Role")
     out += p.value
 
 
@@ -367,7 +376,7 @@ def _parse_randr(r: Reader) -> RoleRand:
 
 
 def _serialize_randr(out: bytearray, p: RoleRand) -> None:
-    out.append(fit_u8(p.role, "RAND Role"))
+    out += _bytes2(p.role, None, "RAND Role")
     out += len8(p.value, "RAND") + p.value
 
 
@@ -377,7 +386,7 @@ def _parse_id(r: Reader) -> Identity:
 
 
 def _serialize_id(out: bytearray, p: Identity) -> None:
-    out.append(fit_u8(p.id_type, "ID type"))
+    out += _bytes2(p.id_type, None, "ID type")
     out += len16(p.data, "ID data") + p.data
 
 
@@ -396,7 +405,7 @@ def _parse_idr(r: Reader) -> RoleIdentity:
 
 
 def _serialize_idr(out: bytearray, p: RoleIdentity) -> None:
-    out += bytes((fit_u8(p.role, "ID Role"), fit_u8(p.id_type, "ID Type")))
+    out += _bytes2(p.role, p.id_type, "ID Role / ID Type")
     out += len16(p.data, "ID Data") + p.data
 
 
@@ -549,7 +558,7 @@ def _parse_err(r: Reader) -> ErrorPayload:
 
 def _serialize_err(out: bytearray, p: ErrorPayload) -> None:
     check(0 <= p.reserved <= 0xFFFF, "ERR reserved does not fit in 16 bits")
-    out.append(fit_u8(p.err_no, "Error no"))
+    out += _bytes2(p.err_no, None, "Error no")
     out += U16.pack(p.reserved)
 
 
