@@ -41,11 +41,11 @@ log = logging.getLogger("kmsnode")
 def open_admin(cfg: config_mod.Config) -> tuple[Admin, Any, Any, Any]:
     """Admin over the config's vault and store, auditing to the node's log (node stopped)."""
     from firmware.audit.log import AuditLog
-    from firmware.node import open_store, open_vault
+    from firmware.node import audit_medium, open_store, open_vault
 
     vault = open_vault(cfg, monitor=False)
     store = open_store(cfg)
-    audit = AuditLog(cfg.audit_log, vault.audit_hmac, head_store=store)
+    audit = AuditLog(audit_medium(cfg, store), vault.audit_hmac)
     admin = Admin(
         vault, store, audit, time.time, cfg.policy.max_ticket_lifetime, cfg.policy.clock_skew
     )

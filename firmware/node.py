@@ -38,7 +38,9 @@ from firmware.api.proto.kms.v1 import kms_pb2_grpc
 from firmware.api.roles import RoleResolver
 from firmware.api.ticket import TicketServicer
 from firmware.audit.alarms import AlarmBus
+from firmware.audit.filemedium import FileMedium
 from firmware.audit.log import AuditLog
+from firmware.audit.medium import Medium
 from firmware.config import Config
 from firmware.core.admin import Admin
 from firmware.core.errors import KmsError
@@ -116,6 +118,19 @@ def _alarm_relay(store: Store, alarms: AlarmBus, metrics: Metrics) -> Any:
     )
     alarms.publish = relay.publish
     return relay
+
+
+def audit_medium(cfg: Config, store: Store) -> Medium:
+    """This node's audit chain: in the shared database when the store is PostgreSQL (chain id =
+    node id; records committed with the chain's heads, one transaction per batch), else the
+    log file with its head in the store."""
+    from firmware.store.postgres import PostgresStore
+
+    if isinstance(store, PostgresStore):
+        from firmware.audit.pgmedium import PostgresMedium
+
+        return PostgresMedium(store.dedicated, cfg.node_id)
+    return FileMedium(cfg.audit_log, store)
 
 
 def _read(path: Path) -> bytes:
@@ -226,10 +241,9 @@ class Node:
             )
 
         audit = AuditLog(
-            cfg.audit_log,
+            audit_medium(cfg, store),
             ivault.audit_hmac,
             metrics.audit_records.inc,
-            head_store=store,
             on_availability=on_audit,
             clock=clock,
         )
@@ -309,9 +323,7 @@ class Node:
                 ),
                 (
                     kms_pb2_grpc.add_AdminServiceServicer_to_server,
-                    AdminServicer(
-                        admin, gate, alarms, cfg.audit_log, ivault.audit_hmac, audit.snapshot
-                    ),
+                    AdminServicer(admin, gate, alarms, audit.verify_all),
                     api_server.service_name("AdminService"),
                 ),
             ],

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 from google.protobuf import timestamp_pb2
@@ -29,8 +28,7 @@ from firmware.api.proto.kms.v1 import kms_pb2, kms_pb2_grpc
 from firmware.api.roles import RoleResolver
 from firmware.api.server import Undecodable
 from firmware.audit.alarms import Alarm, AlarmBus
-from firmware.audit.log import Snapshot
-from firmware.audit.log import verify as verify_audit
+from firmware.audit.verify import AuditReport
 from firmware.core.admin import Admin
 from firmware.core.errors import InvalidRequest, KmsError, RoleNotAllowed
 from firmware.core.ports import Caller, KeyName, KeyState, Role
@@ -184,12 +182,10 @@ class AdminServicer(kms_pb2_grpc.AdminServiceServicer):
         admin: Admin,
         gate: Gate,
         alarms: AlarmBus,
-        audit_path: Path,
-        audit_mac: Callable[[bytes], bytes],
-        audit_snapshot: Callable[[], Snapshot] | None,
+        verify_audit: Callable[[], AuditReport],
     ) -> None:
         self.admin, self.gate, self.alarms = admin, gate, alarms
-        self.audit_path, self.audit_mac, self.audit_snapshot = audit_path, audit_mac, audit_snapshot
+        self.verify_audit = verify_audit
 
     def _admin(self, context: Any, method: str, request: Any, fn: Callable[[Caller], T]) -> T:
         return self.gate.serve(context, method, request, (Role.ADMIN,), fn)
@@ -297,13 +293,14 @@ class AdminServicer(kms_pb2_grpc.AdminServiceServicer):
             subscription.close()
 
     def VerifyAudit(self, request: Any, context: Any) -> Any:
-        # The node keeps writing while it verifies: check the log as of one commit, against
-        # what the writer itself knows it wrote (firmware/audit/log.py).
+        # Every chain of the audit medium (PostgreSQL: every node's), this node's own as of one
+        # commit and against what its writer knows it wrote (firmware/audit/log.py).
         def check(_: Caller) -> Any:
-            snapshot = self.audit_snapshot() if self.audit_snapshot is not None else None
-            result = verify_audit(self.audit_path, self.audit_mac, snapshot)
+            report = self.verify_audit()
+            if not report.intact:
+                log.warning("VerifyAudit: %s", report.detail)
             return kms_pb2.VerifyAuditResponse(
-                intact=result.intact, records=result.records, first_bad_record=result.first_bad
+                intact=report.intact, records=report.records, first_bad_record=report.first_bad
             )
 
         return self._admin(context, "VerifyAudit", request, check)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import threading
 import time
 from typing import Any
@@ -186,3 +187,80 @@ def test_postgresql_gone_makes_every_node_not_serving_and_back_serving_without_r
         assert offer.transfer_init
     finally:
         watcher.call.cancel()
+
+
+def test_a_node_killed_under_load_loses_no_acknowledged_release_and_every_chain_verifies(
+    cluster: Cluster,
+) -> None:
+    """SIGKILL of node 3 while four DF2 clients fetch keys from it: every release it answered is
+    in its audit chain in PostgreSQL, and every chain of every node verifies (kmsnode audit
+    verify on another node)."""
+    import subprocess
+    import sys
+
+    import psycopg
+
+    from tests.cluster.conftest import _env
+
+    one, _, three = cluster.members
+    now = time.time()
+    ues_ = Ues(cluster.exchange(one), lambda: now)
+    offer = ues_.offer(forking=True)
+    answer = ues_.answer(offer, BOB)
+    _warrant(cluster, one, BOB, "LIID-kill")
+    acknowledged: list[str] = []
+    errors: list[grpc.RpcError] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(n: int) -> None:
+        stub = cluster.xk(three)
+        for i in range(10_000):
+            if stop.is_set():
+                return
+            corr = f"kill-{n}-{i}"
+            try:
+                stub.GetKeys(
+                    kms_pb2.GetKeysRequest(target_identity=BOB, target_role=2,
+                                           liid="LIID-kill", transfer_init=offer.transfer_init,
+                                           transfer_resp=answer.transfer_resp,
+                                           correlation_id=corr),
+                    timeout=DEADLINE,
+                )  # fmt: skip
+            except grpc.RpcError as err:
+                errors.append(err)
+                return  # the node is gone
+            with lock:
+                acknowledged.append(corr)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        while True:  # bounded by the clients' deadlines: kill once 40 releases were answered
+            with lock:
+                if len(acknowledged) >= 40:
+                    break
+            if not any(t.is_alive() for t in threads):
+                raise AssertionError(f"the clients stopped before the kill: {errors[:1]}")
+            threads[0].join(timeout=0.05)
+        three.stop(signal.SIGKILL)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    with psycopg.connect(cluster.url) as conn:
+        rows = conn.execute(
+            "SELECT record FROM audit_records WHERE chain = %s", (three.name,)
+        ).fetchall()
+    recorded = " ".join(bytes(r[0]).decode() if isinstance(r[0], bytes | memoryview) else str(r[0])
+                        for r in rows)  # fmt: skip
+    missing = [corr for corr in acknowledged if f'"{corr}"' not in recorded]
+    assert missing == [], f"{len(missing)} acknowledged releases are not in node-3's chain"
+    out = subprocess.run(
+        [sys.executable, "-m", "firmware.cli", "audit", "verify", "--config", str(one.config)],
+        capture_output=True, text=True, env=_env(), timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert three.name in out.stdout
+    three.start()  # the cluster goes on for the tests after this one

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -67,7 +68,10 @@ def test_two_workers_share_the_listeners_and_a_dead_one_is_restarted(
         assert proc.stdout.readline().strip() == f"LI listener on 127.0.0.1:{li}"
         pids = _pids(proc.stderr, {1, 2})
         data = cluster.root / "multi"
-        assert (data / "audit-w1.log").exists() and (data / "audit-w2.log").exists()
+        with psycopg.connect(url) as conn:  # each worker is its own audit chain
+            rows = conn.execute("SELECT DISTINCT chain FROM audit_records ORDER BY 1").fetchall()
+        assert rows == [("multi-w1",), ("multi-w2",)]
+        assert not (data / "audit-w1.log").exists()
         ca = (cluster.pki / "ca.pem").read_bytes()
 
         def serving() -> bool:
