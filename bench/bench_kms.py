@@ -71,20 +71,20 @@ def start(cmd: list[str], pattern: str) -> tuple[subprocess.Popen[str], int]:
 async def pair(call) -> int:  # type: ignore[no-untyped-def]
     alice = Initiator(ALICE, PSK_A, KMS)
     bob = Responder(BOB, PSK_B, KMS)
-    rand = os.urandom(64)
+    rand = os.urandom(100)  # RANDs as long as the 32-byte PSKs (RFC 6043 12.1)
     csb = int.from_bytes(rand[:4], "big")
     alice.process_request_resp(
-        await call(alice.request_init(csb_id=csb, t=t_now(), rand_i=rand[4:20], policy=POLICY))
+        await call(alice.request_init(csb_id=csb, t=t_now(), rand_i=rand[4:36], policy=POLICY))
     )
     ti = alice.transfer_init(
         csb_id=csb,
         t=t_now(),
-        rand_i=rand[20:36],
+        rand_i=rand[36:52],
         sessions=[GenericIdEntry.srtp(1, csb)],
         responder=BOB,
     )
     bob.receive_transfer_init(ti)
-    answer = await call(bob.resolve_init(csb_id=csb ^ 1, t=t_now(), rand_r=rand[36:52]))
+    answer = await call(bob.resolve_init(csb_id=csb ^ 1, t=t_now(), rand_r=rand[52:84]))
     if answer[1] != DataType.RESOLVE_RESP:
         raise RuntimeError("resolve refused")
     return 2
@@ -92,7 +92,7 @@ async def pair(call) -> int:  # type: ignore[no-untyped-def]
 
 def sample_messages() -> tuple[bytes, bytes]:
     alice = Initiator(ALICE, PSK_A, KMS)
-    init = alice.request_init(csb_id=1, t=t_now(), rand_i=os.urandom(16), policy=POLICY)
+    init = alice.request_init(csb_id=1, t=t_now(), rand_i=os.urandom(32), policy=POLICY)
     return init, init + os.urandom(220)  # sizes of a REQUEST_INIT and a RESOLVE_INIT
 
 

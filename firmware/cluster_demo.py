@@ -138,17 +138,17 @@ def main() -> int:
         )  # fmt: skip
         print("== alice: REQUEST_INIT on node-1")
         alice.process_request_resp(
-            one.kms()(alice.request_init(csb_id=1, t=_t(), rand_i=os.urandom(16), policy=policy))
+            one.kms()(alice.request_init(csb_id=1, t=_t(), rand_i=os.urandom(32), policy=policy))
         )
-        offer = alice.transfer_init(csb_id=0xC0FFEE, t=_t(), rand_i=os.urandom(16),
+        offer = alice.transfer_init(csb_id=0xC0FFEE, t=_t(), rand_i=os.urandom(32),
                                     sessions=[GenericIdEntry.srtp(1, 0x1234, roc=0, seq=1)],
                                     responder=BOB.encode())  # fmt: skip
         bob.receive_transfer_init(offer)
         print("== bob: RESOLVE_INIT on node-2")
         bob.process_resolve_resp(
-            two.kms()(bob.resolve_init(csb_id=2, t=_t(), rand_r=os.urandom(16)))
+            two.kms()(bob.resolve_init(csb_id=2, t=_t(), rand_r=os.urandom(32)))
         )
-        answer = bob.transfer_resp(t=_t(), rand_r=os.urandom(16))
+        answer = bob.transfer_resp(t=_t(), rand_r=os.urandom(32))
         keys = alice.process_transfer_resp(answer)
         print(f"  alice and bob share TEK {keys[0].tek.hex()}")
         now = time.time()

@@ -93,7 +93,7 @@ def main() -> int:
         policy = TicketPolicy(1, 1, 1, PrfFunc.MIKEY_1, TpFlags.E | TpFlags.H, (bob_idr,))
         print("== alice: REQUEST_INIT -> KMS -> REQUEST_RESP (ticket)")
         alice.process_request_resp(
-            kms(alice.request_init(csb_id=1, t=now_t(), rand_i=os.urandom(16), policy=policy))
+            kms(alice.request_init(csb_id=1, t=now_t(), rand_i=os.urandom(32), policy=policy))
         )
         sessions = [GenericIdEntry.srtp(1, 0x1234, roc=0, seq=1), GenericIdEntry.srtp(2, 0x5678)]
         offer = add_key_mgmt(
@@ -101,7 +101,7 @@ def main() -> int:
             alice.transfer_init(
                 csb_id=0xC0FFEE,
                 t=now_t(),
-                rand_i=os.urandom(16),
+                rand_i=os.urandom(32),
                 sessions=sessions,
                 responder=BOB.encode(),
             ),
@@ -109,8 +109,8 @@ def main() -> int:
         print("== alice -> bob: SDP offer with a=key-mgmt:mikey TRANSFER_INIT")
         bob.receive_transfer_init(find_key_mgmt(offer)[0])
         print("== bob: RESOLVE_INIT -> KMS -> RESOLVE_RESP")
-        bob.process_resolve_resp(kms(bob.resolve_init(csb_id=2, t=now_t(), rand_r=os.urandom(16))))
-        answer = bob.transfer_resp(t=now_t(), rand_r=os.urandom(16))
+        bob.process_resolve_resp(kms(bob.resolve_init(csb_id=2, t=now_t(), rand_r=os.urandom(32))))
+        answer = bob.transfer_resp(t=now_t(), rand_r=os.urandom(32))
         answer_sdp = add_key_mgmt("v=0\r\nm=audio 5004 RTP/SAVP 0\r\n", answer)
         print("== bob -> alice: SDP answer with a=key-mgmt:mikey TRANSFER_RESP")
         alice_keys = alice.process_transfer_resp(find_key_mgmt(answer_sdp)[0])

@@ -451,9 +451,8 @@ class Node:
             log.warning("state store %s", "answering again" if up else "NOT ANSWERING")
             self.alarms.raise_alarm(
                 "STORE_RESTORED" if up else "STORE_UNAVAILABLE",
-                detail="the state store answers again"
-                if up
-                else "the state store is not answering",
+                detail=f"node {self.cfg.node_id}: the state store "
+                + ("answers again" if up else "is not answering"),
             )
 
     def check_clock(self) -> bool:

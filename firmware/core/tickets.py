@@ -30,6 +30,7 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -51,6 +52,7 @@ from firmware.core.ours import (
     open_ours,
     thdr_for,
     ticket_id,
+    ts_unix,
     within_validity,
 )
 from firmware.core.ports import (
@@ -63,7 +65,6 @@ from firmware.core.ports import (
     User,
 )
 from firmware.mikey.codec import (
-    Kemac,
     KeyData,
     Payload,
     RoleIdentity,
@@ -90,14 +91,17 @@ from firmware.mikey.kms import (
     build_error,
     build_request_resp,
     build_resolve_resp,
+    check_rand_strength,
     verify_initial_psk,
     verify_initiator_data,
 )
 from firmware.mikey.message import UE_LIMITS, Message, decode
 from firmware.mikey.prf import PrfFunc
+from firmware.mikey.rules import check_message
 from firmware.mikey.ticket import seal_ticket, ticket_raw
 
 RAND_LEN = 32
+SPI_LEN = 4
 KEY_CACHE_SECONDS = 5.0
 
 
@@ -159,10 +163,16 @@ class TicketCore:
     # --- entry ------------------------------------------------------------------------------
 
     def exchange(self, data: bytes) -> bytes:
+        """The KMS's answer to one message. The one boundary of the MIKEY rules: whatever the
+        codec or the message rules refuse before the sender is authenticated is MalformedMessage
+        carrying the ERR to report; after, a MIKEY Error message."""
         try:
-            msg = decode(data, limits=UE_LIMITS)  # bounded before anything is authenticated
-        except MikeyError as exc:
-            raise MalformedMessage(f"cannot parse the MIKEY message: {exc}", int(exc.err)) from None
+            return self._exchange(data)
+        except MikeyError as exc:  # never past the status table as INTERNAL
+            raise MalformedMessage(f"malformed MIKEY message: {exc}", int(exc.err)) from None
+
+    def _exchange(self, data: bytes) -> bytes:
+        msg = decode(data, limits=UE_LIMITS)  # bounded before anything is authenticated
         if msg.header.data_type == DataType.REQUEST_INIT_PSK:
             handler, role = self._request, IdRole.IDRi
         elif msg.header.data_type == DataType.RESOLVE_INIT_PSK:
@@ -171,14 +181,15 @@ class TicketCore:
             raise MalformedMessage(
                 f"data type {msg.header.data_type} is not served here", int(ErrNo.INVALID_DT)
             )
-        if msg.header.cs_ids:
-            raise MalformedMessage(
-                "ticket requests carry no crypto sessions", int(ErrNo.UNSPECIFIED)
-            )
+        check_message(msg)  # required payloads, header rules (#CS 0, Empty map), algorithm classes
         now = self.clock()
         auth = self._authenticate(msg, role, now)
         try:
-            return handler(msg, auth, now)
+            try:
+                check_rand_strength(msg, len(auth.psk))
+                return handler(msg, auth, now)
+            except MikeyError as exc:  # authenticated: answered with a MIKEY Error message
+                raise Refusal(_err(exc), str(exc)) from None
         except Refusal as refusal:
             return build_error(
                 msg.header,
@@ -323,20 +334,10 @@ class TicketCore:
             granted |= TpFlags.F
         if granted & TpFlags.G:
             granted |= TpFlags.F
-        if (granted & ~TpFlags.K) != (flags & ~TpFlags.K) or requested.find_all(Kemac):
-            # K: the KMS changed the policy, or replaced the requested KEMAC template (it always
-            # grants one TGK and never echoes a template, RFC 6043 6.10).
-            granted |= TpFlags.K
         responders = requested.idr(IdRole.IDRr)
         if not responders:
             raise Refusal(ErrNo.INVALID_TPPAR, "the requested policy names no responder (IDRr)")
-        start, end = now, now + s.ticket_lifetime
-        tre = requested.tr(TsRole.TRe)
-        if tre is not None and tre.ts_type is not TsType.COUNTER:
-            wanted = ntp64_to_unix(int.from_bytes(Timestamp(tre.ts_type, tre.value).as_64(), "big"))
-            end = min(max(wanted, start), now + s.max_ticket_lifetime)
-            if end != wanted:
-                granted |= TpFlags.K
+        start, end = self._validity(requested, now)
         payloads: tuple[Payload, ...] = (
             RoleIdentity(IdRole.IDRkms, IdType.URI, self.kms_id),
             RoleIdentity(IdRole.IDRi, IdType.URI, initiator.encode()),
@@ -345,7 +346,7 @@ class TicketCore:
             *requested.idr(IdRole.IDRapp),
             *responders,
         )
-        return TicketPolicy(
+        policy = TicketPolicy(
             requested.ticket_type,
             requested.subtype,
             requested.version,
@@ -353,6 +354,27 @@ class TicketCore:
             granted,
             payloads,
         )
+        # K (RFC 6043 6.10): the granted policy differs from the requested one in any field -
+        # flags, a TRs/TRe the KMS added or moved, identities it added, a KEMAC template it
+        # replaced (it always grants one TGK and never echoes a template).
+        if _without_k(policy) != _without_k(requested):
+            policy = dataclasses.replace(policy, flags=policy.flags | TpFlags.K)
+        return policy
+
+    def _validity(self, requested: TicketPolicy, now: float) -> tuple[float, float]:
+        """[TRs, TRe] granted: never wider than the request asked for (a later TRs, an earlier
+        TRe are kept), never longer than the configured maximum, the default lifetime when the
+        request sets no end; COUNTER bounds carry no time and are replaced."""
+        s = self.settings
+        start, end = now, now + s.ticket_lifetime
+        trs, tre = requested.tr(TsRole.TRs), requested.tr(TsRole.TRe)
+        if trs is not None and (at := ts_unix(trs)) is not None:
+            start = min(max(at, now), now + s.max_ticket_lifetime)
+            end = start + s.ticket_lifetime
+        if tre is not None and (until := ts_unix(tre)) is not None:
+            end = until
+        end = max(start, min(end, now + s.max_ticket_lifetime))
+        return start, end
 
     def _request(self, msg: Message, auth: _Authenticated, now: float) -> bytes:
         self._check_kms(msg)
@@ -365,12 +387,16 @@ class TicketCore:
         policy = self._grant(requested, auth.peer, now)
         key_len, encr, mac = algorithms(policy.prf_func)
         version = self._issuing_version()
-        randomness = self.vault.random_bytes(2 * key_len + RAND_LEN)
+        randomness = self.vault.random_bytes(2 * key_len + RAND_LEN + 3 * SPI_LEN)
         mpk, tgk, rand = (
             randomness[:key_len],
             randomness[key_len : 2 * key_len],
-            randomness[2 * key_len :],
+            randomness[2 * key_len : 2 * key_len + RAND_LEN],
         )
+        # RFC 6043 6.2.1: "An SPI (or MKI) MUST be specified for each key": KMS-chosen, random,
+        # so unique per ticket (MPK, and MPKi/MPKr/TGK of the REQUEST_RESP)
+        spis = randomness[2 * key_len + RAND_LEN :]
+        mpk_spi, mpkr_spi, tgk_spi = (spis[i * SPI_LEN : (i + 1) * SPI_LEN] for i in range(3))
         session_keys = [KeyData(KeyDataType.TGK, tgk)]
         try:
             ticket = seal_ticket(
@@ -381,11 +407,11 @@ class TicketCore:
                 rand=rand,
                 mpk=mpk,
                 session_keys=session_keys,
+                mpk_spi=mpk_spi,
+                key_spis=[tgk_spi],
                 encr_alg=encr,
                 mac_alg=mac,
             )
-        except MikeyError as exc:
-            raise Refusal(ErrNo(int(exc.err)), str(exc)) from None
         except KeyVersionNotFound:
             error = missing_version(self.store, KeyName.TICKET_PROTECTION, version)
             self._alarm_missing_version(str(error))
@@ -400,6 +426,9 @@ class TicketCore:
             mpki=mpki,
             mpkr=mpkr if policy.flags & TpFlags.I else None,
             session_keys=session_keys,
+            mpki_spi=mpk_spi,
+            mpkr_spi=mpkr_spi,
+            key_spis=[tgk_spi],
             kms_identity=self.kms_id,
             encr_alg=msg_encr,
         )
@@ -448,6 +477,17 @@ class TicketCore:
             )
         )
         return answer
+
+
+def _without_k(policy: TicketPolicy) -> TicketPolicy:
+    return dataclasses.replace(policy, flags=policy.flags & ~TpFlags.K)
+
+
+def _err(exc: MikeyError) -> ErrNo:
+    try:
+        return ErrNo(int(exc.err))
+    except ValueError:
+        return ErrNo.UNSPECIFIED
 
 
 def _ntp(unix: float) -> bytes:

@@ -118,7 +118,7 @@ def _request(prf: PrfFunc = PrfFunc.MIKEY_1, now: float = 0.0, initiator: Initia
     return alice, alice.request_init(
         csb_id=7,
         t=t_at(now),
-        rand_i=os.urandom(16),
+        rand_i=os.urandom(32),
         policy=requested_policy(prf, True, [BOB.encode()]),
     )
 
@@ -194,14 +194,14 @@ def _transfer_init(ex, now: float, responders=(BOB,), after_request=None) -> byt
     alice = ues(PrfFunc.MIKEY_1)[0]
     policy = requested_policy(PrfFunc.MIKEY_1, True, [r.encode() for r in responders])
     alice.process_request_resp(
-        ex(alice.request_init(csb_id=1, t=t_at(now), rand_i=os.urandom(16), policy=policy))
+        ex(alice.request_init(csb_id=1, t=t_at(now), rand_i=os.urandom(32), policy=policy))
     )
     if after_request is not None:
         after_request()
     return alice.transfer_init(
         csb_id=2,
         t=t_at(now),
-        rand_i=os.urandom(16),
+        rand_i=os.urandom(32),
         sessions=[GenericIdEntry.srtp(1, 5)],
         responder=BOB.encode(),
     )
@@ -211,7 +211,7 @@ def _resolve(ex, ti: bytes, now: float) -> bytes:
     """Bob resolves the ticket of `ti`; returns the KMS's answer."""
     bob = ues(PrfFunc.MIKEY_1)[1]
     bob.receive_transfer_init(ti)
-    return ex(bob.resolve_init(csb_id=3, t=t_at(now), rand_r=os.urandom(16)))
+    return ex(bob.resolve_init(csb_id=3, t=t_at(now), rand_r=os.urandom(32)))
 
 
 def _resolve_refusal(running: RunningNode, responders=(BOB,), tamper=None, advance=0.0) -> bytes:

@@ -71,15 +71,22 @@ class Watcher:
         except grpc.RpcError:
             pass
 
-    def until(self, correlation_id: str = "", reason: str = "", timeout: float = DEADLINE) -> Any:
-        """The first alarm with this correlation id (or reason); bounded."""
+    def until(
+        self,
+        correlation_id: str = "",
+        reason: str = "",
+        timeout: float = DEADLINE,
+        detail: str = "",
+    ) -> Any:
+        """The first alarm with this correlation id (or reason, with `detail` in its detail);
+        bounded."""
         while True:
             try:
                 alarm = self.alarms.get(timeout=timeout)
             except queue.Empty:
                 raise AssertionError(f"no alarm {correlation_id or reason}") from None
             if (correlation_id and alarm.correlation_id == correlation_id) or (
-                reason and alarm.reason == reason
+                reason and alarm.reason == reason and detail in alarm.detail
             ):
                 return alarm
 
@@ -107,7 +114,7 @@ def test_a_ticket_issued_on_one_node_resolves_on_another_and_is_released_on_a_th
 def test_a_request_replayed_to_another_node_is_refused(cluster: Cluster) -> None:
     alice, _ = ues(PrfFunc.MIKEY_1)
     request = alice.request_init(
-        csb_id=7, t=t_at(time.time()), rand_i=os.urandom(16),
+        csb_id=7, t=t_at(time.time()), rand_i=os.urandom(32),
         policy=requested_policy(PrfFunc.MIKEY_1, True, [BOB.encode()]),
     )  # fmt: skip
     cluster.exchange(cluster.members[0])(request)
@@ -124,7 +131,7 @@ def test_a_counter_is_compared_across_nodes(cluster: Cluster) -> None:
     def request(counter: int) -> bytes:
         return alice.request_init(
             csb_id=counter, t=Timestamp(TsType.COUNTER, counter.to_bytes(4, "big")),
-            rand_i=os.urandom(16), policy=requested_policy(PrfFunc.MIKEY_1, True, [BOB.encode()]),
+            rand_i=os.urandom(32), policy=requested_policy(PrfFunc.MIKEY_1, True, [BOB.encode()]),
         )  # fmt: skip
 
     base = 1_000  # the cluster's database is new: no COUNTER of alice's yet
@@ -168,11 +175,12 @@ def test_postgresql_gone_makes_every_node_not_serving_and_back_serving_without_r
     try:
         cluster.pg.stop()
         try:
-            assert watcher.until(reason="STORE_UNAVAILABLE", timeout=30).detail
+            # node-1's own alarm (the other nodes' reach its watchers too, relayed)
+            assert watcher.until(reason="STORE_UNAVAILABLE", timeout=30, detail=one.name)
             assert _health(cluster, one) == health_pb2.HealthCheckResponse.NOT_SERVING
             alice, _ = ues(PrfFunc.MIKEY_1)
             request = alice.request_init(
-                csb_id=9, t=t_at(time.time()), rand_i=os.urandom(16),
+                csb_id=9, t=t_at(time.time()), rand_i=os.urandom(32),
                 policy=requested_policy(PrfFunc.MIKEY_1, True, [BOB.encode()]),
             )  # fmt: skip
             with pytest.raises(grpc.RpcError) as info:
@@ -180,7 +188,7 @@ def test_postgresql_gone_makes_every_node_not_serving_and_back_serving_without_r
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         finally:
             cluster.pg.start()
-        assert watcher.until(reason="STORE_RESTORED", timeout=30)
+        assert watcher.until(reason="STORE_RESTORED", timeout=30, detail=one.name)
         assert _health(cluster, one) == health_pb2.HealthCheckResponse.SERVING
         now = time.time()
         offer = Ues(cluster.exchange(one), lambda: now).offer(forking=False)

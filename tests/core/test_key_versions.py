@@ -92,5 +92,5 @@ def test_a_ticket_of_a_version_nobody_knows_is_refused_as_not_ours(world: World)
 
     bob = Responder(BOB.encode(), BOB_PSK, KMS)
     bob.receive_transfer_init(offer.transfer_init)
-    answer = decode(world.core.exchange(bob.resolve_init(csb_id=1, t=t_at(NOW), rand_r=bytes(16))))
+    answer = decode(world.core.exchange(bob.resolve_init(csb_id=1, t=t_at(NOW), rand_r=bytes(32))))
     assert answer.header.data_type == DataType.ERROR

@@ -15,7 +15,7 @@ from firmware.mikey.message import decode
 from firmware.mikey.prf import PrfFunc
 from firmware.store.sqlite import SqliteStore
 from hsm.fake import FakeVault
-from tests.calls import ALICE, ALICE_PSK, BOB, BOB_PSK, full_call
+from tests.calls import ALICE, ALICE_PSK, BOB, BOB_PSK, full_call, requested_policy, t_at
 from tests.core.fakes import OPERATOR, MemoryAudit
 
 NOW = 1_900_000_000.0
@@ -88,17 +88,80 @@ def test_a_requested_kemac_template_is_replaced_and_flagged_with_k(node) -> None
         TpFlags.D | TpFlags.E | TpFlags.F | TpFlags.H | TpFlags.I | TpFlags.N | TpFlags.O,
         (template, *(plain.payloads or ())),
     )
-    req = alice.request_init(csb_id=9, t=t_at(NOW), rand_i=bytes(16), policy=wanted)
+    req = alice.request_init(csb_id=9, t=t_at(NOW), rand_i=bytes(32), policy=wanted)
     granted = decode(core.exchange(req)).require(Ticket).policy
     assert granted.flags & TpFlags.K
     assert not granted.find_all(Kemac)
     plain_req = alice.request_init(
         csb_id=10,
         t=t_at(NOW),
-        rand_i=bytes(range(16)),
+        rand_i=bytes(range(32)),
         policy=type(plain)(1, 1, 1, PrfFunc.MIKEY_1, wanted.flags, plain.payloads),
     )
-    assert not decode(core.exchange(plain_req)).require(Ticket).policy.flags & TpFlags.K
+    # RFC 6043 6.10: the KMS added TRs/TRe, IDRkms and IDRi: the granted policy differs, K
+    assert decode(core.exchange(plain_req)).require(Ticket).policy.flags & TpFlags.K
+
+
+def test_k_is_clear_only_when_the_kms_grants_exactly_what_was_asked(node) -> None:
+    from firmware.mikey.codec import RoleIdentity, RoleTimestamp, Ticket, TicketPolicy, TpFlags
+    from firmware.mikey.constants import IdRole, IdType, TsRole, TsType
+    from tests.calls import KMS, ues
+
+    core, _, _ = node
+    alice = ues(PrfFunc.MIKEY_1)[0]
+    flags = TpFlags.D | TpFlags.E | TpFlags.F | TpFlags.H | TpFlags.N | TpFlags.O
+    exact = TicketPolicy(1, 1, 1, PrfFunc.MIKEY_1, flags, (
+        RoleIdentity(IdRole.IDRkms, IdType.URI, KMS),
+        RoleIdentity(IdRole.IDRi, IdType.URI, ALICE.encode()),
+        RoleTimestamp(TsRole.TRs, TsType.NTP_UTC, t_at(NOW).value),
+        RoleTimestamp(TsRole.TRe, TsType.NTP_UTC, t_at(NOW + 3600).value),
+        RoleIdentity(IdRole.IDRr, IdType.URI, BOB.encode()),
+    ))  # fmt: skip
+    core.settings = TicketSettings("sip:kms.ims.example.net", key_forking=False)
+    req = alice.request_init(csb_id=11, t=t_at(NOW), rand_i=bytes(range(32)), policy=exact)
+    granted = decode(core.exchange(req)).require(Ticket).policy
+    assert not granted.flags & TpFlags.K
+    assert granted.payloads == exact.payloads
+
+
+def test_never_grants_a_validity_wider_than_requested(node) -> None:
+    """A later start and an earlier end than the defaults are kept (never widened)."""
+    from firmware.core.ours import ts_unix
+    from firmware.mikey.codec import RoleTimestamp, Ticket, TicketPolicy
+    from firmware.mikey.constants import TsRole, TsType
+    from tests.calls import ues
+
+    core, _, _ = node
+    alice = ues(PrfFunc.MIKEY_1)[0]
+    plain = requested_policy(PrfFunc.MIKEY_1, False, [BOB.encode()])
+    asked = TicketPolicy(1, 1, 1, PrfFunc.MIKEY_1, plain.flags, (
+        RoleTimestamp(TsRole.TRs, TsType.NTP_UTC, t_at(NOW + 60).value),
+        RoleTimestamp(TsRole.TRe, TsType.NTP_UTC, t_at(NOW + 600).value),
+        *(plain.payloads or ()),
+    ))  # fmt: skip
+    req = alice.request_init(csb_id=12, t=t_at(NOW), rand_i=bytes(range(32)), policy=asked)
+    granted = decode(core.exchange(req)).require(Ticket).policy
+    trs, tre = granted.tr(TsRole.TRs), granted.tr(TsRole.TRe)
+    assert trs is not None and tre is not None
+    assert (ts_unix(trs), ts_unix(tre)) == (NOW + 60, NOW + 600)
+
+
+def test_a_request_whose_rands_are_weaker_than_its_psk_gets_an_error_message(node) -> None:
+    """RFC 6043 12.1: "the sum of the lengths of RANDRi and RANDRr MUST at least be equal to
+    the size of the longest pre-shared key": a 16-byte RANDRi under alice's 32-byte PSK."""
+    from firmware.mikey.constants import DataType, ErrNo
+    from firmware.mikey.payloads import ErrorPayload
+    from tests.calls import ues
+
+    core, _, _ = node
+    alice = ues(PrfFunc.MIKEY_1)[0]
+    req = alice.request_init(
+        csb_id=13, t=t_at(NOW), rand_i=bytes(range(16)),
+        policy=requested_policy(PrfFunc.MIKEY_1, False, [BOB.encode()]),
+    )  # fmt: skip
+    answer = decode(core.exchange(req))
+    assert answer.header.data_type == DataType.ERROR
+    assert [e.err_no for e in answer.find_all(ErrorPayload)] == [ErrNo.UNSPECIFIED]
 
 
 def test_an_unknown_user_costs_the_same_hsm_work_as_a_known_user_with_a_wrong_key(node) -> None:
@@ -113,7 +176,7 @@ def test_an_unknown_user_costs_the_same_hsm_work_as_a_known_user_with_a_wrong_ke
     def attempt(identity: str) -> list[str]:
         ue = Initiator(identity.encode(), bytes(32), KMS)
         data = ue.request_init(
-            csb_id=1, t=t_at(NOW), rand_i=bytes(16),
+            csb_id=1, t=t_at(NOW), rand_i=bytes(32),
             policy=requested_policy(PrfFunc.MIKEY_1, False, [BOB.encode()]),
         )  # fmt: skip
         before = len(vault.calls)
@@ -135,7 +198,7 @@ def test_the_decoy_never_authenticates_even_if_its_mac_verified(node, monkeypatc
     monkeypatch.setattr(tickets, "verify_initial_psk", lambda *a, **k: bytes(20))
     ue = Initiator(b"sip:nobody@ims.example.net", bytes(32), KMS)
     data = ue.request_init(
-        csb_id=1, t=t_at(NOW), rand_i=bytes(16),
+        csb_id=1, t=t_at(NOW), rand_i=bytes(32),
         policy=requested_policy(PrfFunc.MIKEY_1, False, [BOB.encode()]),
     )  # fmt: skip
     with pytest.raises(NotAuthenticated):
@@ -162,7 +225,7 @@ def test_a_huge_unauthenticated_message_is_refused_before_any_hsm_work(
     alice = ues(PrfFunc.MIKEY_1)[0]
     names = [f"sip:r{i}@ims.example.net".encode() for i in range(responders)]
     data = alice.request_init(
-        csb_id=1, t=t_at(NOW), rand_i=bytes(16),
+        csb_id=1, t=t_at(NOW), rand_i=bytes(32),
         policy=requested_policy(PrfFunc.MIKEY_1, False, names),
     )  # fmt: skip
     assert len(data) > 16384

@@ -83,7 +83,7 @@ class Ues:
                 alice.request_init(
                     csb_id=int.from_bytes(os.urandom(4), "big"),
                     t=t_at(now),
-                    rand_i=os.urandom(16),
+                    rand_i=os.urandom(32),
                     policy=requested_policy(prf, forking, [r.encode() for r in responders]),
                 )
             )
@@ -91,7 +91,7 @@ class Ues:
         ti = alice.transfer_init(
             csb_id=int.from_bytes(os.urandom(4), "big"),
             t=t_at(now if sent_at is None else sent_at),
-            rand_i=os.urandom(16),
+            rand_i=os.urandom(32),
             sessions=[GenericIdEntry.srtp(1, 0x1000, roc=0, seq=1)],
             responder=responders[0].encode(),
         )
@@ -105,10 +105,10 @@ class Ues:
         ri = bob.resolve_init(
             csb_id=int.from_bytes(os.urandom(4), "big"),
             t=t_at(self.now()),
-            rand_r=os.urandom(16),
+            rand_r=os.urandom(32),
         )
         bob.process_resolve_resp(self.exchange(ri))
-        return Answer(bob, bob.transfer_resp(t=t_at(self.now()), rand_r=os.urandom(16)))
+        return Answer(bob, bob.transfer_resp(t=t_at(self.now()), rand_r=os.urandom(32)))
 
     def forged_answer(
         self, offer: Offer, naming: str | None, rand_kms: bytes | None = None
@@ -130,7 +130,7 @@ class Ues:
             fake.mpkr_forked = fork_mpkr(
                 alice.ticket.policy.prf_func, alice.mpkr, naming.encode(), modifier
             )
-        return fake.transfer_resp(t=t_at(self.now()), rand_r=os.urandom(16))
+        return fake.transfer_resp(t=t_at(self.now()), rand_r=os.urandom(32))
 
     def transfer_init_as(self, offer: Offer, initiator: str) -> bytes:
         """Alice's ticket in a TRANSFER_INIT she MACs herself (she holds MPKi) naming another
@@ -140,7 +140,7 @@ class Ues:
         return other.transfer_init(
             csb_id=int.from_bytes(os.urandom(4), "big"),
             t=t_at(self.now()),
-            rand_i=os.urandom(16),
+            rand_i=os.urandom(32),
             sessions=[GenericIdEntry.srtp(1, 0x1000, roc=0, seq=1)],
             responder=BOB.encode(),
         )

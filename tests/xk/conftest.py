@@ -170,7 +170,7 @@ class Xk:
                 alice.request_init(
                     csb_id=int.from_bytes(os.urandom(4), "big"),
                     t=t_at(now),
-                    rand_i=os.urandom(16),
+                    rand_i=os.urandom(32),
                     policy=policy,
                 )
             )
@@ -178,7 +178,7 @@ class Xk:
         return alice.transfer_init(
             csb_id=int.from_bytes(os.urandom(4), "big"),
             t=t_at(now),
-            rand_i=os.urandom(16),
+            rand_i=os.urandom(32),
             sessions=[GenericIdEntry.srtp(1, 0x1000)],
             responder=responders[0].encode(),
         )

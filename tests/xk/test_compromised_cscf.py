@@ -60,7 +60,7 @@ def make_offer(
             ini.request_init(
                 csb_id=int.from_bytes(os.urandom(4), "big"),
                 t=t_at(now),
-                rand_i=os.urandom(16),
+                rand_i=os.urandom(32),
                 policy=requested_policy(PrfFunc.MIKEY_1, False, [callee[0].encode()]),
             )
         )
@@ -68,7 +68,7 @@ def make_offer(
     init = ini.transfer_init(
         csb_id=int.from_bytes(os.urandom(4), "big"),
         t=t_at(now),
-        rand_i=os.urandom(16),
+        rand_i=os.urandom(32),
         sessions=[GenericIdEntry.srtp(1, 0x1000)],
         responder=callee[0].encode(),
     )
@@ -76,9 +76,9 @@ def make_offer(
         return Offer(init)
     res.receive_transfer_init(init)
     res.process_resolve_resp(
-        exchange(res.resolve_init(csb_id=1, t=t_at(now), rand_r=os.urandom(16)))
+        exchange(res.resolve_init(csb_id=1, t=t_at(now), rand_r=os.urandom(32)))
     )
-    resp = res.transfer_resp(t=t_at(now), rand_r=os.urandom(16))
+    resp = res.transfer_resp(t=t_at(now), rand_r=os.urandom(32))
     keys = [(k.cs_id, k.tek, k.salt) for k in ini.process_transfer_resp(resp)]
     assert keys == [(k.cs_id, k.tek, k.salt) for k in res.session_keys()]
     return Offer(init, resp, keys)

@@ -73,7 +73,7 @@ def _request_init(xk: Xk) -> Any:
     data = alice.request_init(
         csb_id=1,
         t=t_at(xk.rn.clock.now),
-        rand_i=os.urandom(16),
+        rand_i=os.urandom(32),
         policy=requested_policy(PrfFunc.MIKEY_1, False, [BOB.encode()]),
     )
     return kms_pb2.MikeyMessage(data=data)
