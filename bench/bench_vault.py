@@ -59,7 +59,7 @@ def main() -> None:
         vault.ensure_keys()
         tpk_v = vault.active_version(KeyName.TICKET_PROTECTION)
         with PKCS11_LOCK:
-            raw_tok = vault._session.token
+            raw_tok = vault._conn.session.token
             raw = raw_tok.open(rw=True)  # the vault's session carries the login
 
             def copy_of(name: KeyName, version: int) -> object:

@@ -46,8 +46,8 @@ def import_known_key(vault: Pkcs11Vault, name: KeyName, value: bytes) -> KeyVers
         raise ValueError("an imported AES key must be 16, 24 or 32 bytes")
     log.warning("UNSAFE: importing known key bytes as a new %s version (tests only)", name)
     with PKCS11_LOCK:
-        session = vault._require_session()
-        version = vault._next_version(session, name)
-        obj = session.create_object(import_template(name, version, value))
-        vault._add_key(name, version, obj)
+        conn = vault._conn
+        version = conn.next_version(name)
+        obj = conn.session.create_object(import_template(name, version, value))
+        conn.add(name, version, obj)
     return KeyVersionInfo(name, version, KeyState.ACTIVE)

@@ -113,7 +113,7 @@ def test_attributes_python_pkcs11_cannot_decode_refuse_the_key() -> None:
 def test_a_freshly_created_version_passes_the_load_check(vault: Pkcs11Vault, name: KeyName) -> None:
     version = vault.create_version(name).version
     with PKCS11_LOCK:
-        (obj,) = vault._session.get_objects(
+        (obj,) = vault._conn.session.get_objects(
             {Attribute.LABEL: key_label(name, version), Attribute.TOKEN: True}
         )
         check_key(obj, SPECS[name], version)
@@ -136,5 +136,5 @@ def test_a_created_key_that_fails_the_check_is_destroyed(
         vault.create_version(TPK)
     with PKCS11_LOCK:
         label = key_label(TPK, before + 1)
-        assert list(vault._session.get_objects({Attribute.LABEL: label})) == []
+        assert list(vault._conn.session.get_objects({Attribute.LABEL: label})) == []
     assert vault.active_version(TPK) == before

@@ -16,7 +16,7 @@ from firmware.mikey.prf import PrfFunc, prf
 from hsm.errors import ActiveVersionRefused, PskLengthError, WrappedKeyRejected
 from hsm.softhsm import SoftHsmToken
 from hsm.templates import TRANSIENT_PSK
-from hsm.vault import PKCS11_LOCK, Pkcs11Vault, describe
+from hsm.vault import PKCS11_LOCK, Pkcs11Vault
 from tests.hsm import raw
 from tests.hsm.known_keys import import_known_key
 
@@ -27,7 +27,7 @@ TPK, KEK, AUDIT = KeyName.TICKET_PROTECTION, KeyName.KEY_ENCRYPTION, KeyName.AUD
 
 def _handles(vault: Pkcs11Vault, name: KeyName) -> list[object]:
     """Token object and session copy of the active version (white-box, for attribute checks)."""
-    key = vault._keys[name][vault.active_version(name)]
+    key = vault._conn.versions_of(name)[vault.active_version(name)]
     return [key.token_obj, key.use]
 
 
@@ -85,7 +85,7 @@ def test_the_token_refuses_to_sign_or_encrypt_with_the_kek(
 ) -> None:
     r = raw.Raw(softhsm_token.module_path)
     with PKCS11_LOCK:
-        session = vault._session.handle
+        session = vault._conn.session.handle
         for kek in _handles(vault, KEK):
             handle = kek.handle  # type: ignore[attr-defined]
             # CMAC and ECB fit an AES key: only CKA_SIGN / CKA_ENCRYPT false can refuse them.
@@ -104,7 +104,7 @@ def test_the_token_refuses_to_wrap_with_hmac_keys(
 ) -> None:
     r = raw.Raw(softhsm_token.module_path)
     with PKCS11_LOCK:
-        session = vault._session
+        session = vault._conn.session
         victim = session.create_object({**TRANSIENT_PSK, Attribute.VALUE: bytes(range(16))})
         try:
             for key in _handles(vault, name):
@@ -243,7 +243,7 @@ def test_wrap_is_rfc3394_key_wrap_under_the_kek(imported: Pkcs11Vault) -> None:
         # Unwrap leaves no transient object behind.
         with PKCS11_LOCK:
             leftovers = list(
-                imported._session.get_objects(
+                imported._conn.session.get_objects(
                     {
                         Attribute.CLASS: ObjectClass.SECRET_KEY,
                         Attribute.TOKEN: False,
@@ -323,11 +323,13 @@ def test_random_bytes_come_from_the_token(vault: Pkcs11Vault) -> None:
     assert vault.random_bytes(0) == b""
 
 
-def test_describe_lists_token_keys_and_mechanisms(vault: Pkcs11Vault) -> None:
-    d = describe(vault)
-    assert d["token"] == "kms-test" and d["available"] is True
-    assert d["keys"]["ticket-protection"][-1]["state"] == "ACTIVE"
-    assert "CKM_AES_KEY_WRAP" in d["mechanisms"]
+def test_the_vault_reports_its_token_availability_key_states_and_mechanisms(
+    vault: Pkcs11Vault,
+) -> None:
+    assert vault.token_label == "kms-test" and vault.available() is True
+    assert vault.reason == "available"
+    assert vault.versions(TPK)[-1].state is KeyState.ACTIVE
+    assert "CKM_AES_KEY_WRAP" in vault.mechanisms
 
 
 def test_a_closed_vault_raises_hsm_unavailable(vault: Pkcs11Vault) -> None:
