@@ -17,8 +17,11 @@ Rules and invariants:
   made at load and on create, dropped with their session.
 - The highest version of a name is ACTIVE, lower ones DECRYPT_ONLY; the loaded keys are the truth
   between loads (create and destroy through this connection keep them current).
-- Without a session (not started, lost, closed) key and session access raises Disconnected, which
-  the vault answers with HsmUnavailable and the monitor's reason.
+- Keys are loaded exactly while there is a session (connect sets both, drop clears both), so a
+  handle from use() comes with a live `session`. Without one (not started, lost, closed), key
+  access and require_session() raise Disconnected, which the vault answers with HsmUnavailable
+  and the monitor's reason. `session` is a plain attribute (None when disconnected): the hot paths
+  read it without a property call.
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ class Connection:
         self._direct_calls = direct_calls
         self.lib: Any = None
         self.direct: DirectCalls | None = None
-        self._session: Any = None
+        self.session: Any = None  # the logged-in session, or None (module docstring)
         self.mechanisms: frozenset[Any] = frozenset()
         self._keys: dict[KeyName, dict[int, LoadedKey]] = {}
         self._active: dict[KeyName, int] = {}
@@ -113,11 +116,10 @@ class Connection:
 
     @property
     def connected(self) -> bool:
-        return self._session is not None
+        return self.session is not None
 
-    @property
-    def session(self) -> Any:
-        session = self._session
+    def require_session(self) -> Any:
+        session = self.session
         if session is None:
             raise Disconnected
         return session
@@ -146,18 +148,18 @@ class Connection:
             with contextlib.suppress(p11e.PKCS11Error):
                 session.close()
             raise
-        self._session = session
+        self.session = session
         self.mechanisms = mechanisms
 
     def drop(self) -> None:
         """Forget the session and every handle (after loss: the session is stale; no call)."""
-        self._session = None
+        self.session = None
         self._keys = {}
         self._active = {}
 
     def close(self) -> None:
         """Close the session (logging out when it carried the login) and drop every handle."""
-        session = self._session
+        session = self.session
         self.drop()
         if session is not None:
             with contextlib.suppress(p11e.PKCS11Error):
@@ -166,7 +168,7 @@ class Connection:
     def check_token(self) -> None:
         """C_GetTokenInfo plus one token-object read; raises PKCS11Error when the token is gone
         (with session copies SoftHSM answers crypto from memory after its files vanish)."""
-        self.session.token.slot.get_token()
+        self.require_session().token.slot.get_token()
         for versions in self._keys.values():
             for key in versions.values():
                 key.token_obj[Attribute.LABEL]
@@ -239,10 +241,10 @@ class Connection:
         return key.use
 
     def reload_keys(self) -> None:
-        self._load_keys(self.session)
+        self._load_keys(self.require_session())
 
     def next_version(self, name: KeyName) -> int:
-        on_token = set(self._scan(self.session).get(name, {}))
+        on_token = set(self._scan(self.require_session()).get(name, {}))
         return max(on_token | set(self.versions_of(name)), default=0) + 1
 
     def create(self, name: KeyName) -> int:
@@ -250,7 +252,7 @@ class Connection:
         spec = SPECS[name]
         version = self.next_version(name)
         label = key_label(name, version)
-        obj = self.session.generate_key(
+        obj = self.require_session().generate_key(
             spec.key_type,
             spec.bits,
             label=label,
