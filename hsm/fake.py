@@ -91,9 +91,6 @@ class FakeVault:
             self._keys[name][version] = secrets.token_bytes(_SIZES[name])
         return KeyVersionInfo(name, version, KeyState.ACTIVE)
 
-    def wait_until_available(self, timeout: float) -> bool:
-        return self._available
-
     # --- KeyVault -------------------------------------------------------------------------------
 
     def _enter(self, what: str) -> None:

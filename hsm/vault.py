@@ -236,10 +236,6 @@ class Pkcs11Vault:
         """
         return self._monitor.probe(force=force)
 
-    def wait_until_available(self, timeout: float) -> bool:
-        """Block until the vault is available or `timeout` seconds pass; returns availability."""
-        return self._monitor.wait_until_available(timeout)
-
     def device_removed(self, reason: str = "HSM device removed") -> None:
         """The hot-plug watcher saw the device go: mark unavailable, drop handles (no PKCS#11)."""
         self._monitor.device_removed(reason)
@@ -247,10 +243,6 @@ class Pkcs11Vault:
     def device_added(self) -> None:
         """The hot-plug watcher saw the device (again): probe now."""
         self._monitor.device_added()
-
-    @property
-    def token_label(self) -> str:
-        return self._conn.uri.token
 
     @property
     def reason(self) -> str:

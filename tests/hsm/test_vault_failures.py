@@ -108,7 +108,7 @@ def test_moving_the_token_away_fails_the_next_call_and_moving_it_back_recovers_b
         finally:
             away.rename(softhsm_token.tokendir)
         vault.start_monitor()  # the background probe, every probe_interval
-        assert vault.wait_until_available(BOUND)
+        assert vault._monitor.wait_until_available(BOUND)
         assert vault.ticket_hmac(version, PrfFunc.MIKEY_1, b"before") == tag
         assert [a for a, _ in events] == [False, True]
         assert "ObjectHandleInvalid" in events[0][1]

@@ -326,7 +326,7 @@ def test_random_bytes_come_from_the_token(vault: Pkcs11Vault) -> None:
 def test_the_vault_reports_its_token_availability_key_states_and_mechanisms(
     vault: Pkcs11Vault,
 ) -> None:
-    assert vault.token_label == "kms-test" and vault.available() is True
+    assert vault._conn.uri.token == "kms-test" and vault.available() is True
     assert vault.reason == "available"
     assert vault.versions(TPK)[-1].state is KeyState.ACTIVE
     assert "CKM_AES_KEY_WRAP" in vault.mechanisms
