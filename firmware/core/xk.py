@@ -8,7 +8,8 @@ Order of checks (each refusal is a CallerError carrying the contract's reason):
   fields: role, liid, correlation id, target      INVALID_REQUEST (caps: firmware/core/fields.py)
   a warrant for (liid, target), active now, naming an identity that holds the caller's DF2 role
                                                   NO_ACTIVE_WARRANT
-  TRANSFER_INIT parses and is one                 MALFORMED_MESSAGE
+  TRANSFER_INIT parses, is one, and keeps the RFC's rules (HDR: GENERIC-ID map, no CS ID twice;
+  every required payload; one algorithm strength, firmware/mikey/rules.py)  MALFORMED_MESSAGE
   its ticket is ours (MAC in the HSM)             TICKET_INVALID
   now inside the ticket's validity                TICKET_EXPIRED
   the session can overlap the warrant: the ticket's validity did not end before the warrant
@@ -22,10 +23,15 @@ Order of checks (each refusal is a CallerError carrying the contract's reason):
   RESPONDER: target allowed by the ticket's IDRr AND named by the KMS's own resolution record
              of this ticket (the responder proved itself with its PSK when it resolved)
                                                   TARGET_MISMATCH
-  TRANSFER_RESP, when given: parses (MALFORMED_MESSAGE), verifies (MESSAGE_AUTH_FAILED), and
+  TRANSFER_RESP, when given: parses and keeps the RFC's rules (#P = 1, Session Data and SPI per
+             CS; RANDRr with G, IDRr and RANDRkms with I: MALFORMED_MESSAGE), repeats the
+             TRANSFER_INIT's CSB ID and PRF and verifies (MESSAGE_AUTH_FAILED), and
              names the responder the role binds; with key forking its (IDRr, RANDRkms) must be
              one the KMS gave in a resolution (of the target, for RESPONDER)  TARGET_MISMATCH
-  TEK and salt per crypto session (K3; TGK' via K7 with forking, from the KMS's record)
+  TEK, salt and SPI per crypto session both sides use (the TRANSFER_RESP's map when given,
+  RFC 6043 4.2.2.3), lengths from the security policy (RFC 3830 6.10.1), from the TGK (K3; TGK'
+  via K7 with forking, from the KMS's record) or from the UEs' own KEMACs when the ticket grants
+  L / M (RFC 6043 4.2.2.1: opened with MPKi, or with the key the TRANSFER_RESP verified with)
 
 Why the record and not the TRANSFER_RESP binds the responder: a TRANSFER_RESP's MAC proves
 nothing about who answered. Without forking it is keyed from MPKi, which the initiator and every
@@ -71,12 +77,13 @@ from firmware.core.ours import (
     validity,
 )
 from firmware.core.ports import AuditSink, Caller, KeyVault, Resolution, Role, Store, Warrant
-from firmware.mikey.codec import GenericIdMap, KeyData, Ticket, Timestamp, TpFlags
+from firmware.mikey.codec import KeyData, Ticket, Timestamp, TpFlags
 from firmware.mikey.constants import DataType, ErrNo, IdRole
 from firmware.mikey.crypto import fork_mpkr
 from firmware.mikey.errors import MikeyError
 from firmware.mikey.kms import verify_initiator_data
 from firmware.mikey.message import UE_LIMITS, Message, decode
+from firmware.mikey.rules import check_message
 from firmware.mikey.ticket import OpenedTicket
 from firmware.mikey.transfer import (
     check_vi,
@@ -204,9 +211,8 @@ class KeyRelease:
         target, role = checked.target, checked.role
         warrant = self._warrant(caller, req.liid, target, now)
         init = self._decode(req.transfer_init, DataType.TRANSFER_INIT, "TRANSFER_INIT")
-        ticket = init.find(Ticket)
-        if ticket is None:
-            raise MalformedMessage("TRANSFER_INIT carries no TICKET", int(ErrNo.INVALID_TICKET))
+        check_message(init)  # header rules, required payloads, one algorithm strength
+        ticket = init.require(Ticket)
         try:
             opened = open_ours(init.ticket_bytes(), self.vault, self.kms_id, self.store)
         except NotOurs as exc:
@@ -232,21 +238,22 @@ class KeyRelease:
             if not records:
                 raise TargetMismatch("the KMS has no record of the target resolving this ticket")
         resp: Message | None = None
+        resp_key: bytes | None = None
         if req.transfer_resp:
             resp = self._decode(req.transfer_resp, DataType.TRANSFER_RESP, "TRANSFER_RESP")
-            keys = self._verify_resp(resp, init, opened, target, role, records)
+            check_message(resp, flags=opened.flags)
+            keys, resp_key = self._verify_resp(resp, init, opened, target, role, records)
         else:
             keys = self._keys_from_records(opened, records)
         try:
-            derived = session_keys(init, keys, resp=resp)
+            # every crypto session both sides use, with the keys the UEs really use: their own
+            # KEMACs (L, M) opened with MPKi / the key the TRANSFER_RESP verified with
+            derived = session_keys(init, keys, resp=resp, mpki=opened.mpki, resp_key=resp_key)
         except MikeyError as exc:
             raise MalformedMessage(f"cannot derive session keys: {exc}", int(exc.err)) from None
-        spis = {}
-        if isinstance(init.header.cs_map, GenericIdMap):
-            spis = {e.cs_id: e.spi for e in init.header.cs_map.entries}
         return ReleasedKeys(
             init.header.csb_id,
-            tuple(ReleasedSession(k.cs_id, k.tek, k.salt, spis.get(k.cs_id, b"")) for k in derived),
+            tuple(ReleasedSession(k.cs_id, k.tek, k.salt, k.spi) for k in derived),
             end,
         )
 
@@ -268,10 +275,7 @@ class KeyRelease:
         interception that starts mid-session, never one of a session that ended before)."""
         if ticket_end is not None and ticket_end < warrant.valid_from:
             raise NoActiveWarrant("the ticket's validity ended before the warrant began")
-        stamp = init.find(Timestamp)
-        if stamp is None:
-            raise MalformedMessage("TRANSFER_INIT carries no T", int(ErrNo.UNSPECIFIED))
-        sent = ts_unix(stamp)
+        sent = ts_unix(init.require(Timestamp))
         if sent is None:
             return  # a COUNTER carries no time: the ticket's validity bounds the session
         if sent > now + self.settings.clock_skew:
@@ -307,8 +311,9 @@ class KeyRelease:
         target: str,
         role: TargetRole,
         records: Sequence[Resolution],
-    ) -> Sequence[KeyData]:
-        """Check the TRANSFER_RESP against the KMS's records; the session keys it implies."""
+    ) -> tuple[Sequence[KeyData], bytes]:
+        """Check the TRANSFER_RESP against the KMS's records; the session keys it implies and
+        the key it verified with (MPKi, or MPKr' with forking), which opens its own KEMAC."""
         forked = bool(opened.flags & TpFlags.I)
         record: Resolution | None = None
         key = opened.mpki
@@ -333,12 +338,12 @@ class KeyRelease:
         if role is TargetRole.RESPONDER and named != target:
             raise TargetMismatch("the TRANSFER_RESP does not name the target as responder")
         if not forked:
-            return opened.session_keys
+            return opened.session_keys, key
         if record is None:
             raise TargetMismatch(
                 "the TRANSFER_RESP carries an IDRr and RANDRkms the KMS gave to no resolution"
             )
-        return self._forked_keys(opened, record)
+        return self._forked_keys(opened, record), key
 
     def _keys_from_records(
         self, opened: OpenedTicket, records: Sequence[Resolution]

@@ -17,8 +17,8 @@ from firmware.core.admin import Admin
 from firmware.core.freshness import ReplayCache
 from firmware.core.tickets import TicketCore, TicketSettings
 from firmware.core.xk import GetKeysRequest, KeyRelease, ReleasedKeys, TargetRole, XkSettings
-from firmware.mikey.codec import GenericIdEntry
-from firmware.mikey.constants import DataType, RandRole
+from firmware.mikey.codec import GenericIdEntry, RoleIdentity
+from firmware.mikey.constants import RandRole
 from firmware.mikey.crypto import fork_mpkr, message_keys
 from firmware.mikey.exchange import Initiator, Responder
 from firmware.mikey.kms import sign_message
@@ -146,12 +146,18 @@ class Ues:
         )
 
     def _nameless_answer(self, offer: Offer) -> bytes:
+        """A well-formed TRANSFER_RESP (RFC 6043 6.1.1 map, T, RANDRr) without IDRr, MACed
+        with MPKi as anybody holding it can."""
         init = decode(offer.transfer_init)
-        header = dataclasses.replace(init.header, data_type=DataType.TRANSFER_RESP, v_flag=False)
-        key = message_keys(header.prf_func, offer.alice.mpki, header.csb_id, response=True,
-                           rand_i=init.randr(RandRole.RANDRi), rand_r=None,
+        fake = Responder(b"sip:nobody@ims.example.net", bytes(32), KMS,
+                         prf_func=offer.alice.prf_func, mac_alg=offer.alice.mac_alg)  # fmt: skip
+        fake.init, fake.mpki = init, offer.alice.mpki
+        shaped = decode(fake.transfer_resp(t=t_at(self.now()), rand_r=os.urandom(32)))
+        kept = [p for p in shaped.payloads[:-1] if not isinstance(p, RoleIdentity)]
+        key = message_keys(init.header.prf_func, offer.alice.mpki, init.header.csb_id,
+                           response=True, rand_i=init.randr(RandRole.RANDRi), rand_r=None,
                            mac_alg=offer.alice.mac_alg).auth_key  # fmt: skip
-        return sign_message(header, [t_at(self.now())], key, offer.alice.mac_alg, init.raw)
+        return sign_message(shaped.header, kept, key, offer.alice.mac_alg, init.raw)
 
 
 @dataclass
