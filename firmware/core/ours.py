@@ -26,9 +26,10 @@ from firmware.core.errors import KeyVersionNotFound, KeyVersionUnavailable, KmsE
 from firmware.core.freshness import ntp64_to_unix
 from firmware.core.identity import IdentityError, canonical
 from firmware.core.ports import KeyName, KeyVault, Store
-from firmware.mikey.codec import RoleTimestamp, Timestamp
+from firmware.mikey.codec import RoleTimestamp, Ticket, Timestamp
 from firmware.mikey.constants import ErrNo, TsType
 from firmware.mikey.errors import MikeyError
+from firmware.mikey.message import Message
 from firmware.mikey.ticket import OpenedTicket, open_ticket, peek_ticket
 
 THDR_MAGIC = b"KMS1"
@@ -81,15 +82,17 @@ def missing_version(store: Store, name: KeyName, version: int) -> KmsError:
     return KeyVersionNotFound(f"{name.value}/v{version} does not exist")
 
 
-def open_ours(raw: bytes, vault: KeyVault, kms_identity: bytes, store: Store) -> OpenedTicket:
-    """Verify (in the HSM) and open the TICKET payload bytes `raw`; NotOurs when it is not ours,
+def open_ours(msg: Message, vault: KeyVault, kms_identity: bytes, store: Store) -> OpenedTicket:
+    """Verify (in the HSM) and open the TICKET payload of `msg` (its received bytes; the Ticket
+    the decoder parsed is reused, never parsed again); NotOurs when it is not ours,
     KeyVersionUnavailable when its version is the cluster's but not in this HSM."""
     version = -1
+    raw, decoded = msg.ticket_bytes(), msg.require(Ticket)  # a missing TICKET is malformed
     try:
-        policy, data = peek_ticket(raw)
-        version = version_from_thdr(data.thdr.data)
-        prf = policy.prf_func
-        opened = open_ticket(raw, lambda d: vault.ticket_hmac(version, prf, d))
+        peeked = peek_ticket(raw, decoded)
+        version = version_from_thdr(peeked[1].thdr.data)
+        prf = peeked[0].prf_func
+        opened = open_ticket(raw, lambda d: vault.ticket_hmac(version, prf, d), peeked=peeked)
     except MikeyError:
         raise NotOurs("not a valid ticket of this KMS") from None
     except KeyVersionNotFound:

@@ -441,7 +441,7 @@ class TicketCore:
         if msg.find(Ticket) is None:
             raise Refusal(ErrNo.INVALID_TICKET, "no TICKET")
         try:
-            opened = open_ours(msg.ticket_bytes(), self.vault, self.kms_id, self.store)
+            opened = open_ours(msg, self.vault, self.kms_id, self.store)
         except NotOurs as exc:
             raise Refusal(ErrNo.INVALID_TICKET, str(exc)) from None
         except KeyVersionUnavailable as exc:

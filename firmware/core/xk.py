@@ -214,7 +214,7 @@ class KeyRelease:
         check_message(init)  # header rules, required payloads, one algorithm strength
         ticket = init.require(Ticket)
         try:
-            opened = open_ours(init.ticket_bytes(), self.vault, self.kms_id, self.store)
+            opened = open_ours(init, self.vault, self.kms_id, self.store)
         except NotOurs as exc:
             raise TicketInvalid(str(exc)) from None
         start, end = validity(opened)

@@ -186,10 +186,12 @@ def ticket_raw(ticket: Ticket) -> bytes:
     return bytes(out)
 
 
-def peek_ticket(raw: bytes) -> tuple[TicketPolicy, TicketData]:
+def peek_ticket(raw: bytes, decoded: Ticket | None = None) -> tuple[TicketPolicy, TicketData]:
     """Parse a received TICKET payload WITHOUT verifying it (to read THDR data, e.g. the TPK
-    version).  Nothing returned may be trusted until ``open_ticket`` succeeds."""
-    t = _ticket_payload(raw)
+    version).  Nothing returned may be trusted until ``open_ticket`` succeeds.  ``decoded`` is the
+    Ticket the message decoder already parsed from these same bytes (``raw`` is then not parsed
+    again)."""
+    t = _ticket_payload(raw) if decoded is None else decoded
     _require_base(t.policy)
     return t.policy, parse_ticket_data(t.ticket_data, max_payloads=TICKET_DATA_MAX_PAYLOADS)
 
@@ -261,12 +263,13 @@ def seal_ticket(
     return Ticket(policy, unsigned.ticket_data[:-n] + mac_bytes, None)
 
 
-def open_ticket(raw: bytes, tpk: KeySource) -> OpenedTicket:
-    """Verify (V over the received TICKET bytes) and decrypt a base ticket; derive MPKi/MPKr."""
-    ticket = _ticket_payload(raw)
-    policy = ticket.policy
-    _require_base(policy)
-    td = parse_ticket_data(ticket.ticket_data, max_payloads=TICKET_DATA_MAX_PAYLOADS)
+def open_ticket(
+    raw: bytes, tpk: KeySource, *, peeked: tuple[TicketPolicy, TicketData] | None = None
+) -> OpenedTicket:
+    """Verify (V over the received TICKET bytes) and decrypt a base ticket; derive MPKi/MPKr.
+    ``peeked`` is what ``peek_ticket`` returned for these same bytes (parsed once, not twice);
+    the MAC is always checked over ``raw``."""
+    policy, td = peek_ticket(raw) if peeked is None else peeked
     t, rand, kemac, psk, v = _parts(td)
     keys = ticket_keys(policy.prf_func, tpk, rand.value, kemac.encr_alg, v.mac_alg)
     check_mac(v.mac_alg, keys.auth_key, ticket_mac_input(raw)[: -len(v.mac) or None], v.mac)
