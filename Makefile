@@ -9,7 +9,7 @@ APT_PACKAGES := softhsm2 opensc tshark umockdev gir1.2-umockdev-1.0 python3-gi p
 	libsrtp2-1 cryptsetup-bin dosfstools postgresql
 IMAGE_APT_PACKAGES := mmdebstrap erofs-utils qemu-system-x86 qemu-utils cpio e2fsprogs
 
-.PHONY: all deps apt demo cluster-demo test test-fast test-image lint proto proto-check bench clean
+.PHONY: all deps apt demo cluster-demo test test-fast test-image test-wheel lint proto proto-check bench clean
 
 all: test
 
@@ -50,6 +50,12 @@ lint: deps
 
 test: deps lint
 	$(VENV)/bin/pytest -m "not slow" --cov=firmware/mikey --cov-branch --cov-report=
+	$(MAKE) test-wheel
+
+# The wheel as an outside project gets it: built, installed in a fresh virtualenv, plugin_tests/
+# run from it (a minute or two; pip's cache serves the dependencies after the first run).
+test-wheel: deps
+	$(VENV)/bin/pytest -m wheel tests/plugin
 
 test-image: deps .stamp-apt-image
 	$(VENV)/bin/pytest -m slow tests/image

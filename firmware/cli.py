@@ -168,6 +168,12 @@ def cmd_init_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dev_node(args: argparse.Namespace) -> int:
+    from firmware.devnode import run
+
+    return run(args.dir, args.json)
+
+
 class _NoAudit:
     """init-keys only records which key versions the token holds: no change to audit."""
 
@@ -324,6 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[cfg],
     )
     p.set_defaults(func=cmd_init_keys)
+
+    p = sub.add_parser(
+        "dev-node", help="a throw-away node on free loopback ports, removed when it stops"
+    )
+    p.add_argument("--dir", help="new or empty directory to use (default: a temporary one)")
+    p.add_argument("--json", action="store_true", help="print the description as one JSON line")
+    p.set_defaults(func=cmd_dev_node)
 
     p = sub.add_parser("serve", help="run the node", parents=[cfg])
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
