@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 RPC_TIMEOUT = 30.0
+RAND_BYTES = 32  # as long as the 32-byte PSKs (RFC 6043 12.1: the KMS refuses shorter ones)
 _OFFER = "v=0\r\no=alice 1 1 IN IP4 192.0.2.1\r\ns=-\r\nt=0 0\r\n"
 _ANSWER = "v=0\r\no=bob 1 1 IN IP4 192.0.2.2\r\ns=-\r\nt=0 0\r\n"
 
@@ -96,22 +97,26 @@ class UserPair:
         policy = TicketPolicy(1, 1, 1, PrfFunc.MIKEY_1, flags, (to_bob,))
         alice.process_request_resp(
             self._exchange(
-                alice.request_init(csb_id=csb_id(), t=now(), rand_i=os.urandom(16), policy=policy)
+                alice.request_init(
+                    csb_id=csb_id(), t=now(), rand_i=os.urandom(RAND_BYTES), policy=policy
+                )
             )
         )
         entries = [GenericIdEntry.srtp(i + 1, 0x1000 + i, roc=0, seq=1) for i in range(sessions)]
         transfer_init = alice.transfer_init(
             csb_id=csb_id(),
             t=now(),
-            rand_i=os.urandom(16),
+            rand_i=os.urandom(RAND_BYTES),
             sessions=entries,
             responder=self.responder.identity.encode(),
         )
         bob.receive_transfer_init(transfer_init)
         bob.process_resolve_resp(
-            self._exchange(bob.resolve_init(csb_id=csb_id(), t=now(), rand_r=os.urandom(16)))
+            self._exchange(
+                bob.resolve_init(csb_id=csb_id(), t=now(), rand_r=os.urandom(RAND_BYTES))
+            )
         )
-        transfer_resp = bob.transfer_resp(t=now(), rand_r=os.urandom(16))
+        transfer_resp = bob.transfer_resp(t=now(), rand_r=os.urandom(RAND_BYTES))
         alice_keys = alice.process_transfer_resp(transfer_resp)
         return Call(
             self.initiator,
