@@ -119,14 +119,17 @@ df2_key = "pki/df2.key"
 
 def cmd_dev_init(args: argparse.Namespace) -> int:
     from firmware.devpki import DevIdentities, make_dev_pki
-    from hsm.softhsm import create_token, module_path
+    from hsm.softhsm import create_token, module_path, write_secret
 
     directory = Path(args.directory).resolve()
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     ids = DevIdentities()
     token_dir = directory / "softhsm"
     if not (token_dir / "softhsm2.conf").exists():
-        create_token(token_dir, "kmsnode", secrets.token_hex(8), secrets.token_hex(8))
+        so_pin = secrets.token_hex(8)
+        create_token(token_dir, "kmsnode", secrets.token_hex(8), so_pin)
+        # A development token only: key transport (kmsnode keys export-/import-wrapped) needs it.
+        write_secret(token_dir / "so.pin", so_pin)
     make_dev_pki(directory / "pki", ids)
     cfg_path = directory / "kmsnode.toml"
     if not cfg_path.exists():
@@ -367,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     act = keys_sub.add_parser("activate", parents=[cfg])
     act.add_argument("version", type=int)
     p.set_defaults(func=cmd_keys)
+    from firmware.cli_keys import add_commands as add_key_transport
+
+    add_key_transport(keys_sub, cfg)
 
     from firmware.cli_li import add_commands
 

@@ -10,7 +10,8 @@ Rules and invariants:
 - The PIN is read from its PinSource for the login and then dropped; it never appears in a log,
   an error or a repr.
 - Long-term keys are found by label `<name>/v<version>` among the token's secret keys. Each one is
-  checked by hsm/keycheck.py at every load (start, refresh, recovery) and after it is generated;
+  checked by hsm/keycheck.py at every load (start, refresh, recovery) and after it is generated
+  (an imported one also against its security officer's vouch, hsm/provenance.py);
   one key that breaks its template, or two objects with one label, refuse the whole load
   (HsmConfigurationError naming the label and the attribute), so no key of a spoiled token is used.
 - Hot keys are used through session copies (C_CopyObject, still sensitive and non-extractable),
@@ -45,8 +46,9 @@ from hsm.errors import (
     login_refused_types,
     to_kms_error,
 )
-from hsm.keycheck import check_key
+from hsm.keycheck import Vouched, check_key
 from hsm.pin import PinSource
+from hsm.provenance import is_vouched
 from hsm.templates import SESSION_COPY, SPECS, key_label, parse_label
 from hsm.uri import Pkcs11Uri
 
@@ -307,12 +309,17 @@ class Connection:
             found[name][version] = obj
         return found
 
+    @staticmethod
+    def _vouched(session: Any, name: KeyName, version: int) -> Vouched:
+        label = key_label(name, version)
+        return lambda obj: is_vouched(session, obj, name, label)
+
     def _load_keys(self, session: Any) -> None:
         found = self._scan(session)
         keys: dict[KeyName, dict[int, LoadedKey]] = {name: {} for name in KeyName}
         for name, versions in sorted(found.items()):
             for version, obj in sorted(versions.items()):
-                check_key(obj, SPECS[name], version)
+                check_key(obj, SPECS[name], version, self._vouched(session, name, version))
                 use = obj.copy(SESSION_COPY) if self._copies else obj
                 keys[name][version] = LoadedKey(obj, use)
         self._keys = keys

@@ -3,39 +3,60 @@
 Rules:
 - A key object labelled `<name>/v<N>` is used only when every attribute its template
   (hsm/templates.py KeySpec.template) sets reads back exactly so from the token: a private token
-  object, SENSITIVE true, EXTRACTABLE false, the key type and length of its name, CKA_ID equal to
-  its label, and exactly its usage (each of ENCRYPT, DECRYPT, SIGN, VERIFY, WRAP, UNWRAP, DERIVE as
-  the template says; the TPK may SIGN/VERIFY and nothing else).
-- On top of the template, the token-set ALWAYS_SENSITIVE and NEVER_EXTRACTABLE must be true: only
-  a key generated inside the token as sensitive and non-extractable has both, so a key imported
-  from known bytes, unwrapped from outside, or made extractable and then locked cannot pass as one
-  of ours (whoever planted it may know its value).
+  object, SENSITIVE true, the key type and length of its name, CKA_ID equal to its label, exactly
+  its usage (each of ENCRYPT, DECRYPT, SIGN, VERIFY, WRAP, UNWRAP, DERIVE as the template says; the
+  TPK may SIGN/VERIFY and nothing else), and one of three forms of extractability:
+    generated  EXTRACTABLE true only with WRAP_WITH_TRUSTED true (it may leave the token only
+               under a key the security officer trusts), LOCAL and ALWAYS_SENSITIVE true: made in
+               this token as sensitive, and SoftHSM keeps WRAP_WITH_TRUSTED read-only, so its value
+               never left in plaintext;
+    sealed     EXTRACTABLE false with NEVER_EXTRACTABLE and ALWAYS_SENSITIVE true (every key made
+               before key transport existed; it can never leave);
+    imported   as generated but LOCAL false (unwrapped from a transport file, hsm/transport.py),
+               and vouched for by this token's security officer: a public CKA_TRUSTED object
+               naming the label and the key's check value (hsm/provenance.py). A holder of the
+               user PIN can create a key from known bytes that looks exactly like an unwrapped
+               one, but cannot create a CKA_TRUSTED object, nor match the check value of a key
+               they replaced. SoftHSM reports CKA_VALUE_LEN 0 for an unwrapped key, so its length
+               is bound by the check value (and the import's blob length), not by VALUE_LEN.
+- So a key imported from known bytes, made extractable then locked, or made plaintext-extractable
+  cannot pass as one of ours (whoever planted it may know its value).
 - The check is required, not best effort: an attribute the token does not report counts as wrong.
   PKCS#11 lets any holder of the user PIN create objects with our labels, relabel objects and,
   while CKA_MODIFIABLE is true (session copies need it), change usage flags and CKA_ID of our
   own keys; so the check runs on every load (start, refresh, recovery), not only at creation.
 - A violation is HsmConfigurationError naming the label and each wrong attribute
-  ("key ticket-protection/v2 is extractable (CKA_EXTRACTABLE true)"); it never quotes attribute
+  ("key ticket-protection/v2 is not sensitive (CKA_SENSITIVE false)"); it never quotes attribute
   values beyond booleans, key types and lengths, and never a PIN.
-- Two token objects with one label are refused where the labels are scanned (hsm/vault.py _scan).
+- Two token objects with one label are refused where the labels are scanned (hsm/connection.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pkcs11 import Attribute
 
 from firmware.core.errors import HsmConfigurationError
-from hsm.templates import KeySpec, key_label
+from hsm.templates import SPECS, KeySpec, key_label
 
-# Set by the token, never by a template: true only for a key that was sensitive and
-# non-extractable from its generation on (PKCS#11 2.40 4.9, secret key objects).
+# Set by the token, never by a template (PKCS#11 2.40 4.9, secret key objects): LOCAL true only
+# for a key generated in the token, ALWAYS_SENSITIVE true only for one sensitive from then on,
+# NEVER_EXTRACTABLE true only for one never extractable.
 TOKEN_SET: Mapping[Attribute, bool] = {
+    Attribute.LOCAL: True,
+    Attribute.ALWAYS_SENSITIVE: True,
+}
+SEALED: Mapping[Attribute, bool] = {
+    Attribute.EXTRACTABLE: False,
     Attribute.ALWAYS_SENSITIVE: True,
     Attribute.NEVER_EXTRACTABLE: True,
 }
+IMPORTED: Mapping[Attribute, bool] = {Attribute.LOCAL: False}
+
+# Does the token's security officer vouch for this (imported) key object? (hsm/provenance.py)
+Vouched = Callable[[Any], bool]
 
 # What a wrong boolean says, keyed by (attribute, the value the token reported).
 _FLAG_WORDS: Mapping[tuple[Attribute, bool], str] = {
@@ -43,14 +64,29 @@ _FLAG_WORDS: Mapping[tuple[Attribute, bool], str] = {
     (Attribute.PRIVATE, False): "is not private",
     (Attribute.SENSITIVE, False): "is not sensitive",
     (Attribute.EXTRACTABLE, True): "is extractable",
+    (Attribute.WRAP_WITH_TRUSTED, False): "may be wrapped by an untrusted key",
     (Attribute.ALWAYS_SENSITIVE, False): "was not always sensitive",
     (Attribute.NEVER_EXTRACTABLE, False): "was extractable once",
 }
 
 
 def required_attributes(spec: KeySpec, version: int) -> dict[Attribute, Any]:
-    """Everything version `version` of `spec` must read back: its template plus TOKEN_SET."""
+    """Everything a generated version `version` of `spec` must read back: template + TOKEN_SET."""
     return {**spec.template(version), **TOKEN_SET}
+
+
+def _form(spec: KeySpec, version: int, got: Mapping[Any, Any]) -> tuple[str, dict[Attribute, Any]]:
+    """(form, what it must read back) of a key whose attributes read `got` (module docstring)."""
+    template = spec.template(version)
+    if got.get(Attribute.EXTRACTABLE) is False:
+        del template[Attribute.WRAP_WITH_TRUSTED]  # cannot leave at all: either value is fine
+        return "sealed", {**template, **SEALED}
+    if got.get(Attribute.LOCAL) is False:
+        del template[
+            Attribute.VALUE_LEN
+        ]  # SoftHSM reads 0 once unwrapped; the check value binds it
+        return "imported", {**template, **IMPORTED}
+    return "generated", required_attributes(spec, version)
 
 
 def _describe(attribute: Attribute, wanted: Any, got: Any) -> str:
@@ -80,18 +116,28 @@ def violations(required: Mapping[Attribute, Any], got: Mapping[Any, Any]) -> lis
     ]
 
 
-def check_key(obj: Any, spec: KeySpec, version: int) -> None:
+READ = (
+    *required_attributes(next(iter(SPECS.values())), 1),
+    *SEALED,
+    Attribute.WRAP_WITH_TRUSTED,
+)
+
+
+def check_key(obj: Any, spec: KeySpec, version: int, vouched: Vouched | None = None) -> None:
     """Raise HsmConfigurationError unless token object `obj` is a key the node may use as
-    version `version` of `spec` (one C_GetAttributeValue; the caller holds PKCS11_LOCK)."""
+    version `version` of `spec` (one C_GetAttributeValue, and for an imported key the vouch
+    check; the caller holds PKCS11_LOCK)."""
     label = key_label(spec.name, version)
-    required = required_attributes(spec, version)
     try:
-        got = obj.get_attributes(list(required))
+        got = obj.get_attributes(list(dict.fromkeys(READ)))
     except ValueError:  # python-pkcs11 could not decode a value (a vendor-defined key type)
         raise HsmConfigurationError(
             f"key {label} has attributes that cannot be decoded; the node does not use it"
         ) from None
+    form, required = _form(spec, version, got)
     problems = violations(required, got)
+    if not problems and form == "imported" and (vouched is None or not vouched(obj)):
+        problems = ["was not generated in this token and its security officer did not vouch for it"]
     if problems:
         raise HsmConfigurationError(
             f"key {label} "

@@ -2,11 +2,15 @@
 
 Rules:
 - Never rely on python-pkcs11's or the token's defaults: every attribute that matters is set.
-- Every long-term key is a private token object, SENSITIVE true, EXTRACTABLE false (so the token
-  reports NEVER_EXTRACTABLE true), with exactly one purpose:
+- Every long-term key is a private token object, SENSITIVE true, with exactly one purpose:
     TPK (ticket-protection)  GENERIC_SECRET 256 bits, SIGN/VERIFY only (HMAC-SHA-1 / HMAC-SHA-256)
     KEK (key-encryption)     AES 256 bits, WRAP/UNWRAP only (CKM_AES_KEY_WRAP, RFC 3394)
     audit                    GENERIC_SECRET 256 bits, SIGN/VERIFY only (HMAC-SHA-256)
+- A long-term key leaves its token only wrapped under a key the token's security officer marked
+  CKA_TRUSTED (key transport between a cluster's HSMs, hsm/transport.py): it is generated
+  EXTRACTABLE true only together with WRAP_WITH_TRUSTED true, which the token keeps read-only
+  (SoftHSM 2.6: both directions refused, measured in tests/hsm/test_wrap_policy.py). Keys made
+  before this rule (EXTRACTABLE false, NEVER_EXTRACTABLE true) stay valid and cannot be moved.
 - CKA_MODIFIABLE stays true: SoftHSM refuses C_CopyObject of an unmodifiable object with a changed
   CKA_TOKEN, and session copies are how hot keys are used. SENSITIVE and EXTRACTABLE are one-way.
 - Labels (and CKA_ID) are `<name>/v<version>`, version >= 1.
@@ -47,7 +51,8 @@ _LONG_TERM: dict[Attribute, Any] = {
     Attribute.TOKEN: True,
     Attribute.PRIVATE: True,
     Attribute.SENSITIVE: True,
-    Attribute.EXTRACTABLE: False,
+    Attribute.EXTRACTABLE: True,
+    Attribute.WRAP_WITH_TRUSTED: True,
 }
 
 

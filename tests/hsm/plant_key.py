@@ -68,7 +68,10 @@ def _sensitive_later(session: Any) -> None:
 # case: (what it plants, its label)
 CASES: dict[str, tuple[Callable[[Any], object], str]] = {
     "nothing": (lambda s: None, ""),
-    "extractable": (lambda s: _generate(s, TPK, 2, EXTRACTABLE=True), "ticket-protection/v2"),
+    "extractable": (
+        lambda s: _generate(s, TPK, 2, WRAP_WITH_TRUSTED=False),
+        "ticket-protection/v2",
+    ),
     "not-sensitive": (lambda s: _generate(s, TPK, 2, SENSITIVE=False), "ticket-protection/v2"),
     "duplicate-label": (lambda s: _generate(s, TPK, 1), "ticket-protection/v1"),
     "decrypt-on-tpk": (lambda s: _generate(s, TPK, 2, DECRYPT=True), "ticket-protection/v2"),

@@ -47,19 +47,20 @@ def _good(name: KeyName = TPK, version: int = 3) -> dict[Any, Any]:
 
 
 @pytest.mark.parametrize("name", list(KeyName))
-def test_the_check_requires_a_private_sensitive_unextractable_token_key_of_one_purpose(
+def test_the_check_requires_a_private_sensitive_generated_token_key_of_one_purpose(
     name: KeyName,
 ) -> None:
     required = required_attributes(SPECS[name], 4)
     assert {a: required[a] for a in keycheck.TOKEN_SET} == {
         Attribute.ALWAYS_SENSITIVE: True,
-        Attribute.NEVER_EXTRACTABLE: True,
+        Attribute.LOCAL: True,
     }
+    assert required[Attribute.WRAP_WITH_TRUSTED] is True
     assert required[Attribute.CLASS] == ObjectClass.SECRET_KEY
     assert required[Attribute.TOKEN] is True
     assert required[Attribute.PRIVATE] is True
     assert required[Attribute.SENSITIVE] is True
-    assert required[Attribute.EXTRACTABLE] is False
+    assert required[Attribute.EXTRACTABLE] is True  # only with WRAP_WITH_TRUSTED
     assert required[Attribute.KEY_TYPE] == SPECS[name].key_type
     assert required[Attribute.VALUE_LEN] == 32
     assert required[Attribute.LABEL] == key_label(name, 4)
@@ -96,8 +97,39 @@ def test_each_attribute_that_differs_from_the_template_is_named(
 
 def test_an_attribute_the_token_does_not_report_counts_as_wrong() -> None:
     attrs = _good()
-    del attrs[Attribute.NEVER_EXTRACTABLE]
-    assert violations(_good(), attrs) == ["does not report CKA_NEVER_EXTRACTABLE"]
+    del attrs[Attribute.LOCAL]
+    assert violations(_good(), attrs) == ["does not report CKA_LOCAL"]
+
+
+def _refusal(attrs: dict[Any, Any], vouched: bool | None = None) -> str:
+    with pytest.raises(HsmConfigurationError) as info:
+        check_key(_Obj(attrs), SPECS[TPK], 3, None if vouched is None else lambda _: vouched)
+    return str(info.value)
+
+
+def test_an_extractable_key_without_wrap_with_trusted_is_refused() -> None:
+    said = _refusal({**_good(), Attribute.WRAP_WITH_TRUSTED: False})
+    assert "may be wrapped by an untrusted key (CKA_WRAP_WITH_TRUSTED false)" in said
+
+
+def test_a_sealed_key_made_before_key_transport_passes_but_only_if_never_extractable() -> None:
+    sealed = {**_good(), Attribute.EXTRACTABLE: False, Attribute.WRAP_WITH_TRUSTED: False,
+              Attribute.NEVER_EXTRACTABLE: True}  # fmt: skip
+    check_key(_Obj(sealed), SPECS[TPK], 3)
+    said = _refusal({**sealed, Attribute.NEVER_EXTRACTABLE: False})
+    assert "was extractable once (CKA_NEVER_EXTRACTABLE false)" in said
+
+
+def test_an_imported_key_is_used_only_when_the_security_officer_vouched_for_it() -> None:
+    # SoftHSM reads VALUE_LEN 0 and ALWAYS_SENSITIVE false on an unwrapped key
+    imported = {**_good(), Attribute.LOCAL: False, Attribute.ALWAYS_SENSITIVE: False,
+                Attribute.VALUE_LEN: 0}  # fmt: skip
+    check_key(_Obj(imported), SPECS[TPK], 3, lambda _: True)
+    for vouched in (None, False):
+        assert "its security officer did not vouch for it" in _refusal(imported, vouched)
+    # the vouch never excuses a broken template
+    said = _refusal({**imported, Attribute.SENSITIVE: False}, True)
+    assert "is not sensitive" in said and "vouch" not in said
 
 
 def test_attributes_python_pkcs11_cannot_decode_refuse_the_key() -> None:

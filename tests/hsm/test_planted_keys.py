@@ -46,7 +46,13 @@ def test_a_token_with_only_the_nodes_own_keys_starts(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("case", "said"),
     [
-        ("extractable", "key ticket-protection/v2 is extractable (CKA_EXTRACTABLE true)"),
+        (
+            "extractable",
+            (
+                "key ticket-protection/v2 may be wrapped by an untrusted key"
+                " (CKA_WRAP_WITH_TRUSTED false)"
+            ),
+        ),
         ("not-sensitive", "key ticket-protection/v2 is not sensitive (CKA_SENSITIVE false)"),
         ("decrypt-on-tpk", "key ticket-protection/v2 may DECRYPT (CKA_DECRYPT true)"),
         ("encrypt-on-kek", "key key-encryption/v2 may ENCRYPT (CKA_ENCRYPT true)"),
@@ -79,10 +85,13 @@ def test_a_key_imported_from_known_bytes_is_refused_although_sensitive_and_unext
 ) -> None:
     # Whoever imported it knows the TPK and could forge tickets: only the token-set attributes
     # tell it from a generated key.
+    # It reads exactly like a key unwrapped from a transport file; no vouch of the token's
+    # security officer names it (the user cannot make one: CKA_TRUSTED is the SO's).
     message = _refusal(tmp_path, "known-bytes")
-    assert message.startswith("key ticket-protection/v2 was not always sensitive")
-    assert "was extractable once (CKA_NEVER_EXTRACTABLE false)" in message
-    assert "is extractable" not in message and "is not sensitive" not in message
+    assert message.startswith(
+        "key ticket-protection/v2 was not generated in this token and its security officer"
+        " did not vouch for it"
+    )
 
 
 def test_a_second_object_with_the_label_of_a_key_in_use_is_refused(tmp_path: Path) -> None:
@@ -125,6 +134,8 @@ def test_the_node_refuses_to_start_and_says_why_in_one_line(tmp_path: Path) -> N
     assert node.returncode == 1
     assert "Traceback" not in err
     (line,) = [ln for ln in err.splitlines() if ln.startswith("kmsnode: ")]
-    said = "key ticket-protection/v2 is extractable (CKA_EXTRACTABLE true)"
+    said = (
+        "key ticket-protection/v2 may be wrapped by an untrusted key (CKA_WRAP_WITH_TRUSTED false)"
+    )
     assert line.startswith(f"kmsnode: {said}")
     assert (softhsm / "user.pin").read_text().strip() not in err

@@ -57,7 +57,7 @@ def test_reading_the_value_of_any_created_key_is_refused_by_the_token(
 
 
 @pytest.mark.parametrize("name", list(KeyName))
-def test_created_keys_are_sensitive_and_never_were_extractable(
+def test_created_keys_are_sensitive_and_leave_only_under_a_trusted_key(
     vault: Pkcs11Vault, name: KeyName
 ) -> None:
     with PKCS11_LOCK:
@@ -66,15 +66,15 @@ def test_created_keys_are_sensitive_and_never_were_extractable(
                 [
                     Attribute.SENSITIVE,
                     Attribute.EXTRACTABLE,
-                    Attribute.NEVER_EXTRACTABLE,
+                    Attribute.WRAP_WITH_TRUSTED,
                     Attribute.ALWAYS_SENSITIVE,
                     Attribute.PRIVATE,
                 ]
             )
             assert attrs == {
                 Attribute.SENSITIVE: True,
-                Attribute.EXTRACTABLE: False,
-                Attribute.NEVER_EXTRACTABLE: True,
+                Attribute.EXTRACTABLE: True,
+                Attribute.WRAP_WITH_TRUSTED: True,
                 Attribute.ALWAYS_SENSITIVE: True,
                 Attribute.PRIVATE: True,
             }
@@ -122,7 +122,9 @@ def test_the_token_refuses_to_wrap_with_hmac_keys(
 def test_the_kek_cannot_be_read_by_wrapping_it_with_itself(vault: Pkcs11Vault) -> None:
     with PKCS11_LOCK:
         token_kek, copy = _handles(vault, KEK)
-        with pytest.raises(p11e.KeyUnextractable):
+        # KeyNotWrappable: WRAP_WITH_TRUSTED, and no key of the node is CKA_TRUSTED
+        # (KeyUnextractable for a sealed KEK made before key transport)
+        with pytest.raises((p11e.KeyNotWrappable, p11e.KeyUnextractable)):
             copy.wrap_key(token_kek)  # type: ignore[attr-defined]
 
 
@@ -248,7 +250,7 @@ def test_wrap_is_rfc3394_key_wrap_under_the_kek(imported: Pkcs11Vault) -> None:
                         Attribute.CLASS: ObjectClass.SECRET_KEY,
                         Attribute.TOKEN: False,
                         Attribute.KEY_TYPE: KeyType.GENERIC_SECRET,
-                        Attribute.EXTRACTABLE: True,
+                        Attribute.SENSITIVE: False,  # a transient PSK (templates.TRANSIENT_PSK)
                     }
                 )
             )
