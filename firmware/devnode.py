@@ -37,14 +37,11 @@ import json
 import logging
 import os
 import secrets
-import select
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,60 +122,11 @@ def remove(directory: Path, created: bool) -> None:
 
 def init_token(directory: Path, label: str = LABEL) -> Any:
     """A SoftHSM token in `directory` (conf, tokens/, user.pin) with random PINs that never
-    reach argv: softhsm2-util reads them from a pseudo-terminal. Returns an hsm SoftHsmToken."""
-    from hsm.softhsm import SoftHsmError, SoftHsmToken, module_path, render_conf, write_secret
+    reach argv (hsm.softhsm.create_token types them into a pseudo-terminal). Returns an hsm
+    SoftHsmToken."""
+    from hsm.softhsm import create_token
 
-    tokendir = directory / "tokens"
-    tokendir.mkdir(parents=True, mode=0o700)
-    conf = directory / "softhsm2.conf"
-    conf.write_text(render_conf(tokendir), encoding="utf-8")
-    pin, so_pin = secrets.token_hex(16), secrets.token_hex(16)
-    primary, terminal = os.openpty()
-    try:
-        os.write(primary, f"{so_pin}\n{so_pin}\n{pin}\n{pin}\n".encode())
-        proc = subprocess.Popen(
-            ["softhsm2-util", "--init-token", "--free", "--label", label],
-            stdin=terminal,
-            stdout=terminal,
-            stderr=terminal,
-            env={**os.environ, "SOFTHSM2_CONF": str(conf)},
-        )
-        os.close(terminal)
-        terminal = -1
-        output = _drain(primary, proc)
-    finally:
-        os.close(primary)
-        if terminal >= 0:
-            os.close(terminal)
-    if proc.returncode != 0:
-        # Only softhsm2-util's own ERROR lines: the terminal echoed the PINs typed into it.
-        text = output.decode(errors="replace")
-        errors = "; ".join(ln.strip() for ln in text.splitlines() if "ERROR" in ln)
-        raise SoftHsmError(f"softhsm2-util --init-token failed ({proc.returncode}): {errors}")
-    pin_file = directory / "user.pin"
-    write_secret(pin_file, pin)
-    return SoftHsmToken(directory, conf, tokendir, label, pin_file, module_path(), pin)
-
-
-def _drain(primary: int, proc: subprocess.Popen[bytes]) -> bytes:
-    """Read the terminal until softhsm2-util exits (bounded by DEADLINE; killed after it)."""
-    end = time.monotonic() + DEADLINE
-    output = b""
-    while True:
-        ready, _, _ = select.select([primary], [], [], max(end - time.monotonic(), 0.0))
-        if not ready:
-            proc.kill()
-            proc.wait()
-            raise KmsError(f"softhsm2-util did not finish within {DEADLINE:.0f} s")
-        try:
-            chunk = os.read(primary, 4096)
-        except OSError:  # EIO: softhsm2-util has exited (our copy of its side is closed)
-            break
-        if not chunk:
-            break
-        output += chunk
-    proc.wait(timeout=DEADLINE)
-    return output
+    return create_token(directory, label, secrets.token_hex(16), secrets.token_hex(16))
 
 
 def write_config(directory: Path, ids: DevIdentities) -> config_mod.Config:

@@ -15,9 +15,11 @@ Rules:
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import string
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -85,36 +87,18 @@ def create_token(
     """Create `directory` with a conf, a token directory and one initialised token `label`.
 
     `mechanisms` is the conf's slots.mechanisms (ALL by default; tests turn one off with
-    "-,CKM_AES_KEY_WRAP"). Raises SoftHsmError when softhsm2-util fails.
+    "-,CKM_AES_KEY_WRAP"). The PINs never reach argv: softhsm2-util reads them from a
+    pseudo-terminal (it reads only a terminal, not a pipe). Raises SoftHsmError when
+    softhsm2-util fails or does not finish within INIT_DEADLINE.
     """
     if shutil.which("softhsm2-util") is None:
         raise SoftHsmError("softhsm2-util not found (Debian package softhsm2)")
     base = Path(directory).resolve()
     tokendir = base / "tokens"
-    tokendir.mkdir(parents=True, exist_ok=True)
+    tokendir.mkdir(parents=True, exist_ok=True, mode=0o700)
     conf = base / "softhsm2.conf"
     conf.write_text(render_conf(tokendir, mechanisms=mechanisms), encoding="utf-8")
-    env = {**os.environ, "SOFTHSM2_CONF": str(conf)}
-    proc = subprocess.run(
-        [
-            "softhsm2-util",
-            "--init-token",
-            "--free",
-            "--label",
-            label,
-            "--pin",
-            pin,
-            "--so-pin",
-            so_pin,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        err = proc.stderr.replace(pin, "***").replace(so_pin, "***").strip()
-        raise SoftHsmError(f"softhsm2-util --init-token failed ({proc.returncode}): {err}")
+    _init_token(conf, label, pin, so_pin)
     pin_file = base / "user.pin"
     write_secret(pin_file, pin)
     return SoftHsmToken(
@@ -126,3 +110,53 @@ def create_token(
         module_path=module_path(),
         pin=pin,
     )
+
+
+INIT_DEADLINE = 30.0  # seconds softhsm2-util --init-token may take
+
+
+def _init_token(conf: Path, label: str, pin: str, so_pin: str) -> None:
+    """softhsm2-util --init-token with the SO PIN and user PIN typed into a pseudo-terminal."""
+    primary, terminal = os.openpty()
+    try:
+        os.write(primary, f"{so_pin}\n{so_pin}\n{pin}\n{pin}\n".encode())
+        proc = subprocess.Popen(
+            ["softhsm2-util", "--init-token", "--free", "--label", label],
+            stdin=terminal,
+            stdout=terminal,
+            stderr=terminal,
+            env={**os.environ, "SOFTHSM2_CONF": str(conf)},
+        )
+        os.close(terminal)
+        terminal = -1
+        output = _drain(primary, proc)
+    finally:
+        os.close(primary)
+        if terminal >= 0:
+            os.close(terminal)
+    if proc.returncode != 0:
+        # Only softhsm2-util's own ERROR lines: the terminal echoed the PINs typed into it.
+        text = output.decode(errors="replace")
+        errors = "; ".join(ln.strip() for ln in text.splitlines() if "ERROR" in ln)
+        raise SoftHsmError(f"softhsm2-util --init-token failed ({proc.returncode}): {errors}")
+
+
+def _drain(primary: int, proc: subprocess.Popen[bytes]) -> bytes:
+    """Read the terminal until softhsm2-util exits (bounded by INIT_DEADLINE; killed after)."""
+    end = time.monotonic() + INIT_DEADLINE
+    output = b""
+    while True:
+        ready, _, _ = select.select([primary], [], [], max(end - time.monotonic(), 0.0))
+        if not ready:
+            proc.kill()
+            proc.wait()
+            raise SoftHsmError(f"softhsm2-util did not finish within {INIT_DEADLINE:.0f} s")
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # EIO: softhsm2-util has exited (our copy of its side is closed)
+            break
+        if not chunk:
+            break
+        output += chunk
+    proc.wait(timeout=INIT_DEADLINE)
+    return output

@@ -175,7 +175,7 @@ def test_init_token_keeps_the_pins_off_argv_and_the_token_logs_in(
         seen.append(list(args))
         return real(args, **kw)
 
-    monkeypatch.setattr(devnode.subprocess, "Popen", recording)
+    monkeypatch.setattr(subprocess, "Popen", recording)  # hsm.softhsm runs softhsm2-util
     token = devnode.init_token(tmp_path / "softhsm")
     assert seen and all(token.pin not in arg for args in seen for arg in args)
     assert token.pin_file.read_text().strip() == token.pin
