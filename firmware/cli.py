@@ -92,10 +92,27 @@ cert = "pki/li-server.pem"
 key = "pki/li-server.key"
 client_ca = "pki/li-ca.pem"
 
+[ue_http_listener]
+# MIKEY over HTTPS for UEs (README "MIKEY over HTTPS"); off unless enabled
+enabled = true
+host = "127.0.0.1"
+port = {ue_http_port}
+path = "/mikey"
+
+[x1_listener]
+# ETSI TS 103 221-1 X1 for the ADMF (mutual TLS 1.3, role x1); off unless enabled
+enabled = true
+host = "127.0.0.1"
+port = {x1_port}
+path = "/X1/NE"
+ne_identifier = "kmsnode-dev"
+admf_identifiers = ["{x1}"]
+
 [roles]
 # each identity names the SAN type it matches: dns:<name> or uri:<uri>
 df2 = ["dns:{df2}"]
 admin = ["dns:{admin}"]
+x1 = ["dns:{x1}"]
 # revoked = ["serial:<hex>", "sha256:<fingerprint hex>"]   reloaded on SIGHUP
 # crl = "pki/li.crl"
 
@@ -114,7 +131,16 @@ admin_cert = "pki/admin.pem"
 admin_key = "pki/admin.key"
 df2_cert = "pki/df2.pem"
 df2_key = "pki/df2.key"
+x1_cert = "pki/x1.pem"
+x1_key = "pki/x1.key"
 """
+
+
+def _port(given: int | None, grpc_port: int, default: int) -> int:
+    """A dev listener's port: as given, else any when its gRPC sibling takes any, else default."""
+    if given is not None:
+        return given
+    return 0 if grpc_port == 0 else default
 
 
 def cmd_dev_init(args: argparse.Namespace) -> int:
@@ -140,7 +166,10 @@ def cmd_dev_init(args: argparse.Namespace) -> int:
                 label="kmsnode",
                 df2=ids.df2,
                 admin=ids.admin,
+                x1=ids.x1,
                 ue_port=args.ue_port,
+                ue_http_port=_port(args.ue_http_port, args.ue_port, 7445),
+                x1_port=_port(args.x1_port, args.li_port, 7446),
                 li_port=args.li_port,
                 metrics_port=args.metrics_port,
             )
@@ -215,10 +244,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, lambda _s, _f: threading.Thread(target=node.reload_roles).start())
     ue = f"{cfg.ue_listener.host}:{node.ue_port}"
     li = f"{cfg.li_listener.host}:{node.li_port}"
+    runtime = {"ue": ue, "li": li, "pid": os.getpid()}
+    if node.ue_http is not None:
+        runtime["ue_http"] = f"{cfg.ue_http.host}:{node.ue_http.port}"
+    if node.x1 is not None:
+        runtime["x1"] = f"{cfg.x1.host}:{node.x1.port}"
     if worker is None:  # the supervisor of workers writes it for them
-        cfg.runtime_file.write_text(json.dumps({"ue": ue, "li": li, "pid": os.getpid()}) + "\n")
+        cfg.runtime_file.write_text(json.dumps(runtime) + "\n")
     print(f"UE listener on {ue}", flush=True)
     print(f"LI listener on {li}", flush=True)
+    if "ue_http" in runtime:
+        print(f"UE HTTPS listener on {runtime['ue_http']}", flush=True)
+    if "x1" in runtime:
+        print(f"X1 listener on {runtime['x1']}", flush=True)
     stop.wait()
     node.stop(cfg.grace_period)
     if worker is None:
@@ -325,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ue-port", type=int, default=7443)
     p.add_argument("--li-port", type=int, default=7444)
     p.add_argument("--metrics-port", type=int, default=9464)
+    p.add_argument(
+        "--ue-http-port", type=int, help="MIKEY over HTTPS (default 7445; any when --ue-port is 0)"
+    )
+    p.add_argument("--x1-port", type=int, help="X1 (default 7446; any when --li-port is 0)")
     p.set_defaults(func=cmd_dev_init)
 
     p = sub.add_parser(

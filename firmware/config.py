@@ -11,6 +11,7 @@ Rules:
 from __future__ import annotations
 
 import socket
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,62 @@ class ListenerConfig:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """Caps of one HTTPS listener (firmware/api/https.py; config keys of the same names)."""
+
+    max_connections: int = 256
+    max_header_bytes: int = 8192
+    max_body_bytes: int = 65536
+    idle_timeout: float = 60.0
+    handshake_timeout: float = 10.0
+    request_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class UeHttpConfig:
+    """[ue_http_listener]: MIKEY over HTTPS for UEs (RFC 6043 section 7, TS 33.328). Every HTTP
+    detail TS 33.328 leaves to us here is a setting (README "MIKEY over HTTPS")."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 7445
+    cert: Path = Path()
+    key: Path = Path()
+    client_ca: Path | None = None  # client certificates are asked for (optional) when given
+    path: str = "/mikey"
+    content_type: str = "application/mikey"  # RFC 3830 section 10.1
+    body_encoding: str = "binary"  # or "base64"
+    error_header: str = "MIKEY-Error"  # the ERR number of a 400 answer
+    reason_header: str = "KMS-Reason"  # the ErrorInfo reason of every refusal
+    tls_identity: str = "none"  # or "client-certificate": IDRi / IDRr must be a SAN URI of it
+    tls_min_version: str = "1.2"
+    limits: HttpLimits = HttpLimits()
+
+
+@dataclass(frozen=True)
+class X1Config:
+    """[x1_listener]: ETSI TS 103 221-1 X1 (the ADMF/LIPF provisions warrants as tasks)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 7446  # TS 103 221-1 7.2.2.3 defaults to 443
+    cert: Path = Path()
+    key: Path = Path()
+    client_ca: Path | None = None
+    path: str = "/X1/NE"  # TS 103 221-1 7.2.2.3 default for ADMF -> NE
+    ne_identifier: str = "kmsnode"
+    admf_identifiers: tuple[str, ...] = ()  # accepted admfIdentifier values; empty: any
+    admf_binding: str = "certificate-uid"  # or "none" (TS 103 221-1 8.2.4)
+    version: str = "v1.11.1"  # the version our responses carry
+    response_content_type: str = "application/xml"
+    request_content_types: tuple[str, ...] = ()  # accepted media types; empty: any
+    deactivate_all: bool = True  # DeactivateAllTasks enabled (6.3.4: by default)
+    max_depth: int = 32
+    max_messages: int = 64  # x1RequestMessage elements per container
+    limits: HttpLimits = HttpLimits(max_connections=16, max_body_bytes=1 << 20)
 
 
 @dataclass(frozen=True)
@@ -106,6 +163,8 @@ class ClientConfig:
     admin_key: Path | None = None
     df2_cert: Path | None = None
     df2_key: Path | None = None
+    x1_cert: Path | None = None  # the ADMF's X1 client pair (demo and tests)
+    x1_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +188,8 @@ class Config:
     clients: ClientConfig = field(default_factory=ClientConfig)
     alarms: AlarmConfig = field(default_factory=AlarmConfig)
     refused_records_per_second: int = 10  # audit records of refusals per role-less certificate
+    ue_http: UeHttpConfig = field(default_factory=UeHttpConfig)
+    x1: X1Config = field(default_factory=X1Config)
 
     @property
     def runtime_file(self) -> Path:
@@ -148,6 +209,8 @@ _SECTIONS = {
     "alarms",
     "audit",
     "store",
+    "ue_http_listener",
+    "x1_listener",
 }
 
 
@@ -181,6 +244,18 @@ class _Section:
 
     def flag(self, key: str, default: bool) -> bool:
         return bool(self._get(key, bool, default, False))
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = str(self.text(key, default))
+        if value not in choices:
+            raise ConfigError(f"{self.name}.{key} must be one of {', '.join(choices)}")
+        return value
+
+    def texts(self, key: str) -> tuple[str, ...]:
+        values = self._get(key, list, [], False)
+        if not all(isinstance(v, str) for v in values):
+            raise ConfigError(f"{self.name}.{key} must be a list of strings")
+        return tuple(values)
 
     def path(self, key: str, default: str | None = None, required: bool = False) -> Path | None:
         value = self.text(key, default, required)
@@ -227,16 +302,90 @@ def _listener(section: _Section, default_port: int) -> ListenerConfig:
     return limits
 
 
+def _http_limits(section: _Section, d: HttpLimits) -> HttpLimits:
+    return HttpLimits(
+        max_connections=int(section.number("max_connections", d.max_connections)),
+        max_header_bytes=int(section.number("max_header_bytes", d.max_header_bytes)),
+        max_body_bytes=int(section.number("max_body_bytes", d.max_body_bytes)),
+        idle_timeout=section.number("idle_timeout", d.idle_timeout),
+        handshake_timeout=section.number("handshake_timeout", d.handshake_timeout),
+        request_timeout=section.number("request_timeout", d.request_timeout),
+    )
+
+
+def _http_address(section: _Section, default_port: int, tls: ListenerConfig) -> dict[str, Any]:
+    """host, port and the TLS files (the gRPC listener's `tls` when not given)."""
+    port = int(section.number("port", default_port, positive=False))
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{section.name}.port is out of range")
+    path = section.text("path", None)
+    if path is not None and not path.startswith("/"):
+        raise ConfigError(f"{section.name}.path must start with /")
+    found = {
+        "enabled": section.flag("enabled", False),
+        "host": section.text("host", "127.0.0.1"),
+        "port": port,
+        "cert": section.path("cert") or tls.cert,
+        "key": section.path("key") or tls.key,
+        "client_ca": section.path("client_ca") or tls.client_ca,
+    }
+    return {**found, **({"path": path} if path is not None else {})}
+
+
+def _ue_http(raw: Any, base: Path, ue: ListenerConfig) -> UeHttpConfig:
+    section = _Section("ue_http_listener", raw, base)
+    d = UeHttpConfig()
+    config = UeHttpConfig(
+        **_http_address(section, d.port, ue),
+        content_type=section.text("content_type", d.content_type),
+        body_encoding=section.choice("body_encoding", d.body_encoding, ("binary", "base64")),
+        error_header=section.text("error_header", d.error_header),
+        reason_header=section.text("reason_header", d.reason_header),
+        tls_identity=section.choice("tls_identity", d.tls_identity, ("none", "client-certificate")),
+        tls_min_version=section.choice("tls_min_version", d.tls_min_version, ("1.2", "1.3")),
+        limits=_http_limits(section, d.limits),
+    )
+    section.done()
+    if config.tls_identity == "client-certificate" and config.client_ca is None:
+        raise ConfigError("ue_http_listener.tls_identity = client-certificate needs a client_ca")
+    return config
+
+
+def _x1(raw: Any, base: Path, li: ListenerConfig) -> X1Config:
+    section = _Section("x1_listener", raw, base)
+    d = X1Config()
+    version = section.text("version", d.version)
+    if not re.fullmatch(r"v1\.\d+\.\d+", version):
+        raise ConfigError("x1_listener.version must look like v1.11.1 (TS 103 221-1 4.5)")
+    config = X1Config(
+        **_http_address(section, d.port, li),
+        ne_identifier=section.text("ne_identifier", d.ne_identifier),
+        admf_identifiers=section.texts("admf_identifiers"),
+        admf_binding=section.choice("admf_binding", d.admf_binding, ("certificate-uid", "none")),
+        version=version,
+        response_content_type=section.text("response_content_type", d.response_content_type),
+        request_content_types=section.texts("request_content_types"),
+        deactivate_all=section.flag("deactivate_all", d.deactivate_all),
+        max_depth=int(section.number("max_depth", d.max_depth)),
+        max_messages=int(section.number("max_messages", d.max_messages)),
+        limits=_http_limits(section, d.limits),
+    )
+    section.done()
+    if config.client_ca is None:
+        raise ConfigError("x1_listener needs a client_ca (X1 is mutual TLS)")
+    return config
+
+
 _SAN_TYPES = ("dns:", "uri:")
 
 
 def _roles(raw: Any, base: Path) -> RolesConfig:
-    """[roles]: `df2`, `admin`, `ue` = lists of typed identities; `revoked`; `crl`."""
+    """[roles]: `df2`, `admin`, `ue`, `x1` = lists of typed identities; `revoked`; `crl`."""
     if not isinstance(raw, dict):
         raise ConfigError("[roles] must be a table")
     section = _Section("roles", raw, base)
     members: dict[str, tuple[str, ...]] = {}
-    for role in ("df2", "admin", "ue"):
+    for role in ("df2", "admin", "ue", "x1"):
         entries = section._get(role, list, [], False)
         if not all(isinstance(m, str) for m in entries):
             raise ConfigError(f"roles.{role} must be a list of certificate identities")
@@ -329,6 +478,8 @@ def load(path: Path | str) -> Config:
         raise ConfigError("li_listener.client_ca is required (Xk needs client certificates)")
 
     roles = _roles(raw.get("roles", {}), base)
+    ue_http = _ue_http(raw.get("ue_http_listener", {}), base, ue)
+    x1 = _x1(raw.get("x1_listener", {}), base, li)
 
     pol = _Section("policy", raw.get("policy", {}), base)
     policy = PolicyConfig(
@@ -389,6 +540,8 @@ def load(path: Path | str) -> Config:
         admin_key=cl.path("admin_key"),
         df2_cert=cl.path("df2_cert"),
         df2_key=cl.path("df2_key"),
+        x1_cert=cl.path("x1_cert"),
+        x1_key=cl.path("x1_key"),
     )
     cl.done()
 
@@ -412,4 +565,6 @@ def load(path: Path | str) -> Config:
         node_id=node_id,
         processes=processes,
         store=store,
+        ue_http=ue_http,
+        x1=x1,
     )

@@ -11,6 +11,8 @@ the node's pki/):
     pki/server.pem/.key      UE listener (SAN URI = the KMS identity, plus loopback names)
     pki/li-server.pem/.key   LI listener (the same names)
     pki/df2, pki/admin, pki/ue (.pem/.key)   client pairs (SAN DNS name and SAN URI)
+    pki/x1 (.pem/.key)       the ADMF's X1 client pair (LI CA; SAN DNS name and URI, and the
+                             Subject UID RDN = its ADMF identifier, TS 103 221-1 8.2.4)
 
 Rules: ECDSA P-256 keys, written 0600 and never overwritten (idempotent: existing files are
 kept); `issue` makes further client certificates for tests (any SAN types, either CA).
@@ -43,6 +45,7 @@ class DevIdentities:
     df2: str = "df2.li.example.net"
     admin: str = "admin.li.example.net"
     ue: str = "ue.ims.example.net"
+    x1: str = "admf.li.example.net"  # also the ADMF identifier (Subject UID)
 
 
 def ca_dir_for(pki: Path) -> Path:
@@ -92,7 +95,13 @@ def _load_or_make_ca(pki: Path, which: str) -> _Ca:
 
 
 def _issue(
-    pki: Path, stem: str, ca: _Ca, names: list[x509.GeneralName], server: bool, force: bool
+    pki: Path,
+    stem: str,
+    ca: _Ca,
+    names: list[x509.GeneralName],
+    server: bool,
+    force: bool,
+    uid: str | None = None,
 ) -> Path:
     cert_path, key_path = pki / f"{stem}.pem", pki / f"{stem}.key"
     if cert_path.exists() and key_path.exists() and not force:
@@ -100,9 +109,12 @@ def _issue(
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    subject = [x509.NameAttribute(NameOID.COMMON_NAME, f"kmsnode dev {stem}")]
+    if uid is not None:
+        subject.append(x509.NameAttribute(NameOID.USER_ID, uid))
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"kmsnode dev {stem}")]))
+        .subject_name(x509.Name(subject))
         .issuer_name(ca[0].subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -145,12 +157,16 @@ def make_dev_pki(pki: Path, ids: DevIdentities = DevIdentities()) -> None:
     _issue(pki, "df2", cas["li"], _role_names("df2", ids.df2), False, False)
     _issue(pki, "admin", cas["li"], _role_names("admin", ids.admin), False, False)
     _issue(pki, "ue", cas["ue"], _role_names("ue", ids.ue), False, False)
+    _issue(pki, "x1", cas["li"], _role_names("x1", ids.x1), False, False, uid=ids.x1)
 
 
-def issue(pki: Path, stem: str, names: list[x509.GeneralName], ca: str = "li") -> Path:
+def issue(
+    pki: Path, stem: str, names: list[x509.GeneralName], ca: str = "li", uid: str | None = None
+) -> Path:
     """A further client certificate `pki/<stem>.pem/.key` from CA `ca` ("li" or "ue"), with
-    exactly the SANs `names` (tests: SAN-type mismatches, several roles, revocation)."""
-    return _issue(pki, stem, _load_or_make_ca(pki, ca), names, False, True)
+    exactly the SANs `names` and optionally a Subject UID (tests: SAN-type mismatches, several
+    roles, revocation, X1 identifier binding)."""
+    return _issue(pki, stem, _load_or_make_ca(pki, ca), names, False, True, uid)
 
 
 def ca_key(pki: Path, which: str = "li") -> ec.EllipticCurvePrivateKey:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +33,8 @@ from typing import Any
 
 from firmware import config as config_mod
 from firmware.api import server as api_server
+from firmware.api.http_ue import UeHttpBinding
+from firmware.api.https import HttpsServer, tls_context
 from firmware.api.li import AdminServicer, Gate, XkServicer
 from firmware.api.metrics import InstrumentedVault, Metrics
 from firmware.api.proto.kms.v1 import kms_pb2_grpc
@@ -151,6 +154,28 @@ def _start_hotplug(match: dict[str, str], vault: Pkcs11Vault) -> Any:
     return watcher
 
 
+_TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def _ue_http_server(
+    cfg: Config, tickets: TicketCore, metrics: Metrics, roles: RoleResolver
+) -> HttpsServer | None:
+    """[ue_http_listener]: MIKEY over HTTPS with the UE listener's TLS policy, bound now."""
+    s = cfg.ue_http
+    if not s.enabled:
+        return None
+    context = tls_context(
+        s.cert,
+        s.key,
+        s.client_ca,
+        require_client_certificate=False,
+        minimum=_TLS_VERSIONS[s.tls_min_version],
+        tls12_ciphers=api_server.AEAD_TLS12_SUITES,
+    )
+    binding = UeHttpBinding(tickets, s, metrics, roles)
+    return HttpsServer("ue-http", s.host, s.port, context, s.path, binding, s.limits, cfg.workers)
+
+
 @dataclass
 class Node:
     cfg: Config
@@ -171,6 +196,8 @@ class Node:
     extras: list[Any] = field(default_factory=list)  # closed at stop: replay cache, alarm relay
     metrics_server: Any = None
     hotplug: Any = None
+    ue_http: HttpsServer | None = None  # [ue_http_listener] (MIKEY over HTTPS), when enabled
+    x1: HttpsServer | None = None  # [x1_listener] (ETSI TS 103 221-1), when enabled
     _stop: threading.Event = field(default_factory=threading.Event)
     _hsm_lost_at: float | None = None
     _down: set[str] = field(default_factory=set)  # "hsm", "store", "clock": NOT_SERVING while any
@@ -334,7 +361,7 @@ class Node:
             reuse_port=cfg.processes > 1,
             availability=availability,
         )
-        return cls(
+        node = cls(
             cfg,
             raw_vault,
             ivault,
@@ -353,6 +380,8 @@ class Node:
             extras=[part for part in opened if part is replay or part is relay],
             availability=availability,
         )
+        node.ue_http = _ue_http_server(cfg, tickets, metrics, roles)
+        return node
 
     # --- running ----------------------------------------------------------------------------
 
@@ -374,6 +403,8 @@ class Node:
         self.raw_vault.add_listener(self._on_hsm)
         self.ue.server.start()
         self.li.server.start()
+        if self.ue_http is not None:
+            self.ue_http.start()
         serving = bool(self.vault.available())
         self.metrics.hsm_available.set(1 if serving else 0)
         if not serving:
@@ -504,6 +535,8 @@ class Node:
         self._update_health()
         ue_done = self.ue.server.stop(grace)
         li_done = self.li.server.stop(grace)
+        if self.ue_http is not None:
+            self.ue_http.stop(grace)
         ue_done.wait()
         li_done.wait()
         if self.metrics_server is not None:

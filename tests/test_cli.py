@@ -115,7 +115,7 @@ def test_dev_init_keeps_no_ca_key_in_the_nodes_pki_and_two_cas(devnode: Path) ->
     pki = devnode / "pki"
     for path in pki.iterdir():
         if path.suffix == ".key":
-            assert path.stem in ("server", "li-server", "df2", "admin", "ue"), path
+            assert path.stem in ("server", "li-server", "df2", "admin", "ue", "x1"), path
         assert path.stat().st_mode & 0o077 == 0 or path.suffix == ".pem"
     assert sorted(p.name for p in (devnode / "dev-ca").iterdir()) == ["li-ca.key", "ue-ca.key"]
 
@@ -246,3 +246,12 @@ def test_init_keys_is_idempotent_and_makes_no_new_version(devnode: Path) -> None
     out = kmsnode("init-keys", "--config", config)
     assert out.stdout.strip() == "keys ready in the token"
     assert kmsnode("keys", "list", "--config", config).stdout == before
+
+
+def test_dev_init_turns_on_mikey_over_https_and_x1(devnode: Path) -> None:
+    from firmware.config import load
+
+    cfg = load(devnode / "kmsnode.toml")
+    assert cfg.ue_http.enabled and cfg.x1.enabled
+    assert cfg.roles.members["x1"] == ("dns:admf.li.example.net",)
+    assert cfg.clients.x1_cert == devnode / "pki" / "x1.pem"

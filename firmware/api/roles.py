@@ -2,7 +2,8 @@
 
 Rules:
 - The caller's identities are the subject alternative names of its verified client certificate,
-  read from the certificate itself (gRPC's auth context `x509_pem_cert`), each typed as the SAN
+  read from the certificate itself (gRPC's auth context `x509_pem_cert`, or the DER certificate
+  an HTTPS listener's TLS layer verified), each typed as the SAN
   type it has: `dns:<name>` for a dNSName, `uri:<uri>` for a uniformResourceIdentifier (other SAN
   types give no identity). Without a verified certificate there are none.
 - A role is held when one of those typed identities is listed for it in [roles]: a role entry
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import ssl
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 
 from firmware.config import RolesConfig
 from firmware.core.errors import ConfigError
@@ -41,6 +44,7 @@ class CertificateFacts:
     fingerprint: str  # SHA-256 of the DER certificate, lower-case hex
     serial: int
     issuer: x509.Name
+    subject_uids: tuple[str, ...] = ()  # Subject UID RDNs (TS 103 221-1 8.2.4 binds X1 ids)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -62,11 +66,13 @@ def certificate_facts(pem: bytes) -> CertificateFacts | None:
         elif isinstance(name, x509.UniformResourceIdentifier):
             identities.append(f"uri:{name.value}")
     der = cert.public_bytes(Encoding.DER)
+    uids = cert.subject.get_attributes_for_oid(NameOID.USER_ID)
     return CertificateFacts(
         tuple(dict.fromkeys(identities)),
         hashlib.sha256(der).hexdigest(),
         cert.serial_number,
         cert.issuer,
+        tuple(str(a.value) for a in uids),
     )
 
 
@@ -132,7 +138,15 @@ class RoleResolver:
         versions = auth.get("ssl_tls_version", ())
         tls = versions[0].decode("ascii", "replace") if versions else ""
         pems = auth.get("x509_pem_cert", ())
-        facts = certificate_facts(bytes(pems[0])) if pems else None
+        return self._caller(bytes(pems[0]) if pems else None, tls)
+
+    def caller_of_certificate(self, der: bytes | None, tls_version: str) -> Caller:
+        """The Caller of a verified DER client certificate (the HTTPS listeners' TLS peer)."""
+        pem = ssl.DER_cert_to_PEM_cert(der).encode("ascii") if der else None
+        return self._caller(pem, tls_version)
+
+    def _caller(self, pem: bytes | None, tls: str) -> Caller:
+        facts = certificate_facts(pem) if pem else None
         if facts is None:
             return Caller(tls_version=tls)
         policy = self._policy

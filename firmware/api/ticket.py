@@ -22,7 +22,7 @@ log = logging.getLogger("kmsnode.api")
 
 
 class Exchanger(Protocol):
-    def exchange(self, data: bytes) -> bytes: ...
+    def exchange(self, data: bytes, tls_identities: frozenset[str] | None = None) -> bytes: ...
 
 
 class TicketServicer(kms_pb2_grpc.TicketServiceServicer):

@@ -115,6 +115,7 @@ class Role(enum.StrEnum):
     DF2 = "df2"
     ADMIN = "admin"
     UE = "ue"
+    X1 = "x1"  # the ADMF / LIPF provisioning warrants as ETSI TS 103 221-1 tasks
 
 
 @dataclass(frozen=True)

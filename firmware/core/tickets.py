@@ -24,6 +24,10 @@ Rules:
   requested and then made consistent, N=O=1; validity from now for the requested or default
   lifetime, never beyond the configured maximum; IDRkms and IDRi of the granted ticket are ours
   and the authenticated initiator's; IDRr (one or more) as requested.
+- Identity bound by the transport (TS 33.328 6.2.3.5 with a TLS layer that authenticated the UE:
+  a client certificate now, GBA per TS 33.222 later): when the caller passes `tls_identities`,
+  IDRi (REQUEST_INIT) or IDRr (RESOLVE_INIT) must also be one of them (canonical), else ERR 7;
+  an empty set (the TLS layer authenticated nobody) refuses every request that way.
 - A resolution (ticket id, responder, RANDRkms) is stored as the last step, only for a resolve
   that is answered; a failed request stores nothing.
 """
@@ -162,16 +166,17 @@ class TicketCore:
 
     # --- entry ------------------------------------------------------------------------------
 
-    def exchange(self, data: bytes) -> bytes:
+    def exchange(self, data: bytes, tls_identities: frozenset[str] | None = None) -> bytes:
         """The KMS's answer to one message. The one boundary of the MIKEY rules: whatever the
         codec or the message rules refuse before the sender is authenticated is MalformedMessage
-        carrying the ERR to report; after, a MIKEY Error message."""
+        carrying the ERR to report; after, a MIKEY Error message. `tls_identities` are the
+        canonical identities the transport authenticated (None: the transport binds none)."""
         try:
-            return self._exchange(data)
+            return self._exchange(data, tls_identities)
         except MikeyError as exc:  # never past the status table as INTERNAL
             raise MalformedMessage(f"malformed MIKEY message: {exc}", int(exc.err)) from None
 
-    def _exchange(self, data: bytes) -> bytes:
+    def _exchange(self, data: bytes, tls_identities: frozenset[str] | None) -> bytes:
         msg = decode(data, limits=UE_LIMITS)  # bounded before anything is authenticated
         if msg.header.data_type == DataType.REQUEST_INIT_PSK:
             handler, role = self._request, IdRole.IDRi
@@ -186,6 +191,8 @@ class TicketCore:
         auth = self._authenticate(msg, role, now)
         try:
             try:
+                if tls_identities is not None and auth.peer not in tls_identities:
+                    raise Refusal(ErrNo.INVALID_ID, "the identity is not one the TLS layer proved")
                 check_rand_strength(msg, len(auth.psk))
                 return handler(msg, auth, now)
             except MikeyError as exc:  # authenticated: answered with a MIKEY Error message

@@ -233,3 +233,33 @@ def test_a_huge_unauthenticated_message_is_refused_before_any_hsm_work(
     with pytest.raises(MalformedMessage):
         core.exchange(data)
     assert core.vault.calls[before:] == []
+
+
+def test_a_transport_bound_identity_must_be_the_idri_or_idrr_it_authenticated(node) -> None:
+    core, _, _ = node
+    as_alice = lambda data: core.exchange(data, frozenset({ALICE}))  # noqa: E731
+    from firmware.mikey.errors import MikeyError
+
+    with pytest.raises(MikeyError, match="not a RESOLVE_RESP"):  # bob's resolve as alice
+        full_call(as_alice, NOW)
+    answers = iter([frozenset({ALICE}), frozenset({BOB})])
+    call = full_call(lambda data: core.exchange(data, next(answers)), NOW)
+    assert call.alice_keys[0].tek == call.bob_keys[0].tek
+
+
+def test_a_transport_that_authenticated_nobody_gets_err_invalid_id(node) -> None:
+    from tests.calls import requested_policy, t_at, ues
+
+    core, _, _ = node
+    alice, _ = ues(PrfFunc.MIKEY_1)
+    request = alice.request_init(
+        csb_id=1,
+        t=t_at(NOW),
+        rand_i=bytes(16),
+        policy=requested_policy(PrfFunc.MIKEY_1, True, [BOB.encode()]),
+    )
+    answer = decode(core.exchange(request, frozenset()))
+    assert answer.header.data_type == DataType.ERROR
+    assert [p.err_no for p in answer.payloads if type(p).__name__ == "ErrorPayload"] == [
+        ErrNo.INVALID_ID
+    ]
