@@ -10,8 +10,8 @@ Rules:
 
 from __future__ import annotations
 
-import socket
 import re
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
