@@ -50,9 +50,11 @@ from firmware.core.errors import KmsError
 from firmware.core.freshness import ReplayCache
 from firmware.core.ports import ReplayGuard, Store
 from firmware.core.refusals import Refusals
+from firmware.core.tasks import Tasks
 from firmware.core.tickets import TicketCore, TicketSettings
 from firmware.core.xk import KeyRelease, XkSettings
 from firmware.store.sqlite import SqliteStore
+from firmware.x1.service import X1Service
 from hsm.vault import Pkcs11Vault
 
 log = logging.getLogger("kmsnode.node")
@@ -174,6 +176,32 @@ def _ue_http_server(
     )
     binding = UeHttpBinding(tickets, s, metrics, roles)
     return HttpsServer("ue-http", s.host, s.port, context, s.path, binding, s.limits, cfg.workers)
+
+
+def _x1_server(
+    cfg: Config,
+    store: Store,
+    audit: AuditLog,
+    refusals: Refusals,
+    metrics: Metrics,
+    roles: RoleResolver,
+    clock: Callable[[], float],
+) -> HttpsServer | None:
+    """[x1_listener]: ETSI TS 103 221-1 X1 over mutual TLS 1.3 (clients of the LI CA), bound now."""
+    s = cfg.x1
+    if not s.enabled:
+        return None
+    context = tls_context(
+        s.cert,
+        s.key,
+        s.client_ca,
+        require_client_certificate=True,
+        minimum=ssl.TLSVersion.TLSv1_3,
+        tls12_ciphers=api_server.AEAD_TLS12_SUITES,
+    )
+    tasks = Tasks(store, audit, clock, s.deactivate_all)
+    service = X1Service(tasks, refusals, roles, s, metrics, clock)
+    return HttpsServer("x1", s.host, s.port, context, s.path, service, s.limits, cfg.workers)
 
 
 @dataclass
@@ -381,6 +409,7 @@ class Node:
             availability=availability,
         )
         node.ue_http = _ue_http_server(cfg, tickets, metrics, roles)
+        node.x1 = _x1_server(cfg, store, audit, refusals, metrics, roles, clock)
         return node
 
     # --- running ----------------------------------------------------------------------------
@@ -405,6 +434,8 @@ class Node:
         self.li.server.start()
         if self.ue_http is not None:
             self.ue_http.start()
+        if self.x1 is not None:
+            self.x1.start()
         serving = bool(self.vault.available())
         self.metrics.hsm_available.set(1 if serving else 0)
         if not serving:
@@ -537,6 +568,8 @@ class Node:
         li_done = self.li.server.stop(grace)
         if self.ue_http is not None:
             self.ue_http.stop(grace)
+        if self.x1 is not None:
+            self.x1.stop(grace)
         ue_done.wait()
         li_done.wait()
         if self.metrics_server is not None:

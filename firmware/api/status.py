@@ -50,6 +50,7 @@ TABLE: dict[type[errors.KmsError], grpc.StatusCode] = {
     errors.SchemaNewerThanCode: grpc.StatusCode.FAILED_PRECONDITION,
     errors.AuditIntegrityError: grpc.StatusCode.UNAVAILABLE,
     errors.TooManyStreams: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.TaskRefused: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 

@@ -61,6 +61,42 @@ def _canonical(identity: str, what: str) -> str:
         raise InvalidRequest(f"{what} is not a SIP or TEL URI: {exc}") from None
 
 
+def make_warrant(
+    liid: str,
+    target: str,
+    valid_from: float,
+    valid_until: float,
+    df2_identities: Sequence[str],
+    **x1: object,
+) -> Warrant:
+    """A checked warrant (field caps, a canonical target, a window, one to
+    MAX_DF2_IDENTITIES DF2 identities); `x1` are an X1 task's xid, dids, delivery_type."""
+    check_field("liid", liid, required=True)
+    if not valid_from < valid_until:
+        raise InvalidRequest("valid_from must be before valid_until")
+    if len(df2_identities) > MAX_DF2_IDENTITIES:
+        raise InvalidRequest(f"a warrant names at most {MAX_DF2_IDENTITIES} DF2 identities")
+    df2 = tuple(sorted(set(check_fields("df2_identities", list(df2_identities))) - {""}))
+    if not df2:
+        raise InvalidRequest("a warrant names at least one DF2 identity")
+    target = _canonical(target, "target_identity")
+    return Warrant(liid, target, valid_from, valid_until, df2, **x1)  # type: ignore[arg-type]
+
+
+def warrant_record(warrant: Warrant) -> dict[str, object]:
+    """What the audit record of a warrant change holds."""
+    record: dict[str, object] = {
+        "liid": warrant.liid,
+        "target": warrant.target,
+        "valid_from": warrant.valid_from,
+        "valid_until": warrant.valid_until,
+        "df2_identities": list(warrant.df2_identities),
+    }
+    if warrant.xid:
+        record.update(xid=warrant.xid, dids=list(warrant.dids))
+    return record
+
+
 class Admin:
     """Users and key versions, over the vault and store ports."""
 
@@ -135,26 +171,8 @@ class Admin:
     ) -> Warrant:
         """Create or replace the warrant `liid`; its target is stored canonical. DF2 identities
         are certificate identities: typed (`dns:...`, `uri:...`) or bare SAN values."""
-        check_field("liid", liid, required=True)
-        if not valid_from < valid_until:
-            raise InvalidRequest("valid_from must be before valid_until")
-        if len(df2_identities) > MAX_DF2_IDENTITIES:
-            raise InvalidRequest(f"a warrant names at most {MAX_DF2_IDENTITIES} DF2 identities")
-        df2 = tuple(sorted(set(check_fields("df2_identities", list(df2_identities))) - {""}))
-        if not df2:
-            raise InvalidRequest("a warrant names at least one DF2 identity")
-        warrant = Warrant(liid, _canonical(target, "target_identity"), valid_from, valid_until, df2)
-        self._audit(
-            caller,
-            "ADMIN_PUT_WARRANT",
-            {
-                "liid": liid,
-                "target": warrant.target,
-                "valid_from": valid_from,
-                "valid_until": valid_until,
-                "df2_identities": list(df2),
-            },
-        )
+        warrant = make_warrant(liid, target, valid_from, valid_until, df2_identities)
+        self._audit(caller, "ADMIN_PUT_WARRANT", warrant_record(warrant))
         self.store.put_warrant(warrant)
         return warrant
 

@@ -207,6 +207,17 @@ class TargetMismatch(PermissionDenied):
     reason = "TARGET_MISMATCH"
 
 
+class TaskRefused(CallerError):
+    """An X1 request (ETSI TS 103 221-1) the task rules refuse; `code` is the X1 error code of
+    table 46 (e.g. 2010 XID already exists, 2020 XID does not exist, 7010 DID in use)."""
+
+    reason = "TASK_REFUSED"
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class TooManyStreams(CallerError):
     """A listener's or a certificate's cap on open streams (or watchers) is reached."""
 

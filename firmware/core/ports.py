@@ -225,9 +225,26 @@ class Warrant:
     valid_from: float  # unix seconds
     valid_until: float
     df2_identities: tuple[str, ...]
+    # An ETSI TS 103 221-1 task provisioned over X1 is a warrant with its XID (unique among
+    # warrants; "" for a warrant AdminService made), the DIDs its DF2 identities came from,
+    # and the task's DeliveryType as the ADMF gave it.
+    xid: str = ""
+    dids: tuple[str, ...] = ()
+    delivery_type: str = ""
 
     def active_at(self, now: float) -> bool:
         return self.valid_from <= now < self.valid_until
+
+
+@dataclass(frozen=True)
+class Destination:
+    """An X1 destination (TS 103 221-1 DestinationDetails): a DF2, named by the certificate
+    identity its deliveryAddress uri gives (typed `dns:...` / `uri:...`, or a bare SAN value)."""
+
+    did: str
+    friendly_name: str
+    delivery_type: str
+    address: str
 
 
 @dataclass(frozen=True)
@@ -311,13 +328,24 @@ class Store(HeadStore, Protocol):
 
     def resolutions(self, ticket_id: bytes) -> list[Resolution]: ...
 
-    def put_warrant(self, warrant: Warrant) -> None: ...
+    def put_warrant(self, warrant: Warrant) -> None:
+        """Create or replace the warrant `warrant.liid`; StoreConflict when another warrant
+        holds its (non-empty) XID."""
+        ...
 
     def delete_warrant(self, liid: str) -> bool: ...
 
     def list_warrants(self) -> list[Warrant]: ...
 
     def warrants_for(self, target: str) -> list[Warrant]: ...
+
+    def put_destination(self, destination: Destination) -> None:
+        """Create or replace the X1 destination `destination.did`."""
+        ...
+
+    def delete_destination(self, did: str) -> bool: ...
+
+    def list_destinations(self) -> list[Destination]: ...
 
     def record_key(self, record: KeyRecord) -> None:
         """Insert or replace the record of one key version."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from firmware.core.errors import AuditHeadRegression, InvalidRequest
-from firmware.core.ports import User, Warrant
+from firmware.core.ports import Destination, User, Warrant
 
 COUNTER_OFFSET = 1 << 63
 
@@ -44,8 +44,14 @@ def check_user(user: User) -> None:
 
 
 def check_warrant(warrant: Warrant) -> None:
-    check_text((warrant.liid, warrant.target), "warrant")
+    check_text((warrant.liid, warrant.target, warrant.xid, warrant.delivery_type), "warrant")
     check_text(warrant.df2_identities, "DF2 identity")
+    check_text(warrant.dids, "warrant DID")
+
+
+def check_destination(destination: Destination) -> None:
+    d = destination
+    check_text((d.did, d.friendly_name, d.delivery_type, d.address), "destination")
 
 
 def audit_head_regression(kept: tuple[int, bytes], count: int, mac: bytes) -> AuditHeadRegression:

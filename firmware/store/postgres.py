@@ -49,6 +49,7 @@ from psycopg_pool import ConnectionPool
 
 from firmware.core.errors import ConfigError, SchemaNewerThanCode, StoreUnavailable
 from firmware.core.ports import (
+    Destination,
     KeyName,
     KeyRecord,
     Resolution,
@@ -59,6 +60,7 @@ from firmware.core.ports import (
 )
 from firmware.store.common import (
     audit_head_regression,
+    check_destination,
     check_user,
     check_warrant,
     counter_key,
@@ -163,6 +165,20 @@ MIGRATIONS: tuple[str, ...] = (
         gap BIGINT NOT NULL,  -- seq of the AUDIT_GAP record that set it aside
         seq BIGINT,  -- the row's seq; NULL: the chain's signed head
         content BYTEA NOT NULL
+    );
+    """,
+    # 4: ETSI X1 tasks are warrants with an XID (unique when set), the DIDs their DF2
+    # identities came from and their DeliveryType; X1 destinations
+    """
+    ALTER TABLE warrants ADD COLUMN xid TEXT COLLATE "C" NOT NULL DEFAULT '';
+    ALTER TABLE warrants ADD COLUMN dids TEXT[] COLLATE "C" NOT NULL DEFAULT '{}';
+    ALTER TABLE warrants ADD COLUMN delivery_type TEXT COLLATE "C" NOT NULL DEFAULT '';
+    CREATE UNIQUE INDEX warrants_xid ON warrants(xid) WHERE xid <> '';
+    CREATE TABLE x1_destinations (
+        did TEXT COLLATE "C" PRIMARY KEY,
+        friendly_name TEXT COLLATE "C" NOT NULL,
+        delivery_type TEXT COLLATE "C" NOT NULL,
+        address TEXT COLLATE "C" NOT NULL
     );
     """,
 )
@@ -430,21 +446,44 @@ class PostgresStore:
         check_warrant(warrant)
         w = warrant
         self._rowcount(
-            "INSERT INTO warrants (liid, target, valid_from, valid_until, df2_identities)"
-            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (liid) DO UPDATE SET"
-            " target = EXCLUDED.target, valid_from = EXCLUDED.valid_from,"
-            " valid_until = EXCLUDED.valid_until, df2_identities = EXCLUDED.df2_identities",
-            (w.liid, w.target, w.valid_from, w.valid_until, list(w.df2_identities)),
+            "INSERT INTO warrants (liid, target, valid_from, valid_until, df2_identities, xid,"
+            " dids, delivery_type) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (liid) DO UPDATE SET target = EXCLUDED.target,"
+            " valid_from = EXCLUDED.valid_from, valid_until = EXCLUDED.valid_until,"
+            " df2_identities = EXCLUDED.df2_identities, xid = EXCLUDED.xid,"
+            " dids = EXCLUDED.dids, delivery_type = EXCLUDED.delivery_type",
+            (
+                w.liid,
+                w.target,
+                w.valid_from,
+                w.valid_until,
+                list(w.df2_identities),
+                w.xid,
+                list(w.dids),
+                w.delivery_type,
+            ),
         )
 
     def delete_warrant(self, liid: str) -> bool:
         return self._rowcount("DELETE FROM warrants WHERE liid = %s", (liid,)) > 0
 
-    _WARRANT = "SELECT liid, target, valid_from, valid_until, df2_identities FROM warrants"
+    _WARRANT = (
+        "SELECT liid, target, valid_from, valid_until, df2_identities, xid, dids, delivery_type"
+        " FROM warrants"
+    )
 
     @staticmethod
     def _warrant(row: tuple[Any, ...]) -> Warrant:
-        return Warrant(row[0], row[1], float(row[2]), float(row[3]), tuple(row[4]))
+        return Warrant(
+            row[0],
+            row[1],
+            float(row[2]),
+            float(row[3]),
+            tuple(row[4]),
+            row[5],
+            tuple(row[6]),
+            row[7],
+        )
 
     def list_warrants(self) -> list[Warrant]:
         return [self._warrant(r) for r in self._rows(self._WARRANT + " ORDER BY liid")]
@@ -452,6 +491,28 @@ class PostgresStore:
     def warrants_for(self, target: str) -> list[Warrant]:
         rows = self._rows(self._WARRANT + " WHERE target = %s ORDER BY liid", (target,))
         return [self._warrant(r) for r in rows]
+
+    # --- X1 destinations --------------------------------------------------------------------
+
+    def put_destination(self, destination: Destination) -> None:
+        check_destination(destination)
+        d = destination
+        self._rowcount(
+            "INSERT INTO x1_destinations (did, friendly_name, delivery_type, address)"
+            " VALUES (%s, %s, %s, %s) ON CONFLICT (did) DO UPDATE SET"
+            " friendly_name = EXCLUDED.friendly_name, delivery_type = EXCLUDED.delivery_type,"
+            " address = EXCLUDED.address",
+            (d.did, d.friendly_name, d.delivery_type, d.address),
+        )
+
+    def delete_destination(self, did: str) -> bool:
+        return self._rowcount("DELETE FROM x1_destinations WHERE did = %s", (did,)) > 0
+
+    def list_destinations(self) -> list[Destination]:
+        rows = self._rows(
+            "SELECT did, friendly_name, delivery_type, address FROM x1_destinations ORDER BY did"
+        )
+        return [Destination(*(str(v) for v in r)) for r in rows]
 
     # --- audit chain head -------------------------------------------------------------------
 

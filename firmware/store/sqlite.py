@@ -35,6 +35,7 @@ from typing import Any
 
 from firmware.core.errors import SchemaNewerThanCode, StoreUnavailable
 from firmware.core.ports import (
+    Destination,
     KeyName,
     KeyRecord,
     Resolution,
@@ -46,6 +47,7 @@ from firmware.core.ports import (
 from firmware.store.common import (
     audit_head_allowed,
     audit_head_regression,
+    check_destination,
     check_user,
     check_warrant,
     counter_key,
@@ -130,6 +132,20 @@ MIGRATIONS: tuple[str | Callable[[sqlite3.Connection], None], ...] = (
     """
     ALTER TABLE key_versions ADD COLUMN activated REAL;
     UPDATE key_versions SET activated = created;
+    """,
+    # 8: ETSI X1 tasks are warrants with an XID (unique when set), the DIDs their DF2
+    # identities came from and their DeliveryType; X1 destinations
+    """
+    ALTER TABLE warrants ADD COLUMN xid TEXT NOT NULL DEFAULT '';
+    ALTER TABLE warrants ADD COLUMN dids TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE warrants ADD COLUMN delivery_type TEXT NOT NULL DEFAULT '';
+    CREATE UNIQUE INDEX warrants_xid ON warrants(xid) WHERE xid <> '';
+    CREATE TABLE x1_destinations (
+        did TEXT PRIMARY KEY,
+        friendly_name TEXT NOT NULL,
+        delivery_type TEXT NOT NULL,
+        address TEXT NOT NULL
+    );
     """,
 )
 
@@ -357,16 +373,25 @@ class SqliteStore:
 
     def put_warrant(self, warrant: Warrant) -> None:
         check_warrant(warrant)
+        w = warrant
         with self._tx() as db:
+            # an upsert on the LIID, not INSERT OR REPLACE: that would silently delete another
+            # warrant holding the same XID instead of refusing the write
             db.execute(
-                "INSERT OR REPLACE INTO warrants"
-                " (liid, target, valid_from, valid_until, df2_identities) VALUES (?,?,?,?,?)",
+                "INSERT INTO warrants (liid, target, valid_from, valid_until, df2_identities,"
+                " xid, dids, delivery_type) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (liid) DO UPDATE"
+                " SET target = excluded.target, valid_from = excluded.valid_from,"
+                " valid_until = excluded.valid_until, df2_identities = excluded.df2_identities,"
+                " xid = excluded.xid, dids = excluded.dids, delivery_type = excluded.delivery_type",
                 (
-                    warrant.liid,
-                    warrant.target,
-                    warrant.valid_from,
-                    warrant.valid_until,
-                    json.dumps(list(warrant.df2_identities)),
+                    w.liid,
+                    w.target,
+                    w.valid_from,
+                    w.valid_until,
+                    json.dumps(list(w.df2_identities)),
+                    w.xid,
+                    json.dumps(list(w.dids)),
+                    w.delivery_type,
                 ),
             )
 
@@ -374,17 +399,22 @@ class SqliteStore:
         with self._tx() as db:
             return db.execute("DELETE FROM warrants WHERE liid = ?", (liid,)).rowcount > 0
 
-    _WARRANT = "SELECT liid, target, valid_from, valid_until, df2_identities FROM warrants"
+    _WARRANT = (
+        "SELECT liid, target, valid_from, valid_until, df2_identities, xid, dids, delivery_type"
+        " FROM warrants"
+    )
 
     @staticmethod
     def _warrant(row: tuple[Any, ...]) -> Warrant:
-        df2 = json.loads(row[4])
         return Warrant(
             liid=row[0],
             target=row[1],
             valid_from=float(row[2]),
             valid_until=float(row[3]),
-            df2_identities=tuple(df2),
+            df2_identities=tuple(json.loads(row[4])),
+            xid=row[5],
+            dids=tuple(json.loads(row[6])),
+            delivery_type=row[7],
         )
 
     def list_warrants(self) -> list[Warrant]:
@@ -393,6 +423,30 @@ class SqliteStore:
     def warrants_for(self, target: str) -> list[Warrant]:
         rows = self._query(self._WARRANT + " WHERE target = ? ORDER BY liid", (target,))
         return [self._warrant(r) for r in rows]
+
+    # --- X1 destinations --------------------------------------------------------------------
+
+    def put_destination(self, destination: Destination) -> None:
+        check_destination(destination)
+        d = destination
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO x1_destinations (did, friendly_name, delivery_type, address)"
+                " VALUES (?,?,?,?) ON CONFLICT (did) DO UPDATE SET"
+                " friendly_name = excluded.friendly_name, delivery_type = excluded.delivery_type,"
+                " address = excluded.address",
+                (d.did, d.friendly_name, d.delivery_type, d.address),
+            )
+
+    def delete_destination(self, did: str) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM x1_destinations WHERE did = ?", (did,)).rowcount > 0
+
+    def list_destinations(self) -> list[Destination]:
+        rows = self._query(
+            "SELECT did, friendly_name, delivery_type, address FROM x1_destinations ORDER BY did"
+        )
+        return [Destination(*(str(v) for v in r)) for r in rows]
 
     # --- audit chain head -------------------------------------------------------------------
 

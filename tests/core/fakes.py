@@ -14,6 +14,7 @@ from firmware.core.errors import AuditUnavailable
 from firmware.core.ports import (
     NODE,
     Caller,
+    Destination,
     KeyName,
     KeyRecord,
     Resolution,
@@ -48,6 +49,7 @@ class MemoryStore:
         self.warrants: dict[str, Warrant] = {}
         self.head: tuple[int, bytes] | None = None
         self.keys: dict[tuple[KeyName, int], KeyRecord] = {}
+        self.destinations: dict[str, Destination] = {}
 
     def put_user(self, user: User) -> None:
         for other in self.users.values():
@@ -85,7 +87,20 @@ class MemoryStore:
         return [r for r in self.resolved if r.ticket_id == ticket_id]
 
     def put_warrant(self, warrant: Warrant) -> None:
+        if warrant.xid and any(
+            w.xid == warrant.xid and w.liid != warrant.liid for w in self.warrants.values()
+        ):
+            raise StoreConflict("another warrant holds this XID")
         self.warrants[warrant.liid] = warrant
+
+    def put_destination(self, destination: Destination) -> None:
+        self.destinations[destination.did] = destination
+
+    def delete_destination(self, did: str) -> bool:
+        return self.destinations.pop(did, None) is not None
+
+    def list_destinations(self) -> list[Destination]:
+        return [self.destinations[k] for k in sorted(self.destinations)]
 
     def delete_warrant(self, liid: str) -> bool:
         return self.warrants.pop(liid, None) is not None

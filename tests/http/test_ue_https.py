@@ -165,6 +165,20 @@ def test_a_chunked_body_gets_411(https: UeHttps) -> None:
     assert https.conn.getresponse().status == 411
 
 
+def test_a_transfer_coding_beside_a_content_length_gets_411(https: UeHttps) -> None:
+    # Both framings at once is the request-smuggling shape: refused, never read either way.
+    ctx = https.context()
+    with (
+        socket.create_connection(("127.0.0.1", https.port), timeout=30) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(
+            b"POST /mikey HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/mikey\r\n"
+            b"Content-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n"
+        )
+        assert tls.recv(4096).startswith(b"HTTP/1.1 411 ")
+
+
 def test_a_request_that_does_not_complete_in_time_is_dropped(https: UeHttps) -> None:
     # request_timeout = 2 s in this module's node: a slow sender cannot hold the thread.
     ctx = https.context()

@@ -9,6 +9,7 @@ import pytest
 
 from firmware.core.errors import AuditHeadRegression, InvalidRequest, SchemaNewerThanCode
 from firmware.core.ports import (
+    Destination,
     KeyName,
     KeyRecord,
     Resolution,
@@ -282,6 +283,60 @@ def test_resolutions_warrants_and_key_records_survive_a_new_store_instance(
     assert again.key_records(KeyName.AUDIT) == []
     assert again.delete_warrant("LI-1") and not again.delete_warrant("LI-1")
     assert again.list_warrants() == []
+
+
+def test_an_x1_task_keeps_its_xid_dids_and_delivery_type_in_a_new_store_instance(
+    backend: Backend,
+) -> None:
+    store = backend.open()
+    task = Warrant(
+        "LI-X1",
+        "sip:bob@x.net",
+        0.0,
+        9.0,
+        ("dns:df2.li.example.net",),
+        xid="29f28e1c-f230-486a-a860-f5a784ab9172",
+        dids=("19867c20-8c94-473e-b9cd-8b72b7b05fd4",),
+        delivery_type="X2andX3",
+    )
+    store.put_warrant(task)
+    store.put_warrant(Warrant("LI-ADMIN", "sip:bob@x.net", 0.0, 9.0, ("a",)))
+    store.close()
+    again = backend.open()
+    assert again.list_warrants()[1] == task
+    assert again.list_warrants()[0].xid == "" and again.list_warrants()[0].dids == ()
+
+
+def test_refuses_a_second_warrant_holding_the_same_xid_and_keeps_the_first(
+    store: ClosableStore,
+) -> None:
+    first = Warrant("LI-1", "sip:bob@x.net", 0.0, 1.0, ("a",), xid="x-1")
+    store.put_warrant(first)
+    with pytest.raises(StoreConflict):
+        store.put_warrant(Warrant("LI-2", "sip:carol@x.net", 0.0, 1.0, ("a",), xid="x-1"))
+    assert store.list_warrants() == [first]
+    replaced = Warrant("LI-1", "sip:carol@x.net", 0.0, 2.0, ("b",), xid="x-1")
+    store.put_warrant(replaced)  # the same task again: replaced in place
+    store.put_warrant(Warrant("LI-3", "sip:bob@x.net", 0.0, 1.0, ("a",)))
+    store.put_warrant(Warrant("LI-4", "sip:bob@x.net", 0.0, 1.0, ("a",)))  # no XID: no rule
+    assert [w.liid for w in store.list_warrants()] == ["LI-1", "LI-3", "LI-4"]
+    assert store.list_warrants()[0] == replaced
+
+
+def test_x1_destinations_are_stored_replaced_and_deleted(backend: Backend) -> None:
+    store = backend.open()
+    d = Destination("19867c20-8c94-473e-b9cd-8b72b7b05fd4", "DF2 one", "X2Only", "dns:df2.x")
+    store.put_destination(d)
+    store.put_destination(Destination("0a", "", "X2andX3", "uri:urn:df2"))
+    changed = Destination(d.did, "DF2 one (moved)", "X2andX3", "dns:df2.y")
+    store.put_destination(changed)
+    store.close()
+    again = backend.open()
+    assert again.list_destinations() == [Destination("0a", "", "X2andX3", "uri:urn:df2"), changed]
+    assert again.delete_destination("0a") and not again.delete_destination("0a")
+    assert again.list_destinations() == [changed]
+    with pytest.raises(InvalidRequest):
+        again.put_destination(Destination("0b", "nul\x00", "X2Only", "dns:df2.x"))
 
 
 def test_replacing_a_warrant_or_key_record_keeps_one_row(store: ClosableStore) -> None:
