@@ -528,7 +528,8 @@ def load(path: Path | str) -> Config:
             "node.processes > 1 needs [store] url (PostgreSQL): worker processes share the"
             " replay cache, alarms and state, which the embedded SQLite store cannot"
         )
-    if processes > 1 and 0 in (ue.port, li.port):
+    http_ports = [h.port for h in (ue_http, x1) if h.enabled]
+    if processes > 1 and 0 in (ue.port, li.port, *http_ports):
         raise ConfigError(
             "node.processes > 1 needs fixed listener ports (port 0 would give each worker another)"
         )

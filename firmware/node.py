@@ -175,7 +175,10 @@ def _ue_http_server(
         tls12_ciphers=api_server.AEAD_TLS12_SUITES,
     )
     binding = UeHttpBinding(tickets, s, metrics, roles)
-    return HttpsServer("ue-http", s.host, s.port, context, s.path, binding, s.limits, cfg.workers)
+    return HttpsServer(
+        "ue-http", s.host, s.port, context, s.path, binding, s.limits, cfg.workers,
+        reuse_port=cfg.processes > 1,
+    )  # fmt: skip
 
 
 def _x1_server(
@@ -201,7 +204,10 @@ def _x1_server(
     )
     tasks = Tasks(store, audit, clock, s.deactivate_all)
     service = X1Service(tasks, refusals, roles, s, metrics, clock)
-    return HttpsServer("x1", s.host, s.port, context, s.path, service, s.limits, cfg.workers)
+    return HttpsServer(
+        "x1", s.host, s.port, context, s.path, service, s.limits, cfg.workers,
+        reuse_port=cfg.processes > 1,
+    )  # fmt: skip
 
 
 @dataclass

@@ -22,6 +22,8 @@ Rules:
   status hint (400 mostly) and the connection is closed.
 - Keep-alive: a connection serves requests one after another (no pipelining is read ahead of an
   answer) until the client closes, `idle_timeout` passes between requests, or the node stops.
+- SO_REUSEPORT only for the worker processes of one node ([node] processes > 1), as on the
+  gRPC listeners: the kernel spreads connections over them.
 - `max_connections` connections at once; one more is closed at accept. At most `workers`
   handlers run at once (more threads in the core thrash the GIL, as on the gRPC listeners).
 - The handler gets the peer's verified certificate (DER) when the TLS layer asked for one and
@@ -256,6 +258,7 @@ class HttpsServer:
         handler: Handler,
         limits: HttpLimits,
         workers: int,
+        reuse_port: bool = False,
     ) -> None:
         self.name, self.context, self.path, self.handler = name, context, path, handler
         self.limits = limits
@@ -264,7 +267,7 @@ class HttpsServer:
         self._connections: set[_Connection] = set()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._listener = socket.create_server((host, port), backlog=128)
+        self._listener = socket.create_server((host, port), backlog=128, reuse_port=reuse_port)
         self.port: int = self._listener.getsockname()[1]
         self._thread: threading.Thread | None = None
 
