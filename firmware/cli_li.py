@@ -16,7 +16,9 @@ Rules:
   (firmware/audit/recovery.py). With PostgreSQL, `--chain` names the chain (default: this
   node's id); the embedded log is one file and takes no `--chain`.
 - `df2 get-keys` takes TRANSFER_INIT / TRANSFER_RESP from the SDP a=key-mgmt:mikey lines and
-  prints TEK, salt and SPI per crypto session; a refusal prints its reason and exits 1.
+  prints TEK, salt and SPI per crypto session; a refusal prints its reason and exits 1. With
+  `--hi2-out FILE` / `--hi2-to HOST:PORT` it also writes / delivers the keys as one HI2 IRI
+  record (TS 33.108, BER; mutual TLS 1.3 with the DF2's certificate to the LEMF).
 """
 
 from __future__ import annotations
@@ -342,7 +344,48 @@ def cmd_df2(args: argparse.Namespace) -> int:
             f"  CS {s.cs_id}: TEK {s.session_key.hex()} salt {s.salt.hex()}"
             f"{' SPI ' + s.spi.hex() if s.spi else ''}"
         )
+    if args.hi2_out or args.hi2_to:
+        _hi2(cfg, args, keys)
     return 0
+
+
+def _hi2(cfg: config_mod.Config, args: argparse.Namespace, keys: Any) -> None:
+    """The released keys as one HI2 IRI record (firmware/hi2/record.py), to a file and/or to
+    the LEMF over mutual TLS 1.3 (firmware/hi2/deliver.py)."""
+    import os
+
+    from firmware.hi2 import deliver, record
+
+    delivery = record.KeyDelivery(
+        liid=args.liid,
+        target=args.target,
+        target_is_initiator=args.role == "initiator",
+        correlation_id=args.correlation_id,
+        sessions=[record.SessionKey(s.cs_id, s.session_key, s.salt) for s in keys.sessions],
+        time=time.time(),
+    )
+    try:
+        data = record.encode(delivery)
+    except ValueError as exc:
+        raise KmsError(f"no HI2 record: {exc}") from None
+    if args.hi2_out:
+        fd = os.open(args.hi2_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        print(f"HI2 IRI record ({len(data)} bytes BER) written to {args.hi2_out}")
+    if args.hi2_to:
+        ca = Path(args.hi2_ca) if args.hi2_ca else cfg.clients.ca
+        cert = Path(args.cert) if args.cert else cfg.clients.df2_cert
+        key = Path(args.key) if args.key else cfg.clients.df2_key
+        if ca is None or cert is None or key is None:
+            raise ConfigError(
+                "--hi2-to needs the LEMF's CA (--hi2-ca or [clients] ca) and df2_cert"
+            )
+        try:
+            sent = deliver.deliver(args.hi2_to, [data], deliver.client_context(ca, cert, key))
+        except (OSError, ValueError) as exc:
+            raise KmsError(f"HI2 delivery to {args.hi2_to} failed: {exc}") from None
+        print(f"HI2 IRI record ({sent} bytes BER) delivered to {args.hi2_to} over mutual TLS 1.3")
 
 
 def add_commands(sub: Any, cfg: argparse.ArgumentParser) -> None:
@@ -395,4 +438,9 @@ def add_commands(sub: Any, cfg: argparse.ArgumentParser) -> None:
     g.add_argument("--sdp-offer", required=True)
     g.add_argument("--sdp-answer")
     g.add_argument("--correlation-id", default="")
+    g.add_argument("--hi2-out", metavar="FILE", help="write the keys as an HI2 IRI record (BER)")
+    g.add_argument(
+        "--hi2-to", metavar="HOST:PORT", help="deliver the HI2 IRI record to the LEMF (TLS 1.3)"
+    )
+    g.add_argument("--hi2-ca", help="CA of the LEMF's certificate (default: [clients] ca)")
     p.set_defaults(func=cmd_df2)
