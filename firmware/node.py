@@ -34,7 +34,7 @@ from typing import Any
 from firmware import config as config_mod
 from firmware.api import server as api_server
 from firmware.api.http_ue import UeHttpBinding
-from firmware.api.https import HttpsServer, tls_context
+from firmware.api.https import Handler, HttpsServer, tls_context
 from firmware.api.li import AdminServicer, Gate, XkServicer
 from firmware.api.metrics import InstrumentedVault, Metrics
 from firmware.api.proto.kms.v1 import kms_pb2_grpc
@@ -44,7 +44,7 @@ from firmware.audit.alarms import AlarmBus
 from firmware.audit.filemedium import FileMedium
 from firmware.audit.log import AuditLog
 from firmware.audit.medium import Medium
-from firmware.config import Config
+from firmware.config import Config, UeHttpConfig, X1Config
 from firmware.core.admin import Admin
 from firmware.core.errors import KmsError
 from firmware.core.freshness import ReplayCache
@@ -159,26 +159,43 @@ def _start_hotplug(match: dict[str, str], vault: Pkcs11Vault) -> Any:
 _TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
-def _ue_http_server(
-    cfg: Config, tickets: TicketCore, metrics: Metrics, roles: RoleResolver
-) -> HttpsServer | None:
-    """[ue_http_listener]: MIKEY over HTTPS with the UE listener's TLS policy, bound now."""
-    s = cfg.ue_http
-    if not s.enabled:
-        return None
+def _https_server(
+    cfg: Config,
+    name: str,
+    s: UeHttpConfig | X1Config,
+    handler: Handler,
+    *,
+    require_client_certificate: bool,
+    minimum: ssl.TLSVersion,
+) -> HttpsServer:
+    """An HTTPS listener with the gRPC listeners' TLS 1.2 suites, bound now (not started)."""
     context = tls_context(
         s.cert,
         s.key,
         s.client_ca,
-        require_client_certificate=False,
-        minimum=_TLS_VERSIONS[s.tls_min_version],
+        require_client_certificate=require_client_certificate,
+        minimum=minimum,
         tls12_ciphers=api_server.AEAD_TLS12_SUITES,
     )
-    binding = UeHttpBinding(tickets, s, metrics, roles)
     return HttpsServer(
-        "ue-http", s.host, s.port, context, s.path, binding, s.limits, cfg.workers,
+        name, s.host, s.port, context, s.path, handler, s.limits, cfg.workers,
         reuse_port=cfg.processes > 1,
     )  # fmt: skip
+
+
+def _ue_http_server(
+    cfg: Config, tickets: TicketCore, metrics: Metrics, roles: RoleResolver
+) -> HttpsServer | None:
+    """[ue_http_listener]: MIKEY over HTTPS with the UE listener's TLS policy (client
+    certificates optional)."""
+    s = cfg.ue_http
+    if not s.enabled:
+        return None
+    binding = UeHttpBinding(tickets, s, metrics, roles)
+    minimum = _TLS_VERSIONS[s.tls_min_version]
+    return _https_server(
+        cfg, "ue-http", s, binding, require_client_certificate=False, minimum=minimum
+    )
 
 
 def _x1_server(
@@ -190,24 +207,15 @@ def _x1_server(
     roles: RoleResolver,
     clock: Callable[[], float],
 ) -> HttpsServer | None:
-    """[x1_listener]: ETSI TS 103 221-1 X1 over mutual TLS 1.3 (clients of the LI CA), bound now."""
+    """[x1_listener]: ETSI TS 103 221-1 X1 over mutual TLS 1.3 (clients of the LI CA)."""
     s = cfg.x1
     if not s.enabled:
         return None
-    context = tls_context(
-        s.cert,
-        s.key,
-        s.client_ca,
-        require_client_certificate=True,
-        minimum=ssl.TLSVersion.TLSv1_3,
-        tls12_ciphers=api_server.AEAD_TLS12_SUITES,
-    )
     tasks = Tasks(store, audit, clock, s.deactivate_all)
     service = X1Service(tasks, refusals, roles, s, metrics, clock)
-    return HttpsServer(
-        "x1", s.host, s.port, context, s.path, service, s.limits, cfg.workers,
-        reuse_port=cfg.processes > 1,
-    )  # fmt: skip
+    return _https_server(
+        cfg, "x1", s, service, require_client_certificate=True, minimum=ssl.TLSVersion.TLSv1_3
+    )
 
 
 @dataclass

@@ -5,9 +5,11 @@ TLS policy and the TLS identity binding."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import socket
 import ssl
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,16 @@ from tests.calls import ALICE, ALICE_PSK, BOB, KMS, full_call, requested_policy,
 from tests.http.conftest import MIKEY, UeHttps, start_http_node
 
 pytestmark = pytest.mark.softhsm
+
+
+@contextlib.contextmanager
+def _raw_tls(https: UeHttps) -> Iterator[ssl.SSLSocket]:
+    """A TLS connection to the listener on which the test writes HTTP bytes itself."""
+    with (
+        socket.create_connection(("127.0.0.1", https.port), timeout=30) as raw,
+        https.context().wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        yield tls
 
 
 def _request(now: float, initiator: Initiator | None = None) -> bytes:
@@ -137,11 +149,7 @@ def test_another_path_gets_404(https: UeHttps) -> None:
 
 def test_a_body_over_the_cap_gets_413_before_it_is_read(https: UeHttps) -> None:
     # Only the head is sent: the server answers from the Content-Length alone.
-    ctx = https.context()
-    with (
-        socket.create_connection(("127.0.0.1", https.port), timeout=30) as raw,
-        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
-    ):
+    with _raw_tls(https) as tls:
         tls.sendall(
             b"POST /mikey HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/mikey\r\n"
             b"Content-Length: 4097\r\n\r\n"
@@ -167,11 +175,7 @@ def test_a_chunked_body_gets_411(https: UeHttps) -> None:
 
 def test_a_transfer_coding_beside_a_content_length_gets_411(https: UeHttps) -> None:
     # Both framings at once is the request-smuggling shape: refused, never read either way.
-    ctx = https.context()
-    with (
-        socket.create_connection(("127.0.0.1", https.port), timeout=30) as raw,
-        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
-    ):
+    with _raw_tls(https) as tls:
         tls.sendall(
             b"POST /mikey HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/mikey\r\n"
             b"Content-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n"
@@ -181,21 +185,13 @@ def test_a_transfer_coding_beside_a_content_length_gets_411(https: UeHttps) -> N
 
 def test_a_request_that_does_not_complete_in_time_is_dropped(https: UeHttps) -> None:
     # request_timeout = 2 s in this module's node: a slow sender cannot hold the thread.
-    ctx = https.context()
-    with (
-        socket.create_connection(("127.0.0.1", https.port), timeout=30) as raw,
-        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
-    ):
+    with _raw_tls(https) as tls:
         tls.sendall(b"POST /mikey HTTP/1.1\r\nHost: local")
         assert tls.recv(4096) == b""  # closed by the server well before our 30 s
 
 
 def test_a_malformed_head_gets_400_and_the_connection_is_closed(https: UeHttps) -> None:
-    ctx = https.context()
-    with (
-        socket.create_connection(("127.0.0.1", https.port), timeout=30) as raw,
-        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
-    ):
+    with _raw_tls(https) as tls:
         tls.sendall(b"POST /mikey HTTP/1.1\r\nNo colon here\r\n\r\n")
         assert tls.recv(4096).startswith(b"HTTP/1.1 400 ")
         assert tls.recv(4096) == b""
