@@ -12,6 +12,9 @@ Rules:
   start for each audit gap an operator accepted since the last start, CONFIG_RELOAD_FAILED.
 - Building takes ownership of the vault and store it is given: if any part fails, what was
   opened is closed again (no logged-in session is left behind).
+- The HTTPS listeners (firmware/api/https.py) are built here too when enabled: [ue_http_listener]
+  (MIKEY over HTTPS on the same TicketCore) and [x1_listener] (ETSI X1 tasks as warrants, every
+  refusal through the same Refusals); they start and stop with the gRPC listeners.
 - SIGHUP (`reload_roles`) re-reads [roles] (members, revoked serials and fingerprints, the CRL)
   from the config file; a config that does not load keeps the old roles and raises an alarm.
 - Stop: listeners stop accepting, in-flight RPCs get `grace` seconds, then state is closed.
