@@ -56,6 +56,7 @@ def test_two_workers_share_the_listeners_and_a_dead_one_is_restarted(
     text = text.replace("port = 0\n", f"port = {ue}\n", 1).replace(
         "port = 0\n", f"port = {li}\n", 1
     )
+    text = text.replace("enabled = true", "enabled = false")  # dev-init's HTTPS listeners: port 0
     config = cluster.root / "multi.toml"
     config.write_text(text + f'\n[store]\nurl = "{url}"\n')
     proc = subprocess.Popen(

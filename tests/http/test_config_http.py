@@ -100,3 +100,18 @@ def test_x1_is_a_role_of_the_roles_section(tmp_path: Path) -> None:
     path = tmp_path / "kmsnode.toml"
     path.write_text(GOOD.replace("[roles]\n", '[roles]\nx1 = ["dns:admf.li.example.net"]\n'))
     assert load(path).roles.members["x1"] == ("dns:admf.li.example.net",)
+
+
+def test_worker_processes_need_fixed_ports_for_the_https_listeners_too(tmp_path: Path) -> None:
+    shared = (
+        GOOD.replace('data_dir = "data"', 'data_dir = "data"\nprocesses = 2')
+        .replace("port = 0", "port = 7443", 1)
+        .replace("port = 0", "port = 7444", 1)
+        + '\n[store]\nurl = "postgresql://kms@127.0.0.1/kms"\n'
+    )
+    path = tmp_path / "kmsnode.toml"
+    path.write_text(shared + "\n[x1_listener]\nenabled = true\nport = 7446\n")
+    assert load(path).processes == 2
+    path.write_text(shared + "\n[ue_http_listener]\nenabled = true\nport = 0\n")
+    with pytest.raises(ConfigError, match="fixed listener ports"):
+        load(path)
