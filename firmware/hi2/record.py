@@ -1,6 +1,11 @@
 """The IRI record a DF2 sends the LEMF when the KMS released the keys of an intercepted session
 (TS 33.107 7A.7; TS 33.108 HI2: IMSevent decryptionKeysAvailable, MediaDecryption-info).
 
+asn1tools rather than pyasn1 for the product: it compiles the module text itself (pyasn1 needs
+the types declared again in Python, a second transcription to get wrong) and encoded a record in
+1.0 ms against pyasn1's 2.1 ms here (compiling the module once: 0.6 s); pyasn1, with types
+declared by hand, is the tests' independent decoder.
+
 Rules:
 - The record is BER of `EpsIRIContent` from the ASN.1 module text beside this file
   (HI2KeyDelivery.asn, a reduced transcription of TS 33.108's EpsHI2Operations), compiled by

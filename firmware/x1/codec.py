@@ -6,6 +6,10 @@ shapes were compared with the public sipgate li-lib-x1x2x3 test resources (see
 tests/x1/data/README.md). We do not validate against the XSD (not vendored); the checks below
 are the ones the XSD would make for the parts we read, made by hand.
 
+lxml (libxml2; cp313 wheels) rather than defusedxml over the standard library's expat: parsing
+the 1.5 kB ActivateTask sample took 138 us with lxml and 1097 us with defusedxml here, and lxml
+builds namespaced responses without process-wide prefix registration.
+
 Rules:
 - Parsing is lxml with entity resolution, DTD loading and the network off, comments and
   processing instructions dropped; any DOCTYPE (so any entity declaration: XXE, billion

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pyasn1.codec.ber import decoder
+from pyasn1.codec.ber import decoder, encoder
 
 from firmware import cli
 from firmware.hi2 import record
@@ -57,8 +57,11 @@ def test_the_record_decodes_with_the_module_it_was_encoded_from() -> None:
     }
 
 
-def test_an_independent_decoder_reads_every_member_we_write() -> None:
-    params = _pyasn1(record.encode(DELIVERY))
+def test_an_independent_decoder_reads_every_member_we_write_and_re_encodes_the_same_bytes() -> None:
+    data = record.encode(DELIVERY)
+    value, _ = decoder.decode(data, asn1Spec=EpsIRIContent())
+    assert encoder.encode(value) == data  # pyasn1's own BER encoder agrees byte for byte
+    params = _pyasn1(data)
     assert str(params["hi2epsDomainId"]) == "0.4.0.2.2.4.8.16.1"
     assert bytes(params["lawfulInterceptionIdentifier"]) == b"LIID-0001"
     assert str(params["timeStamp"]["utcTime"]) == "260101120045Z"
