@@ -115,3 +115,23 @@ def test_worker_processes_need_fixed_ports_for_the_https_listeners_too(tmp_path:
     path.write_text(shared + "\n[ue_http_listener]\nenabled = true\nport = 0\n")
     with pytest.raises(ConfigError, match="fixed listener ports"):
         load(path)
+
+
+def test_the_appliance_first_boot_turns_dev_inits_https_listeners_off(tmp_path: Path) -> None:
+    import re
+    import subprocess
+    import tomllib
+
+    from firmware.cli import DEV_CONFIG
+
+    script = (Path(__file__).parents[2] / "image" / "recipe" / "kmsnode-firstboot").read_text()
+    expressions = re.findall(r"-e '([^']+)'", script)
+    text = DEV_CONFIG.format(
+        kms="sip:kms.example.net", module="/m.so", label="t", df2="d", admin="a", x1="x",
+        ue_port=1, li_port=2, ue_http_port=3, x1_port=4, metrics_port=5,
+    )  # fmt: skip
+    assert tomllib.loads(text)["ue_http_listener"]["enabled"]  # dev-init: on
+    args = [a for e in expressions for a in ("-e", e)]
+    edited = subprocess.run(["sed", *args], input=text, capture_output=True, text=True, check=True)
+    config = tomllib.loads(edited.stdout)
+    assert not config["ue_http_listener"]["enabled"] and not config["x1_listener"]["enabled"]
