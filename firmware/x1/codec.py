@@ -11,7 +11,8 @@ the 1.5 kB ActivateTask sample took 138 us with lxml and 1097 us with defusedxml
 builds namespaced responses without process-wide prefix registration.
 
 Rules:
-- Parsing is lxml with entity resolution, DTD loading and the network off, comments and
+- Parsing is lxml with entity resolution, DTD loading and the network off and a resolver
+  that refuses every external load (nothing outside the body is ever opened), comments and
   processing instructions dropped; any DOCTYPE (so any entity declaration: XXE, billion
   laughs) is refused, as is nesting deeper than `max_depth` and more than `max_messages`
   messages in one container. The body size is capped before (firmware/api/https.py).
@@ -104,6 +105,16 @@ class RequestMessage:
 
 # --- parsing --------------------------------------------------------------------------------
 
+
+class _NoExternalLoads(etree.Resolver):
+    """Refuses every external load. libxml2 (2.14, under lxml 6) reads an external DTD subset
+    (`<!DOCTYPE x SYSTEM "file:...">`) and external parameter entities from local files even
+    with load_dtd and resolve_entities off; they come here first, and nothing is read."""
+
+    def resolve(self, system_url: str | None, public_id: str | None, context: object, /) -> None:
+        raise Unparseable("an external DTD or entity is not allowed")
+
+
 _PARSER = etree.XMLParser(
     resolve_entities=False,
     load_dtd=False,
@@ -114,6 +125,7 @@ _PARSER = etree.XMLParser(
     remove_pis=True,
     collect_ids=False,
 )
+_PARSER.resolvers.add(_NoExternalLoads())
 
 
 def _depth(root: etree._Element) -> int:

@@ -145,9 +145,11 @@ class Lemf:
     """A LEMF receiver: mutual TLS 1.3 (the LI server certificate, clients of the LI CA), reads
     each connection to its end and keeps what it got."""
 
-    def __init__(self, pki: Path) -> None:
+    def __init__(self, pki: Path, tls12_only: bool = False) -> None:
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        if tls12_only:  # a LEMF that never got past TLS 1.2
+            self.ctx.minimum_version = self.ctx.maximum_version = ssl.TLSVersion.TLSv1_2
         self.ctx.load_cert_chain(pki / "li-server.pem", pki / "li-server.key")
         self.ctx.load_verify_locations(pki / "li-ca.pem")
         self.ctx.verify_mode = ssl.CERT_REQUIRED
@@ -256,3 +258,17 @@ def test_a_lemf_that_does_not_verify_is_not_delivered_to(
     )
     assert code == 1
     assert lemf.received == []
+
+
+def test_a_lemf_that_speaks_only_tls12_is_not_delivered_to(
+    xk: Xk,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    old = Lemf(xk.rn.pki, tls12_only=True)
+    try:
+        code, _ = _get_keys(xk, tmp_path, "--hi2-to", f"localhost:{old.port}")
+        assert code == 1
+        assert old.done.wait(30)  # the handshake was tried and failed
+        assert old.received == []
+    finally:
+        old.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import os
 import socket
 import ssl
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from firmware.devpki import issue
 from firmware.mikey.constants import DataType, ErrNo
@@ -173,6 +175,14 @@ def test_a_chunked_body_gets_411(https: UeHttps) -> None:
     assert https.conn.getresponse().status == 411
 
 
+def test_a_body_without_a_content_length_gets_411(https: UeHttps) -> None:
+    with _raw_tls(https) as tls:
+        tls.sendall(
+            b"POST /mikey HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/mikey\r\n\r\n"
+        )
+        assert tls.recv(4096).startswith(b"HTTP/1.1 411 ")
+
+
 def test_a_transfer_coding_beside_a_content_length_gets_411(https: UeHttps) -> None:
     # Both framings at once is the request-smuggling shape: refused, never read either way.
     with _raw_tls(https) as tls:
@@ -195,6 +205,71 @@ def test_a_malformed_head_gets_400_and_the_connection_is_closed(https: UeHttps) 
         tls.sendall(b"POST /mikey HTTP/1.1\r\nNo colon here\r\n\r\n")
         assert tls.recv(4096).startswith(b"HTTP/1.1 400 ")
         assert tls.recv(4096) == b""
+
+
+def test_a_head_over_the_cap_gets_431_when_it_arrives_whole(https: UeHttps) -> None:
+    # max_header_bytes = 8192 (default): 12 kB of head in one TLS record, complete.
+    with _raw_tls(https) as tls:
+        tls.sendall(
+            b"POST /mikey HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/mikey\r\n"
+            b"X-Pad: " + b"a" * 12000 + b"\r\nContent-Length: 1\r\n\r\nx"
+        )
+        assert tls.recv(4096).startswith(b"HTTP/1.1 431 ")
+
+
+def test_a_head_over_the_cap_gets_431_before_it_ends(https: UeHttps) -> None:
+    # 12 kB of head with no end yet: refused at the cap, not waited for.
+    with _raw_tls(https) as tls:
+        tls.sendall(b"POST /mikey HTTP/1.1\r\nHost: localhost\r\nX-Pad: " + b"a" * 12000)
+        assert tls.recv(4096).startswith(b"HTTP/1.1 431 ")
+
+
+@pytest.fixture
+def tight(
+    tmp_path: Path, softhsm_token: SoftHsmToken, vault_settings: VaultSettings, _vault_keys: None
+) -> Iterator[UeHttps]:
+    """A node of its own with small connection caps (2 connections, 1 s timeouts)."""
+    rn = start_http_node(
+        tmp_path,
+        softhsm_token,
+        vault_settings,
+        extra="max_connections = 2\nhandshake_timeout = 1.0\nidle_timeout = 1.0",
+    )
+    client = UeHttps(rn)
+    try:
+        yield client
+    finally:
+        client.close()
+        rn.node.stop(1.0)
+
+
+def test_a_connection_over_max_connections_is_closed_at_accept(tight: UeHttps) -> None:
+    first, second = UeHttps(tight.rn), UeHttps(tight.rn)
+    try:
+        for client in (first, second):  # both handshaken: the server holds two connections
+            assert client.post(b"", content_type="text/plain").status == 415
+        with pytest.raises((ssl.SSLError, ConnectionError)), _raw_tls(tight):
+            pass
+        assert first.post(b"", content_type="text/plain").status == 415  # still served
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_client_that_never_starts_tls_is_dropped_after_the_handshake_timeout(
+    tight: UeHttps,
+) -> None:
+    with socket.create_connection(("127.0.0.1", tight.port), timeout=20) as raw:
+        assert raw.recv(4096) == b""  # closed by the server (1 s), well before our 20 s
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(tight: UeHttps) -> None:
+    with _raw_tls(tight) as tls:
+        tls.settimeout(20)
+        tls.sendall(b"POST /mikey HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n")
+        answer = tls.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 415 ") and b"close" not in answer.lower()
+        assert tls.recv(4096) == b""  # closed by the server (1 s), well before our 20 s
 
 
 # --- TLS ---------------------------------------------------------------------------------------
@@ -292,6 +367,34 @@ def test_binds_idri_and_idrr_to_the_client_certificate_when_so_configured(
     finally:
         for client in (alice, bob, anonymous, wrong):
             client.close()
+        rn.node.stop(1.0)
+
+
+def test_a_revoked_client_certificate_binds_no_identity(
+    tmp_path: Path, softhsm_token: SoftHsmToken, vault_settings: VaultSettings, _vault_keys: None
+) -> None:
+    rn = start_http_node(
+        tmp_path,
+        softhsm_token,
+        vault_settings,
+        extra='tls_identity = "client-certificate"\nclient_ca = "pki/ue-ca.pem"',
+    )
+    _ue_certificate(rn.pki, "alice-ue", ALICE)
+    alice = UeHttps(rn, "alice-ue")
+    try:
+        now = rn.clock.now
+        assert decode(alice.exchange(_request(now))).header.data_type == DataType.REQUEST_RESP
+        der = x509.load_pem_x509_certificate((rn.pki / "alice-ue.pem").read_bytes()).public_bytes(
+            serialization.Encoding.DER
+        )
+        text = rn.cfg.path.read_text()
+        revoked = f'[roles]\nrevoked = ["sha256:{hashlib.sha256(der).hexdigest()}"]\n'
+        rn.cfg.path.write_text(text.replace("[roles]\n", revoked, 1))
+        assert rn.node.reload_roles()
+        # the same certificate, now revoked, proves no identity: alice's request gets ERR 7
+        assert _error_numbers(alice.exchange(_request(now + 1))) == [ErrNo.INVALID_ID]
+    finally:
+        alice.close()
         rn.node.stop(1.0)
 
 

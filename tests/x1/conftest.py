@@ -37,6 +37,7 @@ port = 0
 ne_identifier = "{NE}"
 admf_identifiers = ["{ADMF}", "admf-2.li.example.net"]
 max_depth = 16
+max_messages = 4
 """
 ROLES = (
     'df2 = ["dns:df2.li.example.net", "dns:df2-b.li.example.net"]\n'

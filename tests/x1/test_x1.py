@@ -3,8 +3,11 @@ GetKeys honours, the error responses, hostile XML, certificates and roles, respo
 
 from __future__ import annotations
 
+import os
+import threading
 import uuid
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import grpc
 import pytest
@@ -357,6 +360,51 @@ def test_an_external_entity_is_refused_and_nothing_is_read(
     assert alarm.reason == "INVALID_REQUEST" and "DOCTYPE" in alarm.detail
 
 
+class Probe:
+    """A FIFO that tells whether anyone opened it: a writer thread blocks in open() until a
+    reader does, and marks it before closing (the reader then reads an empty file)."""
+
+    def __init__(self, path: Path) -> None:
+        os.mkfifo(path)
+        self.path, self.opened = path, threading.Event()
+        self._thread = threading.Thread(target=self._write, daemon=True)
+        self._thread.start()
+
+    def _write(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY)
+        self.opened.set()
+        os.close(fd)
+
+    def release(self) -> None:
+        """Open it ourselves so the writer ends (a reader that is us marks it too)."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        self._thread.join(timeout=30)
+        os.close(fd)
+
+
+@pytest.mark.parametrize(
+    "doctype",
+    [
+        '<!DOCTYPE X1Request SYSTEM "file://{probe}">',
+        '<!DOCTYPE X1Request [<!ENTITY % p SYSTEM "file://{probe}"> %p;]>',
+    ],
+    ids=["external-subset", "parameter-entity"],
+)
+def test_an_external_dtd_or_parameter_entity_is_never_opened(
+    x1world: X1World, tmp_path: Path, doctype: str
+) -> None:
+    # libxml2 reads these even with load_dtd and resolve_entities off: a resolver refuses them.
+    probe = Probe(tmp_path / "probe.dtd")
+    body = request("ping").replace(
+        b"<ns1:X1Request", doctype.format(probe=probe.path).encode() + b"\n<ns1:X1Request", 1
+    )
+    try:
+        _top_level_error(x1world.admf.post(body))
+        assert not probe.opened.is_set(), "the node opened a file the request named"
+    finally:
+        probe.release()
+
+
 def test_a_doctype_is_refused_even_when_it_declares_nothing_used(x1world: X1World) -> None:
     body = request("ping").replace(
         b"<ns1:X1Request", b'<!DOCTYPE X1Request [<!ENTITY a "b">]>\n<ns1:X1Request', 1
@@ -374,6 +422,18 @@ def test_xml_nested_deeper_than_the_cap_is_refused(x1world: X1World) -> None:
     deep = b"<a>" * 20 + b"</a>" * 20  # max_depth = 16 in this module's node
     body = request("ping").replace(b"</ns1:x1RequestMessage>", deep + b"</ns1:x1RequestMessage>")
     _top_level_error(x1world.admf.post(body))
+
+
+def test_a_container_over_max_messages_is_refused_whole(x1world: X1World) -> None:
+    # max_messages = 4 in this module's node: four pings are answered, five are not read.
+    def pings(n: int) -> bytes:
+        body = request("ping")
+        start = body.index(b"<ns1:x1RequestMessage")
+        end = body.index(b"</ns1:x1RequestMessage>") + len(b"</ns1:x1RequestMessage>")
+        return body[:start] + body[start:end] * n + body[end:]
+
+    assert x1world.admf.post(pings(4)).kinds() == ["PingResponse"] * 4
+    _top_level_error(x1world.admf.post(pings(5)))
 
 
 # --- HTTP and TLS ------------------------------------------------------------------------------
