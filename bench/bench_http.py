@@ -36,17 +36,17 @@ Exchange = Callable[[bytes], bytes]
 def pair(call: Exchange) -> None:
     alice = Initiator(ALICE, PSK_A, KMS)
     bob = Responder(BOB, PSK_B, KMS)
-    rand = os.urandom(64)
+    rand = os.urandom(100)  # RANDs as long as the 32-byte PSKs (RFC 6043 12.1)
     csb = int.from_bytes(rand[:4], "big")
     alice.process_request_resp(
-        call(alice.request_init(csb_id=csb, t=t_now(), rand_i=rand[4:20], policy=POLICY))
+        call(alice.request_init(csb_id=csb, t=t_now(), rand_i=rand[4:36], policy=POLICY))
     )
     ti = alice.transfer_init(
-        csb_id=csb, t=t_now(), rand_i=rand[20:36], sessions=[GenericIdEntry.srtp(1, csb)],
+        csb_id=csb, t=t_now(), rand_i=rand[36:52], sessions=[GenericIdEntry.srtp(1, csb)],
         responder=BOB,
     )  # fmt: skip
     bob.receive_transfer_init(ti)
-    answer = call(bob.resolve_init(csb_id=csb ^ 1, t=t_now(), rand_r=rand[36:52]))
+    answer = call(bob.resolve_init(csb_id=csb ^ 1, t=t_now(), rand_r=rand[52:84]))
     if answer[1] != DataType.RESOLVE_RESP:
         raise RuntimeError("resolve refused")
 

@@ -46,7 +46,7 @@ def _request(now: float, initiator: Initiator | None = None) -> bytes:
     return alice.request_init(
         csb_id=7,
         t=t_at(now),
-        rand_i=os.urandom(16),
+        rand_i=os.urandom(32),
         policy=requested_policy(PrfFunc.MIKEY_1, True, [BOB.encode()]),
     )
 
