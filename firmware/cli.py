@@ -213,6 +213,21 @@ class _NoAudit:
         raise AssertionError(f"init-keys must not make audited changes ({event})")
 
 
+def runtime_record(cfg: config_mod.Config, node: Any) -> dict[str, Any]:
+    """What the runtime file records of a running node: every listener's HOST:PORT and our pid
+    (the commands that reach a running node read it)."""
+    record: dict[str, Any] = {
+        "ue": f"{cfg.ue_listener.host}:{node.ue_port}",
+        "li": f"{cfg.li_listener.host}:{node.li_port}",
+        "pid": os.getpid(),
+    }
+    if node.ue_http is not None:
+        record["ue_http"] = f"{cfg.ue_http.host}:{node.ue_http.port}"
+    if node.x1 is not None:
+        record["x1"] = f"{cfg.x1.host}:{node.x1.port}"
+    return record
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from firmware.node import Node
     from firmware.process import harden
@@ -242,13 +257,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, lambda _s, _f: threading.Thread(target=node.reload_roles).start())
-    ue = f"{cfg.ue_listener.host}:{node.ue_port}"
-    li = f"{cfg.li_listener.host}:{node.li_port}"
-    runtime = {"ue": ue, "li": li, "pid": os.getpid()}
-    if node.ue_http is not None:
-        runtime["ue_http"] = f"{cfg.ue_http.host}:{node.ue_http.port}"
-    if node.x1 is not None:
-        runtime["x1"] = f"{cfg.x1.host}:{node.x1.port}"
+    runtime = runtime_record(cfg, node)
+    ue, li = runtime["ue"], runtime["li"]
     if worker is None:  # the supervisor of workers writes it for them
         cfg.runtime_file.write_text(json.dumps(runtime) + "\n")
     print(f"UE listener on {ue}", flush=True)

@@ -74,6 +74,8 @@ class KmsNode:
     users: tuple[User, ...]
     log: Path
     started_in: float  # seconds from spawn to ready (measured, for the curious)
+    ue_http_address: str | None = None  # MIKEY over HTTPS (POST application/mikey to /mikey)
+    x1_address: str | None = None  # ETSI X1 (mutual TLS 1.3 with client("x1"))
     _channels: dict[tuple[str, str | None], grpc.Channel] = field(default_factory=dict)
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -130,6 +132,8 @@ class KmsNode:
             users,
             log,
             took,
+            doc.get("ue_http_listener"),
+            doc.get("x1_listener"),
         )
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
@@ -157,7 +161,7 @@ class KmsNode:
     # --- typed accessors ------------------------------------------------------------------
 
     def client(self, role: str) -> ClientCredentials:
-        """The client certificate of `role`: "df2", "admin" or "ue"."""
+        """The client certificate of `role`: "df2", "admin", "ue" or "x1" (the ADMF)."""
         try:
             return self.clients[role]
         except KeyError:

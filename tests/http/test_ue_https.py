@@ -342,15 +342,27 @@ def _ue_certificate(pki: Path, stem: str, uri: str) -> None:
     issue(pki, stem, [x509.UniformResourceIdentifier(uri)], ca="ue")
 
 
-def test_binds_idri_and_idrr_to_the_client_certificate_when_so_configured(
+@pytest.fixture
+def bound(
     tmp_path: Path, softhsm_token: SoftHsmToken, vault_settings: VaultSettings, _vault_keys: None
-) -> None:
+) -> Iterator[RunningNode]:
+    """A node of its own that binds IDRi / IDRr to the UE's client certificate."""
     rn = start_http_node(
         tmp_path,
         softhsm_token,
         vault_settings,
         extra='tls_identity = "client-certificate"\nclient_ca = "pki/ue-ca.pem"',
     )
+    try:
+        yield rn
+    finally:
+        rn.node.stop(1.0)
+
+
+def test_binds_idri_and_idrr_to_the_client_certificate_when_so_configured(
+    bound: RunningNode,
+) -> None:
+    rn = bound
     _ue_certificate(rn.pki, "alice-ue", ALICE)
     _ue_certificate(rn.pki, "bob-ue", BOB)
     alice, bob = UeHttps(rn, "alice-ue"), UeHttps(rn, "bob-ue")
@@ -367,18 +379,10 @@ def test_binds_idri_and_idrr_to_the_client_certificate_when_so_configured(
     finally:
         for client in (alice, bob, anonymous, wrong):
             client.close()
-        rn.node.stop(1.0)
 
 
-def test_a_revoked_client_certificate_binds_no_identity(
-    tmp_path: Path, softhsm_token: SoftHsmToken, vault_settings: VaultSettings, _vault_keys: None
-) -> None:
-    rn = start_http_node(
-        tmp_path,
-        softhsm_token,
-        vault_settings,
-        extra='tls_identity = "client-certificate"\nclient_ca = "pki/ue-ca.pem"',
-    )
+def test_a_revoked_client_certificate_binds_no_identity(bound: RunningNode) -> None:
+    rn = bound
     _ue_certificate(rn.pki, "alice-ue", ALICE)
     alice = UeHttps(rn, "alice-ue")
     try:
@@ -395,7 +399,6 @@ def test_a_revoked_client_certificate_binds_no_identity(
         assert _error_numbers(alice.exchange(_request(now + 1))) == [ErrNo.INVALID_ID]
     finally:
         alice.close()
-        rn.node.stop(1.0)
 
 
 def test_without_binding_a_client_certificate_is_optional_and_binds_nothing(

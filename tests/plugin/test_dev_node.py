@@ -4,9 +4,11 @@ PINs never reach argv or any output."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +42,20 @@ def _serving(doc: dict[str, Any], listener: str, role: str | None) -> bool:
     return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
 
+def _https_status(doc: dict[str, Any], listener: str, path: str, role: str | None) -> int:
+    """The status of an empty text/plain POST to an HTTPS listener (its CA verified)."""
+    ctx = ssl.create_default_context(cafile=doc["ca"])
+    if role is not None:
+        ctx.load_cert_chain(doc["clients"][role]["cert"], doc["clients"][role]["key"])
+    port = doc[listener].rpartition(":")[2]
+    conn = http.client.HTTPSConnection("localhost", int(port), context=ctx, timeout=30)
+    try:
+        conn.request("POST", path, body=b"", headers={"Content-Type": "text/plain"})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
 def test_json_names_everything_a_client_needs_and_sigterm_removes_it_all(tmp_path: Path) -> None:
     directory = tmp_path / "node"
     with dev_node("--dir", str(directory), "--json") as node:
@@ -51,6 +67,8 @@ def test_json_names_everything_a_client_needs_and_sigterm_removes_it_all(tmp_pat
         ue, li = doc["ue_listener"], doc["li_listener"]
         assert ue.startswith("127.0.0.1:") and li.startswith("127.0.0.1:") and ue != li
         assert _serving(doc, "ue", None) and _serving(doc, "li", "admin")
+        assert _https_status(doc, "ue_http_listener", "/mikey", None) == 415  # not MIKEY
+        assert _https_status(doc, "x1_listener", "/X1/NE", "x1") == 200  # the ADMF's: X1 answers
         assert doc["kms_identity"] == "sip:kms.ims.example.net"
         assert doc["clients"]["df2"]["identity"] == "dns:df2.li.example.net"
         assert all(len(bytes.fromhex(u["psk"])) == 32 for u in doc["users"])
