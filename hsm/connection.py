@@ -17,7 +17,9 @@ Rules and invariants:
 - Hot keys are used through session copies (C_CopyObject, still sensitive and non-extractable),
   made at load and on create, dropped with their session.
 - The highest version of a name is ACTIVE, lower ones DECRYPT_ONLY; the loaded keys are the truth
-  between loads (create and destroy through this connection keep them current).
+  between loads (create and destroy through this connection keep them current). A version asked
+  for that is not loaded may have been imported by another process since: the token is scanned
+  for new versions (at most once per RESCAN_INTERVAL), each checked as at a load.
 - Keys are loaded exactly while there is a session (connect sets both, drop clears both), so a
   handle from use() comes with a live `session`. Without one (not started, lost, closed), key
   access and require_session() raise Disconnected, which the vault answers with HsmUnavailable
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +70,9 @@ class LoadedKey:
     use: Any = field(repr=False)  # the session copy, or token_obj when copies are off
 
 
+RESCAN_INTERVAL = 5.0  # seconds between looks for key versions that appeared in the token
+
+
 def mechanism_name(m: object) -> str:
     return f"CKM_{m.name}" if isinstance(m, Mechanism) else f"0x{int(m):08x}"  # type: ignore[call-overload]
 
@@ -96,6 +102,7 @@ class Connection:
         self.mechanisms: frozenset[Any] = frozenset()
         self._keys: dict[KeyName, dict[int, LoadedKey]] = {}
         self._active: dict[KeyName, int] = {}
+        self._rescanned = -RESCAN_INTERVAL  # monotonic time of the last look for new versions
 
     # --- library and session ------------------------------------------------------------------
 
@@ -239,8 +246,22 @@ class Connection:
             raise Disconnected
         key = found.get(version)
         if key is None:
-            raise KeyVersionNotFound(f"{name.value} version {version} is not in the token")
+            key = self._arrived(name, version)
         return key.use
+
+    def _arrived(self, name: KeyName, version: int) -> LoadedKey:
+        """`version` of `name` when it was put into the token since the last load (another
+        process imported it: key transport in a cluster); at most one look per RESCAN_INTERVAL,
+        so requests naming versions nobody has cost one token scan per interval, not each."""
+        now = time.monotonic()
+        if now - self._rescanned >= RESCAN_INTERVAL:
+            self._rescanned = now
+            self._load_new_keys(self.require_session())
+            key = self._keys[name].get(version)
+            if key is not None:
+                log.info("loaded key %s/v%d, which appeared in the token", name.value, version)
+                return key
+        raise KeyVersionNotFound(f"{name.value} version {version} is not in the token")
 
     def reload_keys(self) -> None:
         self._load_keys(self.require_session())
@@ -309,18 +330,30 @@ class Connection:
             found[name][version] = obj
         return found
 
+    def _checked(self, session: Any, name: KeyName, version: int, obj: Any) -> LoadedKey:
+        """Token object `obj` checked against its template (keycheck) and ready to use."""
+        check_key(obj, SPECS[name], version, self._vouched(session, name, version))
+        return LoadedKey(obj, obj.copy(SESSION_COPY) if self._copies else obj)
+
     @staticmethod
     def _vouched(session: Any, name: KeyName, version: int) -> Vouched:
         label = key_label(name, version)
         return lambda obj: is_vouched(session, obj, name, label)
 
-    def _load_keys(self, session: Any) -> None:
-        found = self._scan(session)
-        keys: dict[KeyName, dict[int, LoadedKey]] = {name: {} for name in KeyName}
-        for name, versions in sorted(found.items()):
+    def _load_new_keys(self, session: Any) -> None:
+        """Load the versions the token holds that are not loaded yet, each checked as at start;
+        what is loaded and which version is active stay as they are (activation is the
+        operator's: `kmsnode keys activate`)."""
+        for name, versions in sorted(self._scan(session).items()):
+            loaded = self._keys[name]
             for version, obj in sorted(versions.items()):
-                check_key(obj, SPECS[name], version, self._vouched(session, name, version))
-                use = obj.copy(SESSION_COPY) if self._copies else obj
-                keys[name][version] = LoadedKey(obj, use)
+                if version not in loaded:
+                    loaded[version] = self._checked(session, name, version, obj)
+
+    def _load_keys(self, session: Any) -> None:
+        keys: dict[KeyName, dict[int, LoadedKey]] = {name: {} for name in KeyName}
+        for name, versions in sorted(self._scan(session).items()):
+            for version, obj in sorted(versions.items()):
+                keys[name][version] = self._checked(session, name, version, obj)
         self._keys = keys
         self._active = {n: max(v) for n, v in keys.items() if v}

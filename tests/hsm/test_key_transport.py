@@ -158,3 +158,41 @@ def test_export_without_the_security_officer_pin_is_refused(
     )  # fmt: skip
     assert refused.returncode == 1 and "not-the-so-pin" not in refused.stderr
     assert "refused the security officer login" in refused.stderr
+
+
+def test_a_running_node_uses_a_version_imported_after_it_started(
+    moved: tuple[Node, Node, Path, str, str], tmp_path: Path
+) -> None:
+    """Rotation in a cluster: a TPK version made on node a and imported into node b's token
+    while b's vault is open is found by b's next request for it (no restart), and computes what
+    a computes."""
+    a, b, _, _, _ = moved
+    (made,), _ = run_child(a.token, "later_version", "create", a.token.uri, a.token.module_path)
+    version = made["version"]
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "tests.hsm.later_version", "await", b.token.uri,
+         b.token.module_path],
+        cwd=REPO, env=b.token.env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert waiting.stdout is not None and waiting.stdin is not None
+        assert json.loads(waiting.stdout.readline()) == {"ready": True}
+        pub, file = tmp_path / "b.pem", tmp_path / "v2.json"
+        assert kmsnode("keys", "transport-key", "--config", b.config, "--out",
+                       str(pub)).returncode == 0  # fmt: skip
+        out = kmsnode(
+            "keys", "export-wrapped", "--config", a.config, "--recipient", str(pub),
+            "--out", str(file), "--so-pin-file", a.so_pin,
+            "--key", f"ticket-protection/v{version}",
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        into = kmsnode("keys", "import-wrapped", "--config", b.config, "--in", str(file),
+                       "--so-pin-file", b.so_pin)  # fmt: skip
+        assert into.returncode == 0, into.stderr
+        waiting.stdin.write(f"{version}\n")
+        waiting.stdin.flush()
+        answer = json.loads(waiting.stdout.readline())
+    finally:
+        waiting.kill()
+        waiting.wait(timeout=60)
+    assert answer == {"ticket_hmac": _use(a, str(version))["ticket_hmac"]}

@@ -7,6 +7,7 @@ never touched by a planted key (every later load of it would refuse).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -139,3 +140,28 @@ def test_the_node_refuses_to_start_and_says_why_in_one_line(tmp_path: Path) -> N
     )
     assert line.startswith(f"kmsnode: {said}")
     assert (softhsm / "user.pin").read_text().strip() not in err
+
+
+def test_a_key_planted_while_the_vault_is_open_is_refused_when_first_asked_for(
+    tmp_path: Path,
+) -> None:
+    """A version that appears in the token at run time (the way key transport imports one) is
+    checked like one found at start: a TPK planted from known bytes is never used."""
+    token = create_token(tmp_path, "planted", PIN, SO_PIN)
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "tests.hsm.later_version", "await", token.uri, token.module_path],
+        cwd=REPO, env=token.env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert waiting.stdout is not None and waiting.stdin is not None
+        assert json.loads(waiting.stdout.readline()) == {"ready": True}
+        assert _plant(token, "known-bytes", then_open=False) == [
+            {"planted": "ticket-protection/v2"}
+        ]
+        waiting.stdin.write("2\n")
+        waiting.stdin.flush()
+        answer = json.loads(waiting.stdout.readline())
+    finally:
+        waiting.kill()
+        waiting.wait(timeout=60)
+    assert answer == {"error": "HsmConfigurationError"}
