@@ -9,7 +9,7 @@ APT_PACKAGES := softhsm2 opensc tshark umockdev gir1.2-umockdev-1.0 python3-gi p
 	libsrtp2-1 cryptsetup-bin dosfstools postgresql
 IMAGE_APT_PACKAGES := mmdebstrap erofs-utils qemu-system-x86 qemu-utils cpio e2fsprogs
 
-.PHONY: all deps apt demo cluster-demo test test-fast test-image test-wheel lint proto proto-check bench clean
+.PHONY: all deps apt demo cluster-demo test test-fast test-image test-wheel lint proto proto-check bench profile clean
 
 all: test
 
@@ -71,6 +71,10 @@ cluster-demo: deps
 
 bench: deps
 	$(PY) -m bench
+
+# py-spy profiles of the node under the benchmark's load (profiles/pairs.svg, profiles/getkeys.svg)
+profile: deps
+	$(PY) -m bench.profile
 
 clean:
 	rm -rf $(VENV) .stamp-apt .stamp-apt-image build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

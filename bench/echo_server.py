@@ -1,7 +1,9 @@
 """Baseline: the minimal gRPC TLS echo server of the fastest kind measured here (sync thread
 pool), serving the same TicketService method and answering each request with its own bytes.
 
-    python -m bench.echo_server CERT KEY   (prints "PORT n" once listening on 127.0.0.1)
+    python -m bench.echo_server CERT KEY [CLIENT_CA]   (prints "PORT n" once listening on
+    127.0.0.1; with CLIENT_CA it requires a client certificate: the mutual-TLS baseline of the LI
+    listener)
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ def main() -> None:
         futures.ThreadPoolExecutor(max_workers=16), options=[("grpc.so_reuseport", 0)]
     )
     kms_pb2_grpc.add_TicketServiceServicer_to_server(Echo(), server)  # type: ignore[no-untyped-call]
-    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key, cert)]))
+    client_ca = Path(sys.argv[3]).read_bytes() if len(sys.argv) > 3 else None
+    creds = grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+    port = server.add_secure_port("127.0.0.1:0", creds)
     server.start()
     print(f"PORT {port}", flush=True)
     threading.Event().wait()

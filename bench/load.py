@@ -1,6 +1,16 @@
-"""Load generator shared by the gRPC benchmarks: one grpc.aio client process, N calls in
-flight, a fixed duration, per-RPC latencies, and the client's own CPU time (it shares the 2 cores
-with the server, so every report says how much of the machine the client took)."""
+"""Load generator shared by the gRPC benchmarks: one grpc.aio client process, N calls in flight
+spread over C connections, a fixed duration, per-RPC latencies, the client's own CPU time and the
+server's CPU time over exactly the measured window.
+
+Rules:
+- Each connection is its own HTTP/2 connection (a local subchannel pool and a distinct channel
+  argument, otherwise gRPC shares one subchannel between channels to the same target).
+- The server's CPU is utime + stime of every process of the server's tree (`tree_cpu`: the node,
+  its worker processes, and any extra root given such as a PostgreSQL server), sampled right
+  before and after the measured window, so what the benchmark reports is what a user of the
+  node pays per RPC.
+- The client shares the 2 cores with the server, so every report also says what the client took.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +18,41 @@ import asyncio
 import os
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
-Unit = Callable[[Callable[[bytes], Awaitable[bytes]]], Awaitable[int]]
+Call = Callable[[bytes], Awaitable[bytes]]
+Unit = Callable[[Call], Awaitable[int]]
+TICKET_PATH = "/kms.v1.TicketService/Exchange"
+
+
+def tree_cpu(roots: Iterable[int]) -> float:
+    """CPU seconds (utime + stime) of the processes `roots` and all their descendants alive now."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(entry)] = int(fields[1])
+        ticks[int(entry)] = int(fields[11]) + int(fields[12])
+    wanted = set(roots)
+    total = 0
+    for pid in ticks:
+        p = pid
+        while p > 1:
+            if p in wanted:
+                total += ticks[pid]
+                break
+            p = parent.get(p, 0)
+    return total / tick
 
 
 @dataclass
@@ -24,6 +63,7 @@ class Result:
     seconds: float
     latencies_ms: list[float]
     client_cpu: float  # seconds of client CPU over the run
+    server_cpu: float = 0.0  # seconds of the server tree's CPU over the run
 
     @property
     def rpc_rate(self) -> float:
@@ -32,6 +72,14 @@ class Result:
     @property
     def unit_rate(self) -> float:
         return self.units / self.seconds
+
+    @property
+    def server_us(self) -> float:
+        return self.server_cpu / max(self.rpcs, 1) * 1e6
+
+    @property
+    def client_us(self) -> float:
+        return self.client_cpu / max(self.rpcs, 1) * 1e6
 
     def pct(self, q: float) -> float:
         if not self.latencies_ms:
@@ -44,39 +92,57 @@ class Result:
         return statistics.median(self.latencies_ms) if self.latencies_ms else float("nan")
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where to send and whose CPU to count."""
+
+    address: str
+    ca: bytes
+    server_pids: tuple[int, ...]
+    path: str = TICKET_PATH
+    client_cert: tuple[bytes, bytes] | None = None  # (key, cert) for mutual TLS
+    raw: bool = False  # the unit's calls take and give serialized messages, not MIKEY bytes
+
+
 async def _run(
-    target: str,
-    ca: bytes,
-    unit: Unit,
-    in_flight: int,
-    seconds: float,
-    warmup: float,
-    path: str = "/kms.v1.TicketService/Exchange",
-    client_cert: tuple[bytes, bytes] | None = None,
-    raw: bool = False,
+    target: Target, unit: Unit, in_flight: int, connections: int, seconds: float, warmup: float
 ) -> Result:
-    key, cert = client_cert if client_cert else (None, None)
-    channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(ca, key, cert))
-    method = channel.unary_unary(
-        path,
-        request_serializer=(lambda b: b) if raw else _frame,
-        response_deserializer=(lambda b: b) if raw else _unframe,
-    )
+    key, cert = target.client_cert if target.client_cert else (None, None)
+    creds = grpc.ssl_channel_credentials(target.ca, key, cert)
+    channels = [
+        grpc.aio.secure_channel(
+            target.address,
+            creds,
+            options=[("grpc.use_local_subchannel_pool", 1), ("bench.connection", i)],
+        )
+        for i in range(connections)
+    ]
+    methods = [
+        channel.unary_unary(
+            target.path,
+            request_serializer=(lambda b: b) if target.raw else _frame,
+            response_deserializer=(lambda b: b) if target.raw else _unframe,
+        )
+        for channel in channels
+    ]
     latencies: list[float] = []
     counts = {"units": 0, "rpcs": 0, "errors": 0}
     measuring = {"on": False}
 
-    async def call(data: bytes) -> bytes:
-        start = time.perf_counter()
-        answer: bytes = await method(data, timeout=30)
-        if measuring["on"]:
-            latencies.append((time.perf_counter() - start) * 1000)
-            counts["rpcs"] += 1
-        return answer
+    def caller(method: Callable[..., Awaitable[bytes]]) -> Call:
+        async def call(data: bytes) -> bytes:
+            start = time.perf_counter()
+            answer: bytes = await method(data, timeout=30)
+            if measuring["on"]:
+                latencies.append((time.perf_counter() - start) * 1000)
+                counts["rpcs"] += 1
+            return answer
+
+        return call
 
     stop_at = time.monotonic() + warmup + seconds
 
-    async def worker() -> None:
+    async def worker(call: Call) -> None:
         while time.monotonic() < stop_at:
             try:
                 await unit(call)
@@ -85,15 +151,22 @@ async def _run(
             except grpc.aio.AioRpcError:
                 counts["errors"] += 1
 
-    tasks = [asyncio.create_task(worker()) for _ in range(in_flight)]
+    for channel in channels:
+        await channel.channel_ready()
+    tasks = [
+        asyncio.create_task(worker(caller(methods[i % connections]))) for i in range(in_flight)
+    ]
     await asyncio.sleep(warmup)
     measuring["on"] = True
-    cpu0, t0 = os.times(), time.monotonic()
+    srv0, cpu0, t0 = tree_cpu(target.server_pids), os.times(), time.monotonic()
     await asyncio.gather(*tasks)
-    cpu1, t1 = os.times(), time.monotonic()
-    await channel.close()
+    srv1, cpu1, t1 = tree_cpu(target.server_pids), os.times(), time.monotonic()
+    for channel in channels:
+        await channel.close()
     cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
-    return Result(counts["units"], counts["rpcs"], counts["errors"], t1 - t0, latencies, cpu)
+    return Result(
+        counts["units"], counts["rpcs"], counts["errors"], t1 - t0, latencies, cpu, srv1 - srv0
+    )
 
 
 def _frame(data: bytes) -> bytes:
@@ -121,23 +194,14 @@ def _unframe(raw: bytes) -> bytes:
 
 
 def run(
-    target: str, ca: bytes, unit: Unit, in_flight: int = 64, seconds: float = 8.0,
-    warmup: float = 1.5,
-) -> Result:  # fmt: skip
-    return asyncio.run(_run(target, ca, unit, in_flight, seconds, warmup))
-
-
-def run_raw(
-    target: str,
-    ca: bytes,
+    target: Target,
     unit: Unit,
-    path: str,
-    client_cert: tuple[bytes, bytes] | None = None,
     in_flight: int = 64,
+    connections: int = 8,
     seconds: float = 8.0,
     warmup: float = 1.5,
 ) -> Result:
-    """As `run`, for any unary method: `unit` gets a caller taking serialized request bytes."""
-    return asyncio.run(
-        _run(target, ca, unit, in_flight, seconds, warmup, path, client_cert, raw=True)
-    )
+    """Drive `unit` (one call pair, one GetKeys, ...) from `in_flight` tasks over `connections`
+    connections for `seconds` after `warmup`."""
+    connections = max(1, min(connections, in_flight))
+    return asyncio.run(_run(target, unit, in_flight, connections, seconds, warmup))
