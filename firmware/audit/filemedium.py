@@ -2,10 +2,18 @@
 `<log>.head` beside it, the chain's head also counted in the state store (`HeadStore`).
 
 Rules (the medium protocol's, firmware/audit/medium.py, for a file):
-- A commit: write the batch (a short write is a failure), fsync, write and fsync the next head
-  beside the head file, count it in the state store (the point of no return), then rename the
-  head into place. Any failure before the store has counted the batch fails the whole batch;
-  the file is cut back to its last committed size at once.
+- A commit: write the batch (a short write is a failure), fsync, write the next head beside the
+  head file, count it in the state store (the point of no return), then rename the head into
+  place. Any failure before the store has counted the batch fails the whole batch; the file is
+  cut back to its last committed size at once.
+- One fsync per commit (the log's): the records are durable before their appends return. The
+  heads (head file, state store's head) are written by every commit, so every reader sees them
+  current, but made durable (head file fsynced, the store's head committed with its full sync)
+  only by the first commit after `heads_sync_interval` seconds since they last were, and at
+  close. A power cut can so leave both heads behind the log by the records of the last
+  interval, never ahead of it (they are written after the log's fsync); the start brings heads
+  older than the log forward (recovery.py). Concurrent releases are committed as one batch, so
+  a group of them costs one fsync.
 - After a failure, `restore` first cuts the file back to the known size again (and, when the
   store's answer to the failed batch was lost, asks the store: if it did count that batch, the
   batch's exact bytes are written back, as after a crash between the fsync and the answer; a
@@ -22,7 +30,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,6 +55,7 @@ from firmware.core.ports import HeadStore
 log = logging.getLogger("kmsnode.audit")
 
 HINT = "run `kmsnode audit accept-gap --config FILE` after investigating"
+HEADS_SYNC_INTERVAL = 1.0  # seconds a power cut may leave the heads behind the log (rules)
 
 
 def why(exc: BaseException) -> str:
@@ -78,8 +89,16 @@ class FileMedium:
     chain = ""
     hint = HINT
 
-    def __init__(self, path: Path, heads: HeadStore | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        heads: HeadStore | None = None,
+        heads_sync_interval: float = HEADS_SYNC_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.path = Path(path)
+        self._interval, self._clock = heads_sync_interval, clock
+        self._heads_synced = -math.inf  # when the heads were last made durable
         self.head_path = head_path(self.path)
         self.where = f"the audit log {self.path}"
         self.head_where = f"the signed head {self.head_path}"
@@ -89,6 +108,7 @@ class FileMedium:
         self._seq = 0  # seq of the last committed record
         self._dirty = False  # the file may hold more than the committed size until cut back
         self._unconfirmed: Batch | None = None  # the batch whose store commit raised
+        self._last_head: Batch | None = None  # the last commit's, until its heads are durable
 
     def lock(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,13 +160,15 @@ class FileMedium:
 
     def commit(self, batch: Batch) -> None:
         data = b"".join(batch.lines)
+        now = self._clock()
+        durable = now - self._heads_synced >= self._interval
         try:
             write_all(self._fd, data)
             os.fsync(self._fd)
-            prepare_head(self.path, batch.head)
+            prepare_head(self.path, batch.head, durable=durable)
             if self._heads is not None:
                 self._unconfirmed = batch
-                self._heads.set_audit_head(batch.last, batch.mac)
+                self._heads.set_audit_head(batch.last, batch.mac, durable=durable)
                 self._unconfirmed = None
         except Exception:
             self._dirty = True
@@ -158,10 +180,26 @@ class FileMedium:
         # Committed: the records are durable and the store counts them.
         self._size += len(data)
         self._seq = batch.last
+        self._last_head = batch
         try:
             publish_head(self.path)
         except OSError as exc:
             log.error("audit head file not replaced: %s", why(exc))
+            return
+        if durable:
+            self._heads_synced, self._last_head = now, None
+
+    def _sync_heads(self) -> None:
+        """At close: the last commit's heads made durable, if they are not yet."""
+        batch, self._last_head = self._last_head, None
+        if batch is None:
+            return
+        try:
+            write_head(self.path, batch.head)
+            if self._heads is not None:
+                self._heads.set_audit_head(batch.last, batch.mac)
+        except (OSError, KmsError) as exc:
+            log.error("audit heads not made durable at close: %s", why(exc))
 
     def snapshot(self, seq: int, mac: bytes) -> Snapshot:
         """The file as of the last commit (call between two commits)."""
@@ -206,6 +244,8 @@ class FileMedium:
             os.close(dir_fd)
 
     def close(self) -> None:
+        if self._fd >= 0:
+            self._sync_heads()
         for fd in (self._fd, self._lock):
             if fd >= 0:
                 os.close(fd)

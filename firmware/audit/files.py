@@ -4,9 +4,12 @@ Rules:
 - `write_all` writes every byte or raises: a short write (a disk that filled up part way) is a
   failure like ENOSPC, never a record; the caller cuts the file back to its committed size.
 - The head file is replaced in two steps so a commit can put its point of no return (the state
-  store's head) between them: `prepare_head` writes and fsyncs `<log>.head.tmp` (this is where a
-  full disk fails, while nothing can be undone yet), `publish_head` renames it over `<log>.head`
-  (a rename allocates no space).
+  store's head) between them: `prepare_head` writes (and, when asked, fsyncs) `<log>.head.tmp`
+  (this is where a full disk fails, while nothing can be undone yet), `publish_head` renames it
+  over `<log>.head` (a rename allocates no space). A head written without fsync is still
+  replaced whole: ext4 (the appliance's state partition, data=ordered with auto_da_alloc, its
+  defaults) writes a file's data before a rename over an existing file is committed, so a crash
+  leaves the old head or the new one.
 - One writer per log: whoever writes it (the node's AuditLog, `kmsnode audit accept-gap`) holds
   an exclusive flock on `<log>.lock` (never deleted, so a deleted log cannot dodge it). The kernel
   drops the lock when the process dies, so a crashed node never blocks the operator.
@@ -37,13 +40,15 @@ def _tmp(log: Path) -> Path:
     return log.with_name(log.name + ".head.tmp")
 
 
-def prepare_head(log: Path, content: bytes) -> None:
-    """Write the next head beside the current one, durably; `publish_head` makes it current."""
+def prepare_head(log: Path, content: bytes, durable: bool = True) -> None:
+    """Write the next head beside the current one (fsynced when `durable`); `publish_head` makes
+    it current. Not durable: a crash may leave the previous head (module rules)."""
     tmp = _tmp(log)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         write_all(fd, content + b"\n")
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -289,14 +289,16 @@ class StoreConflict(Exception):
 class HeadStore(Protocol):
     """Where the audit chain head is kept besides the signed head file (the state store).
 
-    Rule: a stored head is never lowered (a lower count, or the same count with another MAC,
-    is refused by the store)."""
+    Rules: a stored head is never lowered (a lower count, or the same count with another MAC,
+    is refused by the store). `set_audit_head(..., durable=False)` may return before the head is
+    on disk (a power cut may lose it, and later heads with it, never an earlier one); the
+    caller makes it durable later with a durable call (firmware/audit/filemedium.py)."""
 
     def audit_head(self) -> tuple[int, bytes] | None:
         """(count, MAC of the last record) of the audit chain, or None before the first."""
         ...
 
-    def set_audit_head(self, count: int, mac: bytes) -> None: ...
+    def set_audit_head(self, count: int, mac: bytes, durable: bool = True) -> None: ...
 
 
 class Store(HeadStore, Protocol):

@@ -522,8 +522,10 @@ class PostgresStore:
         )
         return (int(rows[0][0]), bytes(rows[0][1])) if rows else None
 
-    def set_audit_head(self, count: int, mac: bytes) -> None:
-        # The check is in the writing statement, so two writers cannot both pass it.
+    def set_audit_head(self, count: int, mac: bytes, durable: bool = True) -> None:
+        # Always durable (a node on PostgreSQL keeps its chain in PostgresMedium, whose heads
+        # are committed with the records). The check is in the writing statement, so two
+        # writers cannot both pass it.
         rows = self._rows(
             "INSERT INTO audit_heads AS h (chain, count, mac) VALUES (%s, %s, %s)"
             " ON CONFLICT (chain) DO UPDATE SET count = EXCLUDED.count, mac = EXCLUDED.mac"

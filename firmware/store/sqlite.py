@@ -1,7 +1,9 @@
 """SQLite implementation of the core's Store port (the embedded default).
 
 Rules:
-- WAL journal, synchronous=FULL: a write that returned is on disk.
+- WAL journal, synchronous=FULL: a write that returned is on disk. The one exception is an
+  audit head written with `durable=False` (HeadStore): committed with synchronous=NORMAL (no
+  fsync; in WAL mode the next full commit makes it durable with everything before it).
 - Every write is one transaction (`with self._tx()`): on any error nothing of it remains.
 - Writes go through one connection guarded by one lock; reads use one read-only connection per
   thread, so that (with WAL) a lookup never waits behind a commit's fsync.
@@ -178,16 +180,22 @@ class SqliteStore:
     # --- plumbing ---------------------------------------------------------------------------
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         with self._lock, _mapped_errors():
-            self._db.execute("BEGIN IMMEDIATE")
+            if not durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield self._db
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            finally:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous=FULL")
 
     def _reader(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._readers, "db", None)
@@ -454,8 +462,8 @@ class SqliteStore:
         rows = self._query("SELECT count, mac FROM audit_head WHERE id = 1")
         return (int(rows[0][0]), bytes(rows[0][1])) if rows else None
 
-    def set_audit_head(self, count: int, mac: bytes) -> None:
-        with self._tx() as db:
+    def set_audit_head(self, count: int, mac: bytes, durable: bool = True) -> None:
+        with self._tx(durable) as db:
             row = db.execute("SELECT count, mac FROM audit_head WHERE id = 1").fetchone()
             kept = (int(row[0]), bytes(row[1])) if row else None
             if not audit_head_allowed(kept, count, mac):

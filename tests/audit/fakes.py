@@ -28,14 +28,16 @@ class Heads:
     def __init__(self) -> None:
         self.head: tuple[int, bytes] | None = None
         self.writes = 0
+        self.durable: list[bool] = []  # per write: asked to be durable before returning
 
     def audit_head(self) -> tuple[int, bytes] | None:
         return self.head
 
-    def set_audit_head(self, count: int, mac: bytes) -> None:
+    def set_audit_head(self, count: int, mac: bytes, durable: bool = True) -> None:
         if self.head is not None and (
             count < self.head[0] or (count == self.head[0] and mac != self.head[1])
         ):
             raise LoweredHead(f"head {self.head[0]} lowered to {count}")
         self.head = (count, mac)
         self.writes += 1
+        self.durable.append(durable)

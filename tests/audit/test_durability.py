@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from firmware.audit.chain import make_record
+from firmware.audit.filemedium import FileMedium
 from firmware.audit.log import AuditLog, verify
 from firmware.core.errors import AuditUnavailable, StoreUnavailable
 from tests.audit.diskfull import PAGE, SmallDisk
@@ -241,7 +242,7 @@ class _RefusingHeads(Heads):
         super().__init__()
         self.fail, self.lose_answer = 0, False
 
-    def set_audit_head(self, count: int, mac: bytes) -> None:
+    def set_audit_head(self, count: int, mac: bytes, durable: bool = True) -> None:
         if self.fail:
             self.fail -= 1
             if self.lose_answer:
@@ -379,4 +380,52 @@ def test_a_head_file_that_cannot_be_replaced_after_the_store_counted_the_batch_d
     log.append(2.0, "B", {})
     log.close()
     assert [r["fields"].get("id") for r in _records(path)] == [None, "kept", None]
+    assert verify(path, mac, kept=heads.head).intact
+
+
+# --- one fsync per commit ---------------------------------------------------------------------
+
+
+class _CountedFsyncs:
+    """os.fsync calls on files in `folder`, by file name."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+        self.real, self.folder = os.fsync, str(folder)
+        self.names: list[str] = []
+        monkeypatch.setattr(os, "fsync", self)
+
+    def __call__(self, fd: int) -> None:
+        folder, _, name = os.readlink(f"/proc/self/fd/{fd}").rpartition("/")
+        if folder == self.folder:
+            self.names.append(name)
+        self.real(fd)
+
+
+def test_a_commit_syncs_only_the_log_and_the_heads_once_per_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records are durable before their append returns (the log's fsync); the heads are
+    written by every commit (readers see them current) and made durable at most once per
+    interval and at close."""
+    now = [0.0]
+    path, heads = tmp_path / "audit.log", Heads()
+    log = AuditLog(FileMedium(path, heads, heads_sync_interval=1.0, clock=lambda: now[0]), mac)
+    fsyncs = _CountedFsyncs(monkeypatch, tmp_path)
+    assert heads.durable == [True]  # the start's commit: the first is durable
+    now[0] = 0.5
+    log.append(1.0, "KEY_RELEASE", {"id": "a"})
+    assert fsyncs.names == ["audit.log"]
+    assert heads.durable[-1] is False
+    assert heads.head is not None and heads.head[0] == 2  # current for every reader
+    assert verify(path, mac, kept=heads.head).intact  # the head file too
+    now[0] = 1.2
+    log.append(2.0, "KEY_RELEASE", {"id": "b"})
+    assert fsyncs.names == ["audit.log", "audit.log", "audit.log.head.tmp"]
+    assert heads.durable[-1] is True
+    now[0] = 1.5
+    log.append(3.0, "KEY_RELEASE", {"id": "c"})
+    assert fsyncs.names[3:] == ["audit.log"] and heads.durable[-1] is False
+    log.close()  # the heads of the last commit made durable
+    assert fsyncs.names[4:] == ["audit.log.head.tmp"] and heads.durable[-1] is True
+    assert heads.head is not None and heads.head[0] == 4
     assert verify(path, mac, kept=heads.head).intact

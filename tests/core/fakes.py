@@ -114,7 +114,7 @@ class MemoryStore:
     def audit_head(self) -> tuple[int, bytes] | None:
         return self.head
 
-    def set_audit_head(self, count: int, mac: bytes) -> None:
+    def set_audit_head(self, count: int, mac: bytes, durable: bool = True) -> None:
         self.head = (count, mac)
 
     def record_key(self, record: KeyRecord) -> None:

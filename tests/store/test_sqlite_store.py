@@ -36,6 +36,24 @@ def test_uses_wal_and_full_sync(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_lazy_audit_head_is_committed_without_a_sync_and_the_full_sync_comes_back(
+    tmp_path: Path,
+) -> None:
+    """The audit log's heads between two syncs (firmware/audit/filemedium.py): committed with
+    synchronous=NORMAL (no fsync in WAL mode), every other write still with FULL."""
+    store = SqliteStore(tmp_path / "state.sqlite")
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    store.set_audit_head(1, b"m1", durable=False)
+    assert statements[0] == "PRAGMA synchronous=NORMAL"
+    assert store.audit_head() == (1, b"m1")
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+    statements.clear()
+    store.set_audit_head(2, b"m2")
+    assert not any("synchronous" in s for s in statements)
+    store.close()
+
+
 def test_state_files_are_0600_under_a_permissive_umask_in_an_open_folder(
     tmp_path: Path, permissive_umask: None
 ) -> None:
