@@ -58,7 +58,9 @@ def top(collapsed: Path, n: int = 25) -> list[str]:
         if not stack:
             continue
         frames = stack.split(";")
-        own[frames[-1]] += int(count)
+        own[frames[-1].split(" (")[0] + " (" + frames[-1].split(" (")[-1].split(":")[0] + ")"] += (
+            int(count)
+        )
         total += int(count)
     return [f"{c / total * 100:5.1f}%  {name}" for name, c in own.most_common(n)]
 
