@@ -331,14 +331,14 @@ def exchange_through(port: int, ca: bytes) -> tuple[Callable[[bytes], bytes], Ca
 
 HEADER = (
     f"{'server':<34} {'units/s':>8} {'RPC/s':>7} {'p50 ms':>7} {'p99 ms':>7}"
-    f" {'srv us/RPC':>10} {'cli us/RPC':>10} {'errors':>6}"
+    f" {'srv us/RPC':>10} {'of it PG':>8} {'cli us/RPC':>10} {'errors':>6}"
 )
 
 
 def row(name: str, r: Result) -> str:
     return (
         f"{name:<34} {r.unit_rate:>8.0f} {r.rpc_rate:>7.0f} {r.p50:>7.2f} {r.pct(99):>7.2f}"
-        f" {r.server_us:>10.0f} {r.client_us:>10.0f} {r.errors:>6}"
+        f" {r.server_us:>10.0f} {r.side_us:>8.0f} {r.client_us:>10.0f} {r.errors:>6}"
     )
 
 
@@ -363,6 +363,12 @@ class Comparison:
 
     def echo_us(self) -> float:
         return statistics.median(e.server_us for e in self.echo)
+
+    def side_us(self) -> float:
+        return statistics.median(n.side_us for n in self.node)
+
+    def client_us(self) -> float:
+        return statistics.median(n.client_us for n in self.node)
 
     def node_rate(self) -> float:
         return statistics.median(n.unit_rate for n in self.node)
@@ -470,9 +476,11 @@ def run_store(
         requests = getkeys_requests(full_calls(exchange, args.calls))
         close()
         tls_echo, mtls_echo = echoes.tls, echoes.mtls
-        pids = (proc.pid, *extra_pids)
-        ue_target = Target(f"localhost:{ue}", ca, pids)
-        li_target = Target(f"localhost:{li}", ca, pids, GETKEYS_PATH, df2, raw=True)
+        pids = (proc.pid,)
+        ue_target = Target(f"localhost:{ue}", ca, pids, side_pids=extra_pids)
+        li_target = Target(
+            f"localhost:{li}", ca, pids, GETKEYS_PATH, df2, raw=True, side_pids=extra_pids
+        )
         echo_pair = echo_units([len(small), len(large)])
         echo_getkeys = echo_units([len(requests[0])])
         only = set(args.only.split(",")) if args.only else {"pairs", "getkeys", "unloaded"}
@@ -505,7 +513,7 @@ def run_processes(
     comparison = Comparison(f"ticket pairs, PostgreSQL, {count} processes")
     with echo_servers(node.pki) as echoes, serving(node) as (proc, ue, _):
         tls_echo = echoes.tls
-        ue_target = Target(f"localhost:{ue}", ca, (proc.pid, *pg_pids))
+        ue_target = Target(f"localhost:{ue}", ca, (proc.pid,), side_pids=pg_pids)
         compare(comparison, tls_echo, echo_units([len(small), len(large)]), ue_target, pair, args)
     return comparison
 
@@ -538,7 +546,8 @@ def summary(run_: StoreRun) -> list[str]:
     ):
         if c.node:
             lines.append(
-                f"[{run_.name}] {label}: server CPU {c.node_us():.0f} us (echo {c.echo_us():.0f});"
+                f"[{run_.name}] {label}: server CPU {c.node_us():.0f} us (of it PostgreSQL"
+                f" {c.side_us():.0f}; echo {c.echo_us():.0f});"
                 f" echo CPU / node CPU {c.cpu_ratio():.2f}, node rate / echo rate"
                 f" {c.rate_ratio():.2f} ({goals}); {c.node_rate():.0f} units/s"
             )
@@ -606,7 +615,8 @@ def main() -> int:
     for c in procs:
         print(
             f"[{c.name}] {c.node_rate():.0f} pairs/s, node rate / echo rate {c.rate_ratio():.2f},"
-            f" server CPU per RPC {c.node_us():.0f} us (echo {c.echo_us():.0f})"
+            f" server CPU per RPC {c.node_us():.0f} us (of it PostgreSQL {c.side_us():.0f};"
+            f" echo {c.echo_us():.0f}), client CPU per RPC {c.client_us():.0f} us"
         )
     for kind, (mean, calls) in counts.items():
         detail = ", ".join(f"{name} {n / COUNTED:g}" for name, n in sorted(calls.items()))

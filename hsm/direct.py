@@ -9,6 +9,8 @@ already runs under hsm.vault.PKCS11_LOCK, so holding the GIL as well loses no pa
 Rules:
 - Only C_SignInit/C_Sign and C_UnwrapKey/C_GetAttributeValue/C_DestroyObject,
   on session and object handles that python-pkcs11 opened and owns.
+- The reused output buffer is cleared once a PSK value is copied out of it, so the process keeps
+  no copy of the last PSK between requests beyond the caller's own.
 - Callers hold PKCS11_LOCK. A non-zero CK_RV raises DirectCallFailed; the vault then repeats the
   operation through python-pkcs11, which raises its usual, mapped exception (so error handling
   stays in one place, hsm/errors.py).
@@ -124,6 +126,8 @@ class DirectCalls:
             rv = self._get_attr(session, handle.value, ctypes.byref(attr), 1)
             if rv:
                 raise DirectCallFailed("C_GetAttributeValue", rv)
-            return self._out.raw[: attr.length]
+            value = self._out.raw[: attr.length]
+            ctypes.memset(self._out, 0, attr.length)  # the PSK stays only with the caller
+            return value
         finally:
             self._destroy(session, handle.value)

@@ -233,6 +233,14 @@ def test_wrapped_psk_unwraps_to_the_same_bytes(vault: Pkcs11Vault, psk: bytes) -
     assert vault.unwrap_psk(wrapped) == psk
 
 
+def test_an_unwrapped_psk_is_not_left_in_the_direct_call_buffer(vault: Pkcs11Vault) -> None:
+    psk = bytes(range(100, 132))
+    assert vault.unwrap_psk(vault.wrap_psk(psk)) == psk
+    direct = vault._conn.direct
+    assert direct is not None
+    assert direct._out.raw == bytes(64)
+
+
 def test_wrap_is_rfc3394_key_wrap_under_the_kek(imported: Pkcs11Vault) -> None:
     from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 
