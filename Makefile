@@ -8,8 +8,16 @@ PY     := $(VENV)/bin/python
 APT_PACKAGES := softhsm2 opensc tshark umockdev gir1.2-umockdev-1.0 python3-gi python3-pyudev \
 	libsrtp2-1 cryptsetup-bin dosfstools postgresql
 IMAGE_APT_PACKAGES := mmdebstrap erofs-utils qemu-system-x86 qemu-utils cpio e2fsprogs
+# what mypyc needs to compile the codec (the venv's Python must be Debian's for python3-dev to
+# be its headers; setup.py says so when they are missing)
+BUILD_APT_PACKAGES := gcc python3-dev
+# the codec build of `make wheel`: auto (compiled when a C compiler and headers are present,
+# else pure Python), 1 (compiled or fail) or 0 (pure); see setup.py
+KMSNODE_MYPYC ?= auto
+COMPILED := build/compiled
 
-.PHONY: all deps apt demo cluster-demo test test-fast test-image test-wheel lint proto proto-check bench profile clean
+.PHONY: all deps apt demo cluster-demo test test-fast test-image test-wheel test-compiled wheel lint proto \
+	proto-check bench bench-mikey-compiled profile clean
 
 all: test
 
@@ -51,11 +59,38 @@ lint: deps
 test: deps lint
 	$(VENV)/bin/pytest -m "not slow" --cov=firmware/mikey --cov-branch --cov-report=
 	$(MAKE) test-wheel
+	$(MAKE) test-compiled
 
 # The wheel as an outside project gets it: built, installed in a fresh virtualenv, plugin_tests/
 # run from it (a minute or two; pip's cache serves the dependencies after the first run).
 test-wheel: deps
 	$(VENV)/bin/pytest -m wheel tests/plugin
+
+.stamp-apt-build: Makefile
+	$(call apt_install,$(BUILD_APT_PACKAGES))
+
+# The release wheel in dist/ (the one the appliance image installs): the codec compiled with
+# mypyc per KMSNODE_MYPYC. Stale build output is removed first: a pure wheel must not pick up an
+# extension of an earlier compiled build.
+wheel: deps .stamp-apt-build
+	rm -rf dist build/lib.* build/bdist.*
+	KMSNODE_MYPYC=$(KMSNODE_MYPYC) $(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
+
+# The codec tests (tests/mikey, tests/core) against the compiled wheel, unpacked on its own with a
+# copy of the tests (so pytest's rootdir is the unpacked tree and nothing imports the sources);
+# test_build proves which build was loaded. No coverage here: coverage cannot see compiled code.
+test-compiled: deps .stamp-apt-build
+	rm -rf $(COMPILED) build/lib.* build/bdist.*
+	KMSNODE_MYPYC=1 $(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(COMPILED)/dist .
+	$(PY) -m zipfile -e $(COMPILED)/dist/kmsnode-*.whl $(COMPILED)/site
+	cp -r tests pyproject.toml $(COMPILED)/site/
+	cd $(COMPILED)/site && KMSNODE_EXPECT_CODEC=compiled $(abspath $(VENV))/bin/pytest -q \
+	  -p no:cacheprovider -m "not slow" tests/mikey tests/core
+
+# bench_mikey on the pure sources and on the compiled wheel of test-compiled, back to back
+bench-mikey-compiled: deps
+	@test -d $(COMPILED)/site || $(MAKE) test-compiled
+	$(PY) -m bench.bench_mikey --compare $(COMPILED)/site --rounds 3
 
 test-image: deps .stamp-apt-image
 	$(VENV)/bin/pytest -m slow tests/image
@@ -77,4 +112,4 @@ profile: deps
 	$(PY) -m bench.profile
 
 clean:
-	rm -rf $(VENV) .stamp-apt .stamp-apt-image build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .stamp-apt .stamp-apt-image .stamp-apt-build build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -14,6 +14,9 @@ Rules and invariants:
   dicts built at import (``enum_table``), never through ``Enum.__call__``.
 - The decoder builds the hot payloads with ``_mk_*`` constructors that set the slots directly
   (same objects as the dataclass constructors, see payloads.slot_setters).
+- An open-registry value (member or raw int, ``IdRole | int`` ...) is held as ``object`` from
+  its lookup to its slot: compiled with mypyc, a value typed ``X | int`` is a native int and
+  would lose its member (``_open``, the ``_mk_*`` parameters).
 - Unknown Next Payload values are refused (the payload's length cannot be known, so it cannot be
   skipped); payloads of a known type in an unexpected place are kept, so callers may ignore them
   as RFC 6043 asks.  TP Data and Initiator Data may not contain TP/TICKET (bounds recursion) nor
@@ -140,8 +143,17 @@ _T_TYPE, _T_VALUE = slot_setters(Timestamp)
 _RANDR_ROLE, _RANDR_VALUE = slot_setters(RoleRand)
 _IDR_ROLE, _IDR_TYPE, _IDR_DATA = slot_setters(RoleIdentity)
 _V_ALG, _V_MAC = slot_setters(Verification)
+_TR_ROLE, _TR_TYPE, _TR_VALUE = slot_setters(RoleTimestamp)
+_ID_TYPE, _ID_DATA = slot_setters(Identity)
+_ERR_NO, _ERR_RES = slot_setters(ErrorPayload)
 _TP_TYPE, _TP_SUB, _TP_VER, _TP_PRF, _TP_FLAGS_, _TP_DATA, _TP_RES = slot_setters(TicketPolicy)
 _TICKET_POLICY, _TICKET_DATA, _TICKET_IDATA = slot_setters(Ticket)
+
+
+def _open(table: dict[int, _E], v: int) -> object:
+    """The member registered for ``v`` in an open registry, else the raw int."""
+    m: object = table.get(v)
+    return v if m is None else m
 
 
 def _mk_header(dt: DataType, csb_id: int, cs_map: CsIdMap, prf: PrfFunc, v: bool) -> Header:
@@ -180,18 +192,40 @@ def _mk_t(ts_type: TsType, value: bytes) -> Timestamp:
     return o
 
 
-def _mk_randr(role: RandRole | int, value: bytes) -> RoleRand:
+def _mk_randr(role: object, value: bytes) -> RoleRand:
     o: RoleRand = new_object(RoleRand)
     _RANDR_ROLE(o, role)
     _RANDR_VALUE(o, value)
     return o
 
 
-def _mk_idr(role: IdRole | int, id_type: IdType | int, data: bytes) -> RoleIdentity:
+def _mk_idr(role: object, id_type: object, data: bytes) -> RoleIdentity:
     o: RoleIdentity = new_object(RoleIdentity)
     _IDR_ROLE(o, role)
     _IDR_TYPE(o, id_type)
     _IDR_DATA(o, data)
+    return o
+
+
+def _mk_tr(role: object, ts_type: TsType, value: bytes) -> RoleTimestamp:
+    o: RoleTimestamp = new_object(RoleTimestamp)
+    _TR_ROLE(o, role)
+    _TR_TYPE(o, ts_type)
+    _TR_VALUE(o, value)
+    return o
+
+
+def _mk_id(id_type: object, data: bytes) -> Identity:
+    o: Identity = new_object(Identity)
+    _ID_TYPE(o, id_type)
+    _ID_DATA(o, data)
+    return o
+
+
+def _mk_err(err_no: object, reserved: int) -> ErrorPayload:
+    o: ErrorPayload = new_object(ErrorPayload)
+    _ERR_NO(o, err_no)
+    _ERR_RES(o, reserved)
     return o
 
 
@@ -343,8 +377,8 @@ def _serialize_t(out: bytearray, p: Timestamp) -> None:
 
 
 def _parse_tr(r: Reader) -> RoleTimestamp:
-    role = r.u8("TS Role")
-    return RoleTimestamp(_TS_ROLES.get(role, role), *_parse_ts_value(r))
+    role = _open(_TS_ROLES, r.u8("TS Role"))
+    return _mk_tr(role, *_parse_ts_value(r))
 
 
 def _serialize_tr(out: bytearray, p: RoleTimestamp) -> None:
@@ -365,7 +399,9 @@ def _parse_randr(r: Reader) -> RoleRand:
     buf, p = r.buf, r.pos
     if p >= r.end:
         raise r.fail("truncated RAND Role: need 1 byte, have 0")
-    role = _RAND_ROLES.get(buf[p], buf[p])
+    role: object = _RAND_ROLES.get(buf[p])  # inline _open (hot)
+    if role is None:
+        role = buf[p]
     if p + 1 >= r.end:
         raise r.fail("truncated RAND length: need 1 byte, have 0", at=p + 1)
     q = p + 2 + buf[p + 1]
@@ -381,8 +417,8 @@ def _serialize_randr(out: bytearray, p: RoleRand) -> None:
 
 
 def _parse_id(r: Reader) -> Identity:
-    id_type = r.u8("ID type")
-    return Identity(_ID_TYPES.get(id_type, id_type), r.take(r.u16("ID len"), "ID data"))
+    id_type = _open(_ID_TYPES, r.u8("ID type"))
+    return _mk_id(id_type, r.take(r.u16("ID len"), "ID data"))
 
 
 def _serialize_id(out: bytearray, p: Identity) -> None:
@@ -394,8 +430,12 @@ def _parse_idr(r: Reader) -> RoleIdentity:
     buf, p = r.buf, r.pos
     if p + 4 > r.end:
         raise r.fail(f"truncated IDR: need 4 bytes, have {r.end - p}")
-    role = _ID_ROLES.get(buf[p], buf[p])
-    id_type = _ID_TYPES.get(buf[p + 1], buf[p + 1])
+    role: object = _ID_ROLES.get(buf[p])  # inline _open (hot)
+    if role is None:
+        role = buf[p]
+    id_type: object = _ID_TYPES.get(buf[p + 1])
+    if id_type is None:
+        id_type = buf[p + 1]
     n = (buf[p + 2] << 8) | buf[p + 3]
     q = p + 4 + n
     if q > r.end:
@@ -552,8 +592,8 @@ def _serialize_sp(out: bytearray, p: SecurityPolicy) -> None:
 
 
 def _parse_err(r: Reader) -> ErrorPayload:
-    err_no = r.u8("Error no")
-    return ErrorPayload(_ERR_NOS.get(err_no, err_no), r.u16("ERR reserved"))
+    err_no = _open(_ERR_NOS, r.u8("Error no"))
+    return _mk_err(err_no, r.u16("ERR reserved"))
 
 
 def _serialize_err(out: bytearray, p: ErrorPayload) -> None:
