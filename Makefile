@@ -77,15 +77,16 @@ wheel: deps .stamp-apt-build
 	KMSNODE_MYPYC=$(KMSNODE_MYPYC) $(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
 
 # The codec tests (tests/mikey, tests/core) against the compiled wheel, unpacked on its own with a
-# copy of the tests (so pytest's rootdir is the unpacked tree and nothing imports the sources);
+# copy of the tests: the unpacked tree is pytest's rootdir and first on sys.path (-P: nothing
+# else before it), so nothing imports the sources, not even a plugin pytest loads first;
 # test_build proves which build was loaded. No coverage here: coverage cannot see compiled code.
 test-compiled: deps .stamp-apt-build
 	rm -rf $(COMPILED) build/lib.* build/bdist.*
 	KMSNODE_MYPYC=1 $(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(COMPILED)/dist .
 	$(PY) -m zipfile -e $(COMPILED)/dist/kmsnode-*.whl $(COMPILED)/site
 	cp -r tests pyproject.toml $(COMPILED)/site/
-	cd $(COMPILED)/site && KMSNODE_EXPECT_CODEC=compiled $(abspath $(VENV))/bin/pytest -q \
-	  -p no:cacheprovider -m "not slow" tests/mikey tests/core
+	cd $(COMPILED)/site && PYTHONPATH=$$PWD KMSNODE_EXPECT_CODEC=compiled $(abspath $(PY)) -P -m \
+	  pytest -q -p no:cacheprovider -m "not slow" tests/mikey tests/core
 
 # bench_mikey on the pure sources and on the compiled wheel of test-compiled, back to back
 bench-mikey-compiled: deps
