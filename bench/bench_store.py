@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.load import tree_cpu
 from firmware.core.freshness import ReplayCache
 from firmware.core.ports import Resolution, User, WrappedKey
 from firmware.devpg import PgServer
@@ -44,20 +45,8 @@ class Cost:
 
 
 def _server_cpu(server: PgServer) -> float:
-    """CPU seconds of the postmaster and every backend (utime + stime of each /proc entry)."""
-    pid = int((server.data / "postmaster.pid").read_text().split()[0])
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(entry) == pid or int(fields[1]) == pid:  # fields[1]: ppid
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
+    """CPU seconds of the postmaster and every backend (bench/load.py tree_cpu)."""
+    return tree_cpu([int((server.data / "postmaster.pid").read_text().split()[0])])
 
 
 def measure(
