@@ -80,6 +80,17 @@ def test_unit_keeps_the_required_sandboxing() -> None:
     assert all(p.startswith("/var/lib/kmsnode/") for p in " ".join(d["ReadWritePaths"]).split())
 
 
+def test_unit_allows_no_core_dump_and_descriptors_for_every_connection_listeners_allow() -> None:
+    """Issue 10 item 4: LimitCORE=0 (a core would hold session keys and the PIN) besides the
+    node's own RLIMIT_CORE/PR_SET_DUMPABLE; LimitNOFILE above the gRPC listeners' default caps."""
+    from firmware.config import ListenerConfig
+
+    d = directives(UNIT.read_text())
+    assert d["LimitCORE"] == ["0"]
+    default_cap = ListenerConfig.__dataclass_fields__["max_connections"].default
+    assert int(d["LimitNOFILE"][0]) > 3 * int(default_cap)  # type: ignore[call-overload]
+
+
 def test_udev_rules_give_the_hsm_to_the_service_group_and_tag_it_for_the_watcher() -> None:
     text = (RECIPE_DIR / "70-kmsnode-hsm.rules").read_text().replace("\\\n", " ")
     adds = [line for line in text.splitlines() if line.startswith('ACTION=="add')]
