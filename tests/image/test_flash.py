@@ -182,3 +182,29 @@ def test_cli_flashes_with_the_pinned_key(
     )
     assert rc == 0
     assert "read-back verification OK" in capsys.readouterr().out
+
+
+def test_a_write_that_corrupts_bytes_fails_the_read_back(
+    tmp_path: Path, release: ReleaseOutputs, keys: Keys
+) -> None:
+    """Issue 10 item 6: a medium that returns one byte of slot a's root wrong after it was
+    written: the read-back check fails (WriteFailed), the flash is not reported done."""
+    from image.errors import WriteFailed
+
+    target = tmp_path / "t.img"
+    root_off = gpt.read_layout(str(release.disk))["root-a"].offset
+    corrupted: list[int] = []
+
+    def corrupt(name: str, done: int) -> None:
+        if not corrupted and target.exists() and target.stat().st_size > root_off + 4096:
+            corrupted.append(done)
+            with open(target, "r+b") as f:
+                f.seek(root_off + 99)
+                b = f.read(1)
+                f.seek(-1, 1)
+                f.write(bytes([b[0] ^ 0x80]))
+
+    with pytest.raises(WriteFailed, match="read-back verification"):
+        flash(str(release.disk), str(target), keys.signer.public_key(), "kmsnode",
+              hook=corrupt, log=quiet)  # fmt: skip
+    assert corrupted

@@ -16,6 +16,7 @@ from image.errors import (
     BadManifest,
     Downgrade,
     HashMismatch,
+    TargetRefused,
     Truncated,
     VerityMismatch,
     WrongKey,
@@ -252,3 +253,32 @@ def test_fallback_returns_to_the_good_slot_after_a_failed_pending_boot(
         and state.slots["b"].state == "empty"
         and state.min_security_version == 5
     )
+
+
+def test_an_interrupted_update_over_a_previously_good_slot_b_never_falls_back_into_it(
+    flashed: Path, release: ReleaseOutputs, release_next: ReleaseOutputs, keys: Keys
+) -> None:
+    """Issue 10 item 6: b good (1.1.0 installed and marked good), then a good again (1.1.0
+    reinstalled into a); a power cut while b is rewritten must not leave b's old "good" behind
+    for the boot loader to fall back into a half-written slot."""
+    update(str(release_next.bundle), str(flashed), keys.signer.public_key(), log=quiet)
+    mark_good(str(flashed))
+    update(str(release_next.bundle), str(flashed), keys.signer.public_key(), log=quiet)
+    state = mark_good(str(flashed))
+    assert state.active == "a" and state.slots["b"].state == "good"
+    a_before = slot_digest(flashed, "a")
+
+    def crash(name: str, done: int) -> None:
+        if name == "root.img" and done >= 1:
+            raise Crash("power cut")
+
+    with pytest.raises(Crash):
+        update(
+            str(release_next.bundle), str(flashed), keys.signer.public_key(), hook=crash, log=quiet
+        )
+    state = status(str(flashed))
+    assert state.active == "a" and state.slots["a"].state == "good"
+    assert state.slots["b"].state == "empty"
+    with pytest.raises(TargetRefused, match="not a good fallback"):
+        fallback(str(flashed))
+    assert slot_digest(flashed, "a") == a_before
