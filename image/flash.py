@@ -114,7 +114,7 @@ def flash(
             f"{target} holds an installed kmsnode appliance with its sealed state; "
             "use `update` to keep it, or flash with --wipe-state to erase it"
         )
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o600)
+    fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         _invalidate_gpt(fd, cap)
         src = file_extent(image)
