@@ -6,15 +6,11 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 APT_PACKAGES := softhsm2 opensc tshark umockdev gir1.2-umockdev-1.0 python3-gi python3-pyudev \
-	libsrtp2-1 cryptsetup-bin dosfstools postgresql
-IMAGE_APT_PACKAGES := mmdebstrap erofs-utils qemu-system-x86 qemu-utils cpio e2fsprogs
-# what mypyc needs to compile the codec (the venv's Python must be Debian's for python3-dev to
-# be its headers; setup.py says so when they are missing)
-BUILD_APT_PACKAGES := gcc python3-dev
-# the codec build of `make wheel`: auto (compiled when a C compiler and headers are present,
-# else pure Python), 1 (compiled or fail) or 0 (pure); see setup.py
-KMSNODE_MYPYC ?= auto
-COMPILED := build/compiled
+	libsrtp2-1 cryptsetup-bin dosfstools postgresql mtools
+# Appliance image tests: build (mmdebstrap, erofs, cpio, apt-ftparchive for lock rebuilds) and
+# boot (QEMU/TCG, OVMF with Secure Boot, swtpm as the TPM 2.0).
+IMAGE_APT_PACKAGES := mmdebstrap erofs-utils qemu-system-x86 qemu-utils cpio e2fsprogs ovmf \
+	swtpm swtpm-tools mtools apt-utils
 
 .PHONY: all deps apt demo cluster-demo test test-fast test-image test-wheel test-compiled wheel lint proto \
 	proto-check bench bench-mikey-compiled profile clean

@@ -2,7 +2,7 @@
 
 Rules and invariants:
 - Production images carry no CA key and no client key. First boot creates the HSM token (PINs
-  through softhsm2-util's standard input, never its argv), seals the user PIN as an encrypted
+  through standard input into C_InitToken/C_InitPIN, never an argv), seals the user PIN as an encrypted
   systemd credential (TPM 2.0, PCR 7; `--with-key=host` only in an --insecure-no-tpm image),
   creates the node's keys in the token, and makes the node's TLS key pair and a CSR. The plaintext
   PIN exists only in memory, pipes and a root-only folder in /run that is removed at once.
@@ -161,11 +161,13 @@ def init_token(layout: Layout, pin: str) -> Path:
     for p in (base, tokens, conf):
         _chown(p)
     so_pin = secrets.token_hex(16)  # used once, never kept: the token is re-made, not repaired
-    # softhsm2-util asks for the SO PIN twice, then the user PIN twice, on standard input.
+    # PKCS#11 C_InitToken/C_InitPIN with the PINs on standard input (softhsm2-util would need
+    # them on its argv or a terminal).
     _as_user(
-        ["softhsm2-util", "--init-token", "--free", "--label", TOKEN_LABEL],
-        {"SOFTHSM2_CONF": str(conf)},
-        stdin=f"{so_pin}\n{so_pin}\n{pin}\n{pin}\n",
+        [sys.executable, "-m", "image", "token-init", "--module", SOFTHSM_MODULE]
+        + ["--label", TOKEN_LABEL],
+        {"SOFTHSM2_CONF": str(conf), "PYTHONDONTWRITEBYTECODE": "1"},
+        stdin=f"{so_pin}\n{pin}\n",
     )
     return conf
 

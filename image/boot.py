@@ -156,8 +156,18 @@ def _start_swtpm(state: Path) -> tuple[subprocess.Popen[bytes], Path]:
     sock = state / "swtpm.sock"
     sock.unlink(missing_ok=True)
     proc = subprocess.Popen(
-        ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}"]
-        + ["--ctrl", f"type=unixio,path={sock}", "--terminate", "--log", "level=0"],
+        [
+            "swtpm",
+            "socket",
+            "--tpm2",
+            "--tpmstate",
+            f"dir={state}",
+            "--ctrl",
+            f"type=unixio,path={sock}",
+            "--terminate",
+            "--log",
+            "level=0",
+        ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--report", action="store_true", help="also list failed units")
 
     sub.add_parser("node-init", help="(appliance) first boot: token, keys, sealed PIN, CSR")
+    ti = sub.add_parser("token-init", help=argparse.SUPPRESS)
+    ti.add_argument("--module", required=True)
+    ti.add_argument("--label", required=True)
     nk = sub.add_parser("node-keys", help=argparse.SUPPRESS)
     nk.add_argument("--config", required=True)
     pr = sub.add_parser("provision", help="(appliance) install certificate chain, CA and roles")
@@ -207,6 +210,10 @@ def _run(args: argparse.Namespace) -> int:
         pub = generate_key_files(args.private, args.public)
         print(f"key id {key_id(pub)}")
         return 0
+    if args.command == "token-init":
+        from image.p11init import main as token_init
+
+        return token_init(args.module, args.label)
     if args.command in ("node-init", "node-keys", "provision", "health", "firewall"):
         return _appliance(args)
     if args.command in ("status", "mark-good", "fallback"):

@@ -22,6 +22,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -77,6 +78,8 @@ class Esp(Protocol):
     def list(self, directory: str) -> list[str]: ...
 
     def put(self, src: Path, dest: str) -> None: ...
+
+    def read(self, path: str) -> bytes: ...
 
     def delete(self, path: str) -> None: ...
 
@@ -137,7 +140,7 @@ class MtoolsEsp:
     def put(self, src: Path, dest: str) -> None:
         self._run("mcopy", "-o", "-m", str(src), f"::/{dest}")
 
-    def copy_tree(self, dirs: list[Path]) -> None:
+    def copy_tree(self, dirs: Sequence[Path]) -> None:
         self._run("mcopy", "-s", "-m", *(str(d) for d in dirs), "::/")
 
     def read(self, path: str) -> bytes:

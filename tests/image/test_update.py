@@ -86,7 +86,10 @@ def test_update_writes_the_inactive_slot_and_switches(
     assert entries["b"].tries_left == 3 and entries["a"].tries_left is None
     assert b"kmsnode.slot=b" in uki_of(flashed, "b")
     assert release_next.manifest.verity.root_hash.encode() in uki_of(flashed, "b")
-    assert esp.default_slot(esp.MtoolsEsp(str(flashed), gpt.read_layout(str(flashed))["esp"].offset)) == "b"
+    assert (
+        esp.default_slot(esp.MtoolsEsp(str(flashed), gpt.read_layout(str(flashed))["esp"].offset))
+        == "b"
+    )
     good = mark_good(str(flashed), booted="b")
     assert good.min_security_version == 6
     # blessed, and slot a (security_version 5) is below the floor: no longer bootable
@@ -348,7 +351,11 @@ def test_a_write_that_corrupts_bytes_is_caught_by_the_read_back_and_nothing_swit
 
     with pytest.raises(WriteFailed, match="read-back of slot b"):
         update(
-            str(release_next.bundle), str(flashed), keys.signer.public_key(), hook=corrupt, log=quiet
+            str(release_next.bundle),
+            str(flashed),
+            keys.signer.public_key(),
+            hook=corrupt,
+            log=quiet,
         )
     state = status(str(flashed))
     assert state.active == "a" and state.slots["b"].state == "empty"
