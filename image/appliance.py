@@ -2,10 +2,10 @@
 
 Rules and invariants:
 - Production images carry no CA key and no client key. First boot creates the HSM token (PINs
-  through standard input into C_InitToken/C_InitPIN, never an argv), seals the user PIN as an encrypted
-  systemd credential (TPM 2.0, PCR 7; `--with-key=host` only in an --insecure-no-tpm image),
-  creates the node's keys in the token, and makes the node's TLS key pair and a CSR. The plaintext
-  PIN exists only in memory, pipes and a root-only folder in /run that is removed at once.
+  through standard input into C_InitToken/C_InitPIN, never an argv), seals the user PIN as an
+  encrypted systemd credential (TPM 2.0, PCR 7; `--with-key=host` only in an --insecure-no-tpm
+  image), creates the node's keys in the token, and makes the node's TLS key pair and a CSR.
+  The plaintext PIN exists only in memory, pipes and a root-only folder in /run, removed at once.
 - The node gets a configuration only from `provision`: the operator's certificate chain (its
   leaf must match the node's own key), the LI client CA and a role file; fixed appliance settings
   (HSM, listeners, paths) are not the operator's to change; the result is checked by the node's
@@ -164,8 +164,16 @@ def init_token(layout: Layout, pin: str) -> Path:
     # PKCS#11 C_InitToken/C_InitPIN with the PINs on standard input (softhsm2-util would need
     # them on its argv or a terminal).
     _as_user(
-        [sys.executable, "-m", "image", "token-init", "--module", SOFTHSM_MODULE]
-        + ["--label", TOKEN_LABEL],
+        [
+            sys.executable,
+            "-m",
+            "image",
+            "token-init",
+            "--module",
+            SOFTHSM_MODULE,
+            "--label",
+            TOKEN_LABEL,
+        ],
         {"SOFTHSM2_CONF": str(conf), "PYTHONDONTWRITEBYTECODE": "1"},
         stdin=f"{so_pin}\n{pin}\n",
     )
