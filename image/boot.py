@@ -189,6 +189,8 @@ def start(
     memory_mib: int = 1536,
     smp: int = 2,
     name: str = "boot",
+    # No AVX: under TCG, glibc's AVX2 string functions are emulated slowly (Nehalem: SSE4.2).
+    cpu: str = os.environ.get("KMSNODE_QEMU_CPU", "Nehalem"),
 ) -> Guest:
     """Boot `machine` from its disk; `reboot`: guest reboots stay inside this QEMU run."""
     require("qemu-system-x86_64", "timeout", *(["swtpm"] if machine.tpm else []))
@@ -208,7 +210,7 @@ def start(
         ]  # fmt: skip
     cmd = [
         "timeout", "--signal=KILL", str(timeout),
-        "qemu-system-x86_64", "-machine", "q35,smm=on", "-accel", "tcg", "-cpu", "max",
+        "qemu-system-x86_64", "-machine", "q35,smm=on", "-accel", "tcg", "-cpu", cpu,
         "-m", str(memory_mib), "-smp", str(smp), "-nographic", "-nodefaults",
         "-global", "driver=cfi.pflash01,property=secure,value=on",
         "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
@@ -225,7 +227,8 @@ def start(
         *(a for s in smbios or [] for a in ("-smbios", s)),
         *([] if reboot else ["-no-reboot"]),
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    with open(machine.workdir / f"{name}-qemu.log", "wb") as log:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=False
+        )
     return Guest(proc, console, ue, li, qmp, swtpm)

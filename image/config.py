@@ -40,6 +40,8 @@ PACKAGES: tuple[str, ...] = (
     "libtss2-tcti-device0t64",
     "systemd-timesyncd",
     "nftables",
+    # logind (on the system bus) turns the power button into a clean shutdown
+    "dbus",
 )
 
 # Kernel module directories dropped from the root (never needed on the appliance).
@@ -54,6 +56,9 @@ MODULE_PRUNE: tuple[str, ...] = (
     "kernel/net/bluetooth",
     "kernel/drivers/iio",
     "kernel/drivers/input/touchscreen",
+    "kernel/arch/x86/kvm",
+    "kernel/net/wireless",
+    "kernel/net/mac80211",
 )
 
 # Modules the initramfs loads (with their dependencies) to reach the verity root.
