@@ -119,7 +119,10 @@ def _as_user(cmd: list[str], env: dict[str, str], stdin: str | None = None) -> N
 
 
 def _chown(path: Path) -> None:
+    """Hand `path` to the service user (when running as the service user, it already owns it)."""
     pw = pwd.getpwnam(USER)
+    if os.geteuid() == pw.pw_uid:
+        return
     os.chown(path, pw.pw_uid, pw.pw_gid)
 
 
