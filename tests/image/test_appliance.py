@@ -356,7 +356,7 @@ def test_first_boot_seals_the_state_and_waits_for_the_operator_with_a_csr(
 def provisioning(appliance: Appliance) -> dict[str, bytes]:
     if not appliance.chain:
         appliance.chain = appliance.operator.sign(appliance.csr)
-    roles = f'[node]\nkms_identity = "{KMS}"\n[roles]\ndf2 = ["df2.li.example.net"]\n'
+    roles = f'[node]\nkms_identity = "{KMS}"\n[roles]\ndf2 = ["dns:df2.li.example.net"]\n'
     return {
         "kmsnode.provision.chain": appliance.chain,
         "kmsnode.provision.ca": appliance.operator.ca_pem,

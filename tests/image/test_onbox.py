@@ -124,7 +124,7 @@ def operator_chain(layout: Layout) -> tuple[bytes, bytes]:
     return op.sign((layout.pki / "server.csr").read_bytes()), op.ca_pem
 
 
-ROLES = '[node]\nkms_identity = "sip:kms.example.net"\n[roles]\ndf2 = ["df2.example.net"]\n'
+ROLES = '[node]\nkms_identity = "sip:kms.example.net"\n[roles]\ndf2 = ["dns:df2.example.net"]\n'
 
 
 def test_provisioning_writes_a_config_the_node_accepts(node: Layout) -> None:
@@ -134,7 +134,7 @@ def test_provisioning_writes_a_config_the_node_accepts(node: Layout) -> None:
     appliance.provision(chain, ca, ROLES, node)
     cfg = config_mod.load(node.config)
     assert cfg.kms_identity == "sip:kms.example.net"
-    assert cfg.roles["df2"] == ("df2.example.net",)
+    assert cfg.roles.members["df2"] == ("dns:df2.example.net",)
     assert cfg.hsm.pin_credential == "hsm-pin" and cfg.hsm.pin_file is None
     assert (cfg.ue_listener.port, cfg.li_listener.port) == (7443, 7444)
     assert appliance.listener_ports(node.config) == [7443, 7444]
