@@ -334,12 +334,14 @@ def node_keys(config: Path) -> int:
     from firmware.cli import open_admin
 
     cfg = config_mod.load(config)
-    admin, vault, _ = open_admin(cfg)
+    admin, vault, store, audit = open_admin(cfg)
     try:
-        vault.ensure_keys()  # type: ignore[attr-defined]
+        vault.ensure_keys()
         admin.record_existing()
     finally:
-        vault.close()  # type: ignore[attr-defined]
+        for part in (audit, store, vault):
+            if hasattr(part, "close"):
+                part.close()
     return 0
 
 
@@ -388,24 +390,30 @@ def provision_from_credentials(layout: Layout = Layout()) -> int:
     )
 
 
+def make_ca(name: str, days: int = 30) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A throw-away CA (the test image's, and the operator's CA in tests)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
 def _self_provision(layout: Layout) -> None:
     """Test image only: a throw-away CA (kept in dev-ca/, never in pki/) signs the node's CSR."""
     ca_dir = layout.state / "dev-ca"
     ca_dir.mkdir(mode=0o700, exist_ok=True)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kmsnode TEST IMAGE CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca, ca_key = make_ca("kmsnode TEST IMAGE CA")
     csr = x509.load_pem_x509_csr((layout.pki / "server.csr").read_bytes())
     leaf = issue_server_cert(csr, ca, ca_key, "sip:kms.test.invalid")
     key_pem = ca_key.private_bytes(

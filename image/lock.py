@@ -13,7 +13,6 @@ Rules and invariants:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from image.errors import BuildError
+from image.verify import file_extent, sha256_extent
 
 LOCK_FORMAT = 1
 
@@ -41,11 +41,7 @@ class LockedDeb:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_extent(file_extent(str(path)), path.stat().st_size)
 
 
 def _fields(deb: Path) -> tuple[str, str, str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import sys
 
-CKF_TOKEN_INITIALIZED = 0x400
 CKF_RW_SESSION, CKF_SERIAL_SESSION = 0x2, 0x4
 CKU_SO = 0
 TOKEN_INFO_FLAGS_OFFSET = 96  # label[32] manufacturerID[32] model[16] serialNumber[16], flags
@@ -27,37 +26,37 @@ def _check(name: str, rv: int) -> None:
         raise Pkcs11Error(f"{name} failed (CKR 0x{rv:x})")
 
 
+def _tokens(lib: ctypes.CDLL) -> list[tuple[int, bytes]]:
+    """(slot id, raw CK_TOKEN_INFO) of every slot with a token."""
+    ulong = ctypes.c_ulong
+    count = ulong(0)
+    _check("C_GetSlotList", lib.C_GetSlotList(1, None, ctypes.byref(count)))
+    slots = (ulong * count.value)()
+    _check("C_GetSlotList", lib.C_GetSlotList(1, slots, ctypes.byref(count)))
+    out = []
+    for slot in slots[: count.value]:
+        info = ctypes.create_string_buffer(512)
+        _check("C_GetTokenInfo", lib.C_GetTokenInfo(ulong(slot), info))
+        out.append((int(slot), info.raw))
+    return out
+
+
 def init_token(module: str, label: str, so_pin: bytes, user_pin: bytes) -> None:
     lib = ctypes.CDLL(module)
     ulong = ctypes.c_ulong
     _check("C_Initialize", lib.C_Initialize(None))
     try:
-        count = ulong(0)
-        _check("C_GetSlotList", lib.C_GetSlotList(1, None, ctypes.byref(count)))
-        slots = (ulong * count.value)()
-        _check("C_GetSlotList", lib.C_GetSlotList(1, slots, ctypes.byref(count)))
-        free = None
-        for slot in slots[: count.value]:
-            info = ctypes.create_string_buffer(512)
-            _check("C_GetTokenInfo", lib.C_GetTokenInfo(ulong(slot), info))
-            flags = ulong.from_buffer(info, TOKEN_INFO_FLAGS_OFFSET).value
-            if not flags & CKF_TOKEN_INITIALIZED:
-                free = slot
-                break
+        at = TOKEN_INFO_FLAGS_OFFSET
+        free = next(
+            (s for s, info in _tokens(lib) if not ulong.from_buffer_copy(info, at).value & 0x400),
+            None,
+        )  # CKF_TOKEN_INITIALIZED clear
         if free is None:
             raise Pkcs11Error("no uninitialised token")
         padded = label.encode().ljust(32, b" ")[:32]
         _check("C_InitToken", lib.C_InitToken(ulong(free), so_pin, ulong(len(so_pin)), padded))
         # SoftHSM moves a freshly initialised token to a new slot id: find it by label.
-        _check("C_GetSlotList", lib.C_GetSlotList(1, None, ctypes.byref(count)))
-        slots = (ulong * count.value)()
-        _check("C_GetSlotList", lib.C_GetSlotList(1, slots, ctypes.byref(count)))
-        target = None
-        for slot in slots[: count.value]:
-            info = ctypes.create_string_buffer(512)
-            _check("C_GetTokenInfo", lib.C_GetTokenInfo(ulong(slot), info))
-            if info.raw[:32] == padded:
-                target = slot
+        target = next((slot for slot, info in _tokens(lib) if info[:32] == padded), None)
         if target is None:
             raise Pkcs11Error("initialised token not found")
         session = ulong(0)

@@ -13,8 +13,6 @@ erofs-utils, dosfstools, mtools. Every QEMU run has its own timeout.
 from __future__ import annotations
 
 import contextlib
-import datetime
-import hashlib
 import os
 import re
 import shutil
@@ -26,12 +24,11 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from image import boot, bootstate, esp, gpt
-from image.appliance import check_health, issue_server_cert
+from image.appliance import check_health, issue_server_cert, make_ca
 from image.build import Progress, build, commit_time
 from image.config import BuildPaths, ImageConfig
 from image.flash import flash
@@ -40,6 +37,7 @@ from image.release import ReleaseOutputs
 from image.secureboot import SecureBootKey, generate
 from image.tools import WORK, run_in_tools, tools_tree
 from image.update import update
+from image.verify import file_extent, sha256_extent
 
 pytestmark = pytest.mark.slow
 
@@ -51,11 +49,7 @@ KMS = "sip:kms.appliance.example.net"
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_extent(file_extent(str(path)), path.stat().st_size)
 
 
 def quiet(_: str) -> None:
@@ -250,20 +244,7 @@ class Appliance:
 
 
 def make_operator() -> Operator:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "operator test CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    ca, key = make_ca("operator test CA", days=2)
     pin = os.urandom(12).hex().encode()
     return Operator(key, ca, pin, ca.public_bytes(serialization.Encoding.PEM))
 
