@@ -28,9 +28,10 @@ SLOTS = ("a", "b")
 BOOT_LOADER = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi"
 
 # Fixed options of every slot's command line. `rd.`/`systemd.` shells and the emergency target
-# are disabled; `panic=-1` reboots at once on a panic (boot counting then charges the try).
+# are disabled; `panic=-1` reboots at once on a panic (boot counting then charges the try);
+# `quiet` keeps kernel chatter off the (slow, serial) console, errors still show.
 BASE_CMDLINE = (
-    "console=tty0 console=ttyS0,115200 panic=-1 ro lockdown=integrity systemd.gpt_auto=0 "
+    "console=tty0 console=ttyS0,115200 quiet panic=-1 ro lockdown=integrity systemd.gpt_auto=0 "
     "systemd.show_status=1 systemd.debug_shell=0 systemd.crash_shell=0 "
     "systemd.crash_reboot=1 kmsnode.verity=restart"
 )

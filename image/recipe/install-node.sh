@@ -16,6 +16,10 @@ chroot "$R" sh -c 'PIP=$(ls /tmp/wheels/pip-*.whl)
   /opt/kmsnode/bin/python "$PIP/pip" install -q --no-index --no-cache-dir \
     --disable-pip-version-check --find-links /tmp/wheels kmsnode'
 rm -rf "$R/tmp/wheels"
+# The root is immutable (dm-verity): byte code that never re-checks its source (pip's
+# SOURCE_DATE_EPOCH default, checked-hash, hashes every source file at every import).
+chroot "$R" /opt/kmsnode/bin/python -m compileall -q -f -j 0 --invalidation-mode unchecked-hash \
+    /opt/kmsnode/lib >/dev/null
 # Recipe: users, units, udev rules, mounts, network, kernel settings, update key.
 install -D -m 0644 "$r/kmsnode.sysusers" "$R/usr/lib/sysusers.d/kmsnode.conf"
 chroot "$R" systemd-sysusers /usr/lib/sysusers.d/kmsnode.conf

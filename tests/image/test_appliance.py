@@ -44,7 +44,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("KMSNODE_IMAGE_CACHE", "/var/cache/kmsnode-image"))
 BOOT_TIMEOUT = 540  # QEMU's own hard limit (timeout --signal=KILL) for one boot
-TRIES = 2  # boot tries of the broken update (each failed try is one full TCG boot)
+TRIES = 1  # boot tries of the broken update (each failed try is one full TCG boot)
 KMS = "sip:kms.appliance.example.net"
 
 
@@ -325,7 +325,7 @@ def test_first_boot_seals_the_state_and_waits_for_the_operator_with_a_csr(
     m = re.search(r"kmsnode-initrd: kernel command line: (.*)", out)
     assert m is not None and "kmsnode.slot=a" in m.group(1)
     assert "debug_shell=1" not in m.group(1) and "kmsnode.slot=b" not in m.group(1)
-    assert "Secure boot enabled" in out
+    assert "EFI stub: UEFI Secure Boot is enabled." in out
     assert "sealing the state partition" in out
     csr = block(out, "KMSNODE-CSR-BEGIN", "KMSNODE-CSR-END")
     assert csr is not None
@@ -547,9 +547,9 @@ def test_one_changed_byte_in_the_root_never_serves(images: Images) -> None:
     work.mkdir()
     disk = work / "disk.img"
     subprocess.run(["cp", "--sparse=always", str(images.v1.disk), str(disk)], check=True)
-    offset = root_file_offset(
-        images, work, "opt/kmsnode/lib/python3.13/site-packages/firmware/cli.py"
-    )
+    # byte code the first kmsnode-image run reads (kmsnode-firewall, early in every boot)
+    pyc = "opt/kmsnode/lib/python3.13/site-packages/image/__pycache__/cli.cpython-313.pyc"
+    offset = root_file_offset(images, work, pyc)
     at = gpt.read_layout(str(disk))["root-a"].offset + offset + 100
     with open(disk, "r+b") as f:
         f.seek(at)
@@ -559,12 +559,12 @@ def test_one_changed_byte_in_the_root_never_serves(images: Images) -> None:
     boot.enrol_vars(images.tools, work / "fw", images.sb.cert, work / "vars.fd")
     machine = boot.Machine(disk, work / "vars.fd", work)
     with running(machine, "corrupt-root", timeout=BOOT_TIMEOUT) as g:
-        seen = g.wait_for("KMSNODE-CSR-END", timeout=BOOT_TIMEOUT - 60)
-        exited = g.exited(5)
+        exited = g.exited(BOOT_TIMEOUT - 60)
         out = g.output()
+    seen = "KMSNODE-CSR-END" in out
     assert re.search(r"verity.*(corrupt|mismatch)", out, re.I), out[-3000:]
     # restart-on-corruption: the machine restarted (QEMU runs with -no-reboot and exits)
-    assert exited and seen is None
+    assert exited and not seen
 
 
 def root_file_offset(images: Images, tmp: Path, inner: str) -> int:
