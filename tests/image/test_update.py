@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -390,3 +391,77 @@ def test_an_interrupted_update_over_a_previously_good_slot_b_never_falls_back_in
     with pytest.raises(TargetRefused, match="not a good fallback"):
         fallback(str(flashed), booted="a")
     assert slot_digest(flashed, "a") == a_before
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("mkfs.ext4") is None,
+    reason="needs root and mkfs.ext4 for a loop mount",
+)
+def test_refuses_a_mounted_target(
+    tmp_path: Path, flashed: Path, release_next: ReleaseOutputs, keys: Keys
+) -> None:
+    import subprocess
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    state = gpt.read_layout(str(flashed))["state"]
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-E", f"offset={state.offset}", str(flashed), "1024"],
+        check=True,
+    )
+    mount = subprocess.run(
+        ["mount", "-o", f"loop,offset={state.offset}", str(flashed), str(mnt)],
+        capture_output=True,
+    )
+    if mount.returncode != 0:
+        pytest.skip("loop mounts are not available here")
+    try:
+        before = slot_digest(flashed, "b")
+        with pytest.raises(TargetRefused, match="mounted"):
+            update(str(release_next.bundle), str(flashed), keys.signer.public_key(), log=quiet)
+        assert slot_digest(flashed, "b") == before
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_sigterm_during_update_prints_one_line_and_leaves_the_running_slot(
+    flashed: Path,
+    release: ReleaseOutputs,
+    release_next: ReleaseOutputs,
+    keys: Keys,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import signal
+
+    import image.update
+    from image.cli import main
+
+    real = image.update.copy_extent
+
+    def copy_then_term(*args: object, **kw: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(image.update, "copy_extent", copy_then_term)
+    rc = main(
+        [
+            "update",
+            "--bundle",
+            str(release_next.bundle),
+            "--target",
+            str(flashed),
+            "--pubkey",
+            str(keys.public_pem),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 130
+    assert err == (
+        "kmsnode-image: interrupted (SIGTERM): the running slot is untouched; "
+        "the slot being written is not bootable\n"
+    )
+    state = status(str(flashed))
+    assert state.active == "a" and state.slots["b"].state == "empty"
+    assert set(entry_slots(flashed)) == {"a"}
+    slot_verifies(flashed, "a", release)
