@@ -449,7 +449,9 @@ def build(
             cached.mkdir(parents=True)
             repo_dir = None
             if locked is not None:
-                repo_dir = lockfile.locked_repo(locked, deb_cache, paths.work / "locked-repo")
+                repo_dir = lockfile.locked_repo(
+                    locked, deb_cache, paths.work / "locked-repo", config.suite
+                )
             mmdebstrap_root(config, tar, kernel_out, cached / "debs", env, repo_dir)
             debs = lockfile.collect(cached / "debs", deb_cache)
             lockfile.write(
@@ -460,6 +462,9 @@ def build(
     rootdir = paths.work / "rootfs"
     with progress.step("extract base, install node (venv, units, udev rules, users)"):
         extract(tar, rootdir)
+        # The archive the root names, whatever the base was made from (a lock rebuild uses a
+        # local copy of the locked files).
+        (rootdir / "etc/apt/sources.list").write_text("\n".join(sources(config)) + "\n")
         install_node(rootdir, wheels, pub, config, env)
         clamp_mtimes(rootdir, config.source_date_epoch)
     out = paths.out

@@ -98,7 +98,7 @@ def read(path: Path) -> list[LockedDeb]:
         raise BuildError(f"{path}: not a packages.lock ({exc.__class__.__name__})") from None
 
 
-def locked_repo(debs: list[LockedDeb], deb_cache: Path, repo: Path) -> Path:
+def locked_repo(debs: list[LockedDeb], deb_cache: Path, repo: Path, suite: str) -> Path:
     """A flat apt repository holding exactly the locked .debs, each checked against its hash."""
     shutil.rmtree(repo, ignore_errors=True)
     repo.mkdir(parents=True)
@@ -118,4 +118,15 @@ def locked_repo(debs: list[LockedDeb], deb_cache: Path, repo: Path) -> Path:
     if proc.returncode != 0:
         raise BuildError(f"apt-ftparchive failed: {proc.stderr.strip()[-300:]}")
     (repo / "Packages").write_text(proc.stdout)
+    # A Release naming the suite: mmdebstrap selects the essential set by archive/codename.
+    release = subprocess.run(
+        ["apt-ftparchive", "-o", f"APT::FTPArchive::Release::Suite={suite}"]
+        + ["-o", f"APT::FTPArchive::Release::Codename={suite}", "release", "."],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
+    if release.returncode != 0:
+        raise BuildError(f"apt-ftparchive release failed: {release.stderr.strip()[-300:]}")
+    (repo / "Release").write_text(release.stdout)
     return repo
