@@ -119,9 +119,9 @@ def locked_repo(debs: list[LockedDeb], deb_cache: Path, repo: Path, suite: str) 
         raise BuildError(f"apt-ftparchive failed: {proc.stderr.strip()[-300:]}")
     (repo / "Packages").write_text(proc.stdout)
     # A Release naming the suite: mmdebstrap selects the essential set by archive/codename.
+    opts = [f"APT::FTPArchive::Release::{k}={suite}" for k in ("Suite", "Codename")]
     release = subprocess.run(
-        ["apt-ftparchive", "-o", f"APT::FTPArchive::Release::Suite={suite}"]
-        + ["-o", f"APT::FTPArchive::Release::Codename={suite}", "release", "."],
+        ["apt-ftparchive", "-o", opts[0], "-o", opts[1], "release", "."],
         cwd=repo,
         capture_output=True,
         text=True,
