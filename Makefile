@@ -62,35 +62,9 @@ test: deps lint
 test-wheel: deps
 	$(VENV)/bin/pytest -m wheel tests/plugin
 
-.stamp-apt-build: Makefile
-	$(call apt_install,$(BUILD_APT_PACKAGES))
-
-# The release wheel in dist/ (the one the appliance image installs): the codec compiled with
-# mypyc per KMSNODE_MYPYC. Stale build output is removed first: a pure wheel must not pick up an
-# extension of an earlier compiled build.
-wheel: deps .stamp-apt-build
-	rm -rf dist build/lib.* build/bdist.*
-	KMSNODE_MYPYC=$(KMSNODE_MYPYC) $(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
-
-# The codec tests (tests/mikey, tests/core) against the compiled wheel, unpacked on its own with a
-# copy of the tests: the unpacked tree is pytest's rootdir and first on sys.path (-P: nothing
-# else before it), so nothing imports the sources, not even a plugin pytest loads first;
-# test_build proves which build was loaded. No coverage here: coverage cannot see compiled code.
-test-compiled: deps .stamp-apt-build
-	rm -rf $(COMPILED) build/lib.* build/bdist.*
-	KMSNODE_MYPYC=1 $(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(COMPILED)/dist .
-	$(PY) -m zipfile -e $(COMPILED)/dist/kmsnode-*.whl $(COMPILED)/site
-	cp -r tests pyproject.toml $(COMPILED)/site/
-	cd $(COMPILED)/site && PYTHONPATH=$$PWD KMSNODE_EXPECT_CODEC=compiled $(abspath $(PY)) -P -m \
-	  pytest -q -p no:cacheprovider -m "not slow" tests/mikey tests/core
-
-# bench_mikey on the pure sources and on the compiled wheel of test-compiled, back to back
-bench-mikey-compiled: deps
-	@test -d $(COMPILED)/site || $(MAKE) test-compiled
-	$(PY) -m bench.bench_mikey --compare $(COMPILED)/site --rounds 3
-
+# Own base folder: disks and machines must not be cleaned away by a pytest run next to this one.
 test-image: deps .stamp-apt-image
-	$(VENV)/bin/pytest -m slow tests/image
+	$(VENV)/bin/pytest -m slow tests/image --basetemp=/var/tmp/kmsnode-image-tests
 
 .stamp-apt-image: Makefile
 	$(call apt_install,$(IMAGE_APT_PACKAGES))

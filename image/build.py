@@ -465,6 +465,9 @@ def build(
         # The archive the root names, whatever the base was made from (a lock rebuild uses a
         # local copy of the locked files).
         (rootdir / "etc/apt/sources.list").write_text("\n".join(sources(config)) + "\n")
+        # apt's auto-installed marks depend on how the base was resolved, not on what it holds
+        # (the dpkg database is the record); nothing uses apt on the read-only root.
+        (rootdir / "var/lib/apt/extended_states").unlink(missing_ok=True)
         install_node(rootdir, wheels, pub, config, env)
         clamp_mtimes(rootdir, config.source_date_epoch)
     out = paths.out

@@ -72,6 +72,7 @@ INITRD_MODULES: tuple[str, ...] = (
     "sd_mod",
     "ahci",
     "nvme",
+    "efivarfs",  # the initramfs reports the firmware's Secure Boot state
 )
 
 DPKG_EXCLUDES: tuple[str, ...] = (
