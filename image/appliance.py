@@ -3,7 +3,7 @@
 Rules and invariants:
 - Production images carry no CA key and no client key. First boot creates the HSM token (PINs
   through standard input into C_InitToken/C_InitPIN, never an argv), seals the user PIN as an
-  encrypted systemd credential (TPM 2.0, PCR 7; `--with-key=host` only in an --insecure-no-tpm
+  encrypted systemd credential (TPM 2.0, PCR 7+12; `--with-key=host` only in an --insecure-no-tpm
   image), creates the node's keys in the token, and makes the node's TLS key pair and a CSR.
   The plaintext PIN exists only in memory, pipes and a root-only folder in /run, removed at once.
 - The node gets a configuration only from `provision`: the operator's certificate chain (its
@@ -139,8 +139,8 @@ def _write(path: Path, data: bytes, mode: int = 0o600, owner: bool = True) -> No
 
 
 def seal_pin(pin: str, out: Path, insecure: bool) -> None:
-    """The PIN as an encrypted credential: TPM 2.0 bound to PCR 7 (host key if insecure)."""
-    key = ["--with-key=host"] if insecure else ["--with-key=tpm2", "--tpm2-pcrs=7"]
+    """The PIN as an encrypted credential: TPM 2.0 bound to PCR 7+12 (host key if insecure)."""
+    key = ["--with-key=host"] if insecure else ["--with-key=tpm2", "--tpm2-pcrs=7+12"]
     proc = subprocess.run(
         ["systemd-creds", "encrypt", *key, f"--name={PIN_CRED}", "-", str(out)],
         input=pin,

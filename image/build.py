@@ -491,6 +491,7 @@ def build(
             (kernel_out / "kver").read_text().strip(),
             config.product,
             sb_key,
+            config.source_date_epoch,
         )
     info = ReleaseInfo(
         config.product,

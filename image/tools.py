@@ -61,7 +61,9 @@ def tools_tree(cache: Path, suite: str, mirror: str, env: dict[str, str]) -> Pat
     return root / "tree"
 
 
-def run_in_tools(tree: Path, work: Path, cmd: list[str]) -> subprocess.CompletedProcess[str]:
+def run_in_tools(
+    tree: Path, work: Path, cmd: list[str], epoch: int | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run `cmd` chrooted in `tree` with `work` bound at /work (paths in cmd are /work/...)."""
     script = (
         'set -e; mount --bind "$1" "$2/work"; mount -t proc proc "$2/proc"; '
@@ -74,7 +76,12 @@ def run_in_tools(tree: Path, work: Path, cmd: list[str]) -> subprocess.Completed
         ],
         capture_output=True,
         text=True,
-        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "TZ": "UTC"},
+        env={
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "LC_ALL": "C.UTF-8",
+            "TZ": "UTC",
+            **({"SOURCE_DATE_EPOCH": str(epoch)} if epoch is not None else {}),
+        },
     )
     if proc.returncode != 0:
         raise BuildError(

@@ -4,6 +4,8 @@ Rules and invariants:
 - One UKI per slot: kernel, initramfs and a command line naming that slot and its dm-verity root
   hash, salt and size. Under Secure Boot the stub ignores any command line passed by the loader,
   so the signed `.cmdline` is the only one the kernel ever sees.
+- The signed command line ends with `kmsnode.end`; the initramfs refuses to boot if anything
+  follows it (see END below).
 - The command line enables kernel lockdown and turns systemd's debug shells and emergency
   targets off (a console must never become a root shell); dm-verity runs with
   restart-on-corruption (set by the initramfs from `kmsnode.verity=restart`).
@@ -37,12 +39,17 @@ BASE_CMDLINE = (
 )
 
 UkiMaker = Callable[[str, str, Path], None]  # (slot, command line, output)
+# Last word of every signed command line. systemd-stub 257 appends SMBIOS type 11
+# `io.systemd.stub.kernel-cmdline-extra` even under Secure Boot (measured into PCR 12 instead):
+# the initramfs refuses to boot when anything follows this marker, and the sealed state and PIN
+# are bound to PCR 12 too, so an extended command line can neither boot the root nor unseal.
+END = "kmsnode.end"
 
 
 def cmdline(verity: VerityInfo, slot: str) -> str:
     return (
         f"{BASE_CMDLINE} kmsnode.slot={slot} kmsnode.roothash={verity.root_hash} "
-        f"kmsnode.salt={verity.salt} kmsnode.blocks={verity.data_blocks}"
+        f"kmsnode.salt={verity.salt} kmsnode.blocks={verity.data_blocks} {END}"
     )
 
 
@@ -66,8 +73,12 @@ def signed_chain(
     kver: str,
     product: str,
     key: SecureBootKey,
+    epoch: int,
 ) -> BootChain:
-    """Stage kernel, initrd and key in `work` (bound at /work in the tools tree)."""
+    """Stage kernel, initrd and key in `work` (bound at /work in the tools tree).
+
+    `epoch` is SOURCE_DATE_EPOCH: ukify stamps the PE header with it (else with the clock).
+    """
     key.check()
     work.mkdir(parents=True, exist_ok=True)
     for src, name in ((vmlinuz, "vmlinuz"), (initrd, "initrd.img")):
@@ -78,7 +89,10 @@ def signed_chain(
     (work / "osrel").write_text(osrel(product))
     sign = ["--key", f"{WORK}/db.key", "--cert", f"{WORK}/db.crt"]
     run_in_tools(
-        tools, work, ["sbsign", *sign, "--output", f"{WORK}/systemd-bootx64.efi", BOOT_LOADER]
+        tools,
+        work,
+        ["sbsign", *sign, "--output", f"{WORK}/systemd-bootx64.efi", BOOT_LOADER],
+        epoch,
     )
 
     def make(slot: str, line: str, out: Path) -> None:
@@ -99,6 +113,7 @@ def signed_chain(
                 f"--secureboot-certificate={WORK}/db.crt",
                 f"--output={WORK}/uki-{slot}.efi",
             ],
+            epoch,
         )
         shutil.move(work / f"uki-{slot}.efi", out)
 

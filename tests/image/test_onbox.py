@@ -85,7 +85,7 @@ def test_first_boot_passes_pins_to_no_command_line(
         assert all(pin not in a for a in cmd)
         assert stdin is not None and pin in stdin
     seal = calls[1][0]
-    assert "--with-key=tpm2" in seal and "--tpm2-pcrs=7" in seal
+    assert "--with-key=tpm2" in seal and "--tpm2-pcrs=7+12" in seal
 
 
 def test_an_insecure_image_seals_the_pin_with_a_host_key_only_when_built_so(
