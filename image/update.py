@@ -57,13 +57,15 @@ def running_slot(target: str, state: BootState, cmdline_path: str = PROC_CMDLINE
     """The slot this system booted from, if `target` is the disk it booted from."""
     try:
         st = os.stat(target)
-        args = dict(
-            a.split("=", 1)
-            for a in Path(cmdline_path).read_text().split()
-            if a.startswith("kmsnode.")
-        )
-    except (OSError, ValueError):
+        words = Path(cmdline_path).read_text().split()
+    except OSError:
         return None
+    # first occurrence wins (the signed part comes first); bare words such as kmsnode.end skipped
+    args: dict[str, str] = {}
+    for word in words:
+        key, eq, value = word.partition("=")
+        if eq and key.startswith("kmsnode.") and key not in args:
+            args[key] = value
     slot, root_hash = args.get("kmsnode.slot"), args.get("kmsnode.roothash")
     if not stat.S_ISBLK(st.st_mode) or slot not in ("a", "b"):
         return None

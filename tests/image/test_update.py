@@ -465,3 +465,35 @@ def test_sigterm_during_update_prints_one_line_and_leaves_the_running_slot(
     assert state.active == "a" and state.slots["b"].state == "empty"
     assert set(entry_slots(flashed)) == {"a"}
     slot_verifies(flashed, "a", release)
+
+
+def test_the_running_slot_is_read_from_the_signed_command_line(
+    tmp_path: Path, flashed: Path, release: ReleaseOutputs
+) -> None:
+    import subprocess
+
+    from image.uki import cmdline
+    from image.update import running_slot
+
+    if os.geteuid() != 0 or shutil.which("losetup") is None:
+        pytest.skip("needs root and losetup for a block device target")
+    loop = subprocess.run(
+        ["losetup", "-f", "--show", str(flashed)], capture_output=True, text=True
+    ).stdout.strip()
+    if not loop:
+        pytest.skip("no loop device")
+    try:
+        state = status(loop)
+        line = tmp_path / "cmdline"
+        signed = cmdline(release.manifest.verity, "a")
+        line.write_text(signed + "\n")
+        assert running_slot(loop, state, str(line)) == "a"
+        # a later word cannot move the booted slot (the initramfs refuses such a line anyway)
+        line.write_text(signed + " kmsnode.slot=b\n")
+        assert running_slot(loop, state, str(line)) == "a"
+        # another system's root hash: this disk is not the one running
+        line.write_text(signed.replace(release.manifest.verity.root_hash, "0" * 64) + "\n")
+        assert running_slot(loop, state, str(line)) is None
+        assert running_slot(str(flashed), state, str(line)) is None  # a file is never running
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False)
