@@ -64,7 +64,7 @@ manifests = st.builds(
 
 
 # Generation is slow on a loaded 2-core machine; the property, not the speed, is under test.
-@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(manifests)
 def test_canonical_bytes_round_trip_to_the_same_manifest(m: Manifest) -> None:
     data = m.canonical_bytes()
