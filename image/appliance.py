@@ -307,7 +307,7 @@ def node_init(layout: Layout = Layout()) -> int:
 
 
 def _make_keys(layout: Layout, conf: Path, pin: str) -> None:
-    """The node's keys in the token, made by the service user with the PIN as a credential."""
+    """The node's keys in the token: `kmsnode init-keys` as the service user (PIN as credential)."""
     run = Path("/run/kmsnode-init")
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(mode=0o700)
@@ -321,28 +321,11 @@ def _make_keys(layout: Layout, conf: Path, pin: str) -> None:
         text = text.replace('softhsm2_conf = "softhsm/softhsm2.conf"', f'softhsm2_conf = "{conf}"')
         _write(cfg, text.encode(), 0o600)
         _as_user(
-            [sys.executable, "-m", "image", "node-keys", "--config", str(cfg)],
+            [str(Path(sys.executable).parent / "kmsnode"), "init-keys", "--config", str(cfg)],
             {"CREDENTIALS_DIRECTORY": str(run), "PYTHONDONTWRITEBYTECODE": "1"},
         )
     finally:
         shutil.rmtree(run, ignore_errors=True)
-
-
-def node_keys(config: Path) -> int:
-    """(as the service user) Create the node's keys in the token and record them."""
-    from firmware import config as config_mod
-    from firmware.cli import open_admin
-
-    cfg = config_mod.load(config)
-    admin, vault, store, audit = open_admin(cfg)
-    try:
-        vault.ensure_keys()
-        admin.record_existing()
-    finally:
-        for part in (audit, store, vault):
-            if hasattr(part, "close"):
-                part.close()
-    return 0
 
 
 def provision(chain_pem: bytes, ca_pem: bytes, roles_text: str, layout: Layout = Layout()) -> int:

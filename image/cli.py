@@ -114,8 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
     ti = sub.add_parser("token-init", help=argparse.SUPPRESS)
     ti.add_argument("--module", required=True)
     ti.add_argument("--label", required=True)
-    nk = sub.add_parser("node-keys", help=argparse.SUPPRESS)
-    nk.add_argument("--config", required=True)
     pr = sub.add_parser("provision", help="(appliance) install certificate chain, CA and roles")
     pr.add_argument("--chain", help="PEM: the node's certificate, then its issuers")
     pr.add_argument("--ca", help="PEM: the CA of the LI clients (DF2, admin)")
@@ -214,7 +212,7 @@ def _run(args: argparse.Namespace) -> int:
         from image.p11init import main as token_init
 
         return token_init(args.module, args.label)
-    if args.command in ("node-init", "node-keys", "provision", "health", "firewall"):
+    if args.command in ("node-init", "provision", "health", "firewall"):
         return _appliance(args)
     if args.command in ("status", "mark-good", "fallback"):
         from image import update
@@ -263,8 +261,6 @@ def _appliance(args: argparse.Namespace) -> int:
 
     if args.command == "node-init":
         return appliance.node_init()
-    if args.command == "node-keys":
-        return appliance.node_keys(Path(args.config))
     if args.command == "health":
         return appliance.health(Path(args.config), args.timeout, args.reboot_on_failure)
     if args.command == "firewall":
