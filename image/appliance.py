@@ -49,6 +49,10 @@ BOOT_COUNT_VAR = Path(
     "/sys/firmware/efi/efivars/LoaderBootCountPath-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 )
 ROLE_SECTIONS = {"node": {"kms_identity"}, "roles": None, "policy": None}
+# Settings of the appliance the operator's role file cannot change. A node whose clock is off
+# beyond the skew decides replay and ticket validity wrongly: the appliance refuses to serve
+# until systemd-timesyncd has synchronised the kernel clock (the node checks adjtimex).
+FIXED_POLICY = {"require_clock_sync": True}
 
 
 def say(text: str) -> None:
@@ -209,6 +213,7 @@ def config_text(kms_identity: str, roles: dict[str, Any], policy: dict[str, Any]
             "",
         ]
     lines += ["[metrics]", f'address = "127.0.0.1:{METRICS_PORT}"', ""]
+    policy = {**policy, **FIXED_POLICY}
     for section, table in (("roles", roles), ("policy", policy)):
         if table:
             lines.append(f"[{section}]")
@@ -243,6 +248,11 @@ def parse_roles(text: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
         allowed = ROLE_SECTIONS[section]
         if allowed is not None and set(data) - allowed:
             raise TargetRefused(f"role file: [{section}] may only set {', '.join(sorted(allowed))}")
+    fixed = set(raw.get("policy", {})) & set(FIXED_POLICY)
+    if fixed:
+        raise TargetRefused(
+            f"role file: [policy] {', '.join(sorted(fixed))} is fixed on the appliance"
+        )
     identity = raw.get("node", {}).get("kms_identity")
     if not isinstance(identity, str):
         raise TargetRefused("role file: [node] kms_identity is required")

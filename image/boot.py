@@ -8,8 +8,13 @@ Rules:
 - QEMU always runs under its own `timeout` (a refused image leaves OVMF sitting in its boot
   manager) and in its own process group, which `Guest.stop` kills with swtpm.
 - The guest network is QEMU user networking with `restrict=on`: the guest reaches nothing but the
-  forwarded listener ports on 127.0.0.1 (no NTP or DNS traffic leaves the machine).
+  forwarded listener ports on 127.0.0.1 (no NTP or DNS traffic leaves the machine). A boot given
+  a `TimeServer` is the exception: QEMU's restricted mode drops every datagram from the guest but
+  DHCP's, so NTP needs `restrict=off`; the guest is told (a `network.network.*` credential, as an
+  operator would) to use 10.0.2.2, which QEMU maps to the host's loopback, where the test's
+  SNTP server answers. The appliance names no other server, so nothing else is asked the time.
 - System credentials reach the guest as SMBIOS type 11 strings (systemd imports them at boot).
+- Every console line is also written with the host time since QEMU started (`*-timeline.log`).
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from image.config import RECIPE_DIR
 from image.errors import BuildError
 from image.tools import WORK, run_in_tools
 
@@ -83,6 +91,106 @@ class Machine:
         return self.workdir / "tpm"
 
 
+NTP_EPOCH = 2208988800  # seconds from 1900 (NTP's era 0) to 1970
+GUEST_HOST = "10.0.2.2"  # QEMU user networking: the host's loopback as the guest sees it
+
+
+def _ntp_time(t: float) -> bytes:
+    return struct.pack("!II", int(t) + NTP_EPOCH, int((t % 1) * 2**32) & 0xFFFFFFFF)
+
+
+def sntp_reply(request: bytes, received: float, now: float) -> bytes | None:
+    """RFC 4330 server reply (stratum 1, the host's clock) to a client request, else None."""
+    if len(request) < 48 or request[0] & 7 != 3:
+        return None
+    version = (request[0] >> 3) & 7
+    return (
+        bytes([version << 3 | 4, 1, request[2], 0xEC])  # leap 0, server; stratum 1; 2^-20 s
+        + struct.pack("!II", 0, 1 << 8)  # root delay 0, root dispersion 4 ms
+        + b"LOCL"
+        + _ntp_time(now)  # reference time
+        + request[40:48]  # originate = the client's transmit time
+        + _ntp_time(received)
+        + _ntp_time(now)
+    )
+
+
+class TimeServer:
+    """An SNTP server on the host's 127.0.0.1:123 (root), answering with the host's clock.
+
+    SO_REUSEPORT: test runs side by side each start one; any of them answers correctly.
+    """
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            self.sock.bind(("127.0.0.1", 123))
+        except OSError as exc:
+            self.sock.close()
+            raise BuildError(f"cannot serve NTP on 127.0.0.1:123: {exc.strerror}") from None
+        self.sock.settimeout(0.5)
+        self.answered = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="sntp", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, peer = self.sock.recvfrom(512)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            reply = sntp_reply(data, time.time(), time.time())
+            if reply is not None:
+                self.sock.sendto(reply, peer)
+                self.answered += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+    def guest_credentials(self) -> dict[str, bytes]:
+        """The appliance's own network file plus this server, as an operator would set it."""
+        shipped = (RECIPE_DIR / "80-kmsnode.network").read_text()
+        return {"network.network.80-kmsnode": (shipped + f"NTP={GUEST_HOST}\n").encode()}
+
+
+class _Timeline(threading.Thread):
+    """Copies console lines to `out` prefixed with the host seconds since `t0`."""
+
+    def __init__(self, console: Path, out: Path, t0: float) -> None:
+        super().__init__(name="console-timeline", daemon=True)
+        self.console, self.out, self.t0 = console, out, t0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        pos, partial = 0, b""
+        with open(self.out, "w") as out:
+            while True:
+                finished = self.done.wait(0.25)
+                try:
+                    with open(self.console, "rb") as f:
+                        f.seek(pos)
+                        data = f.read()
+                except FileNotFoundError:
+                    data = b""
+                pos += len(data)
+                *lines, partial = (partial + data).split(b"\n")
+                stamp = time.monotonic() - self.t0
+                for line in lines:
+                    text = ANSI.sub("", line.decode(errors="replace")).replace("\r", "").strip()
+                    if text:
+                        out.write(f"[{stamp:7.1f}] {text}\n")
+                out.flush()
+                if finished:
+                    return
+
+
 @dataclass
 class Guest:
     proc: subprocess.Popen[bytes]
@@ -92,6 +200,7 @@ class Guest:
     qmp: Path
     swtpm: subprocess.Popen[bytes] | None
     started: float = field(default_factory=time.monotonic)
+    timeline: _Timeline | None = None
 
     def output(self) -> str:
         """Console text without ANSI codes and carriage returns."""
@@ -137,6 +246,9 @@ class Guest:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+        if self.timeline is not None:
+            self.timeline.done.set()
+            self.timeline.join()
         if self.swtpm is not None:
             with contextlib.suppress(ProcessLookupError):
                 self.swtpm.kill()
@@ -189,10 +301,12 @@ def start(
     memory_mib: int = 1536,
     smp: int = 2,
     name: str = "boot",
+    time_server: TimeServer | None = None,
     # No AVX: under TCG, glibc's AVX2 string functions are emulated slowly (Nehalem: SSE4.2).
     cpu: str = os.environ.get("KMSNODE_QEMU_CPU", "Nehalem"),
 ) -> Guest:
-    """Boot `machine` from its disk; `reboot`: guest reboots stay inside this QEMU run."""
+    """Boot `machine` from its disk; `reboot`: guest reboots stay inside this QEMU run;
+    `time_server`: the guest synchronises its clock with it (see the module rules)."""
     require("qemu-system-x86_64", "timeout", *(["swtpm"] if machine.tpm else []))
     machine.workdir.mkdir(parents=True, exist_ok=True)
     console = machine.workdir / f"{name}-console.log"
@@ -208,6 +322,7 @@ def start(
             "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
             "-device", "tpm-tis,tpmdev=tpm0",
         ]  # fmt: skip
+    creds = {**(credentials or {}), **(time_server.guest_credentials() if time_server else {})}
     cmd = [
         "timeout", "--signal=KILL", str(timeout),
         "qemu-system-x86_64", "-machine", "q35,smm=on", "-accel", "tcg", "-cpu", cpu,
@@ -219,11 +334,12 @@ def start(
         "-qmp", f"unix:{qmp},server=on,wait=off",
         "-drive", f"file={machine.disk},if=virtio,format=raw,cache=unsafe",
         "-netdev",
-        f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{ue}-:7443,hostfwd=tcp:127.0.0.1:{li}-:7444",
+        f"user,id=n0,restrict={'off' if time_server else 'on'},"
+        f"hostfwd=tcp:127.0.0.1:{ue}-:7443,hostfwd=tcp:127.0.0.1:{li}-:7444",
         "-device", "virtio-net-pci,netdev=n0",
         "-device", "virtio-rng-pci",
         *tpm_args,
-        *credential_args(credentials or {}),
+        *credential_args(creds),
         *(a for s in smbios or [] for a in ("-smbios", s)),
         *([] if reboot else ["-no-reboot"]),
     ]  # fmt: skip
@@ -231,4 +347,7 @@ def start(
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=False
         )
-    return Guest(proc, console, ue, li, qmp, swtpm)
+    guest = Guest(proc, console, ue, li, qmp, swtpm)
+    guest.timeline = _Timeline(console, machine.workdir / f"{name}-timeline.log", guest.started)
+    guest.timeline.start()
+    return guest

@@ -138,6 +138,21 @@ def test_provisioning_writes_a_config_the_node_accepts(node: Layout) -> None:
     assert cfg.hsm.pin_credential == "hsm-pin" and cfg.hsm.pin_file is None
     assert (cfg.ue_listener.port, cfg.li_listener.port) == (7443, 7444)
     assert appliance.listener_ports(node.config) == [7443, 7444]
+    assert cfg.policy.require_clock_sync  # never serves on an unsynchronised clock
+
+
+def test_the_operator_cannot_let_the_appliance_serve_on_an_unsynchronised_clock(
+    node: Layout,
+) -> None:
+    from firmware import config as config_mod
+
+    chain, ca = operator_chain(node)
+    with pytest.raises(TargetRefused, match="require_clock_sync is fixed"):
+        appliance.provision(chain, ca, ROLES + "[policy]\nrequire_clock_sync = false\n", node)
+    assert not node.config.exists()
+    appliance.provision(chain, ca, ROLES + "[policy]\nclock_skew = 5\n", node)
+    cfg = config_mod.load(node.config)
+    assert cfg.policy.require_clock_sync and cfg.policy.clock_skew == 5
 
 
 def test_provisioning_refuses_a_chain_for_another_key(node: Layout, tmp_path: Path) -> None:
