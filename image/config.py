@@ -125,6 +125,9 @@ class BuildPaths:
     repo: Path
     cache: Path = Path("/var/cache/kmsnode-image")
     out: Path = field(default=Path("/var/cache/kmsnode-image/out"))
+    # Scratch space of one build (extracted root, wheels); default under the cache. Builds that
+    # may run next to others (tests) give their own.
+    scratch: Path | None = None
 
     @property
     def rootfs_cache(self) -> Path:
@@ -136,7 +139,7 @@ class BuildPaths:
 
     @property
     def work(self) -> Path:
-        return self.cache / "work"
+        return self.scratch or self.cache / "work"
 
 
 def file_digest(*paths: Path) -> str:

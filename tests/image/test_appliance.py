@@ -103,14 +103,14 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Images:
     outs: dict[str, ReleaseOutputs] = {}
     seconds: dict[str, float] = {}
     for name, (config, _) in plans.items():
-        paths = BuildPaths(REPO, CACHE, CACHE / f"test-{name}")
+        paths = BuildPaths(REPO, CACHE, work / f"out-{name}", scratch=work / "build")
         t0 = time.monotonic()
         outs[name] = build(REPO, paths, config, signer, sb, Progress(), commit=sha)
         seconds[name] = time.monotonic() - t0
     # The same commit again, with the Debian base rebuilt from v1's lock file only.
     lock = work / "packages.lock"
     shutil.copyfile(outs["v1"].disk.parent / "packages.lock", lock)
-    paths = BuildPaths(REPO, CACHE, CACHE / "test-relock")
+    paths = BuildPaths(REPO, CACHE, work / "out-relock", scratch=work / "build")
     t0 = time.monotonic()
     outs["relock"] = build(REPO, paths, base, signer, sb, Progress(), commit=sha, lock=lock)
     seconds["relock"] = time.monotonic() - t0
@@ -266,6 +266,7 @@ class Appliance:
     machine: boot.Machine
     images: Images
     operator: Operator
+    clock: boot.TimeServer
     chain: bytes = b""
     csr: bytes = b""
 
@@ -281,7 +282,7 @@ def make_operator() -> Operator:
 
 
 @pytest.fixture(scope="module")
-def appliance(images: Images) -> Appliance:
+def appliance(images: Images) -> Iterator[Appliance]:
     for tool in ("qemu-system-x86_64", "swtpm"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} not installed")
@@ -291,7 +292,12 @@ def appliance(images: Images) -> Appliance:
     flash(str(images.v1.disk), str(disk), images.signer.public_key(), "kmsnode", log=quiet)
     vars_ = work / "vars.fd"
     boot.enrol_vars(images.tools, work / "fw", images.sb.cert, vars_)
-    return Appliance(boot.Machine(disk, vars_, work), images, make_operator())
+    # The node never serves on an unsynchronised clock: the guest gets the host's time by SNTP.
+    clock = boot.TimeServer()
+    try:
+        yield Appliance(boot.Machine(disk, vars_, work), images, make_operator(), clock)
+    finally:
+        clock.close()
 
 
 @contextlib.contextmanager
@@ -369,7 +375,13 @@ def provisioning(appliance: Appliance) -> dict[str, bytes]:
 
 
 def serve_and_mark_good(appliance: Appliance, name: str, slot: str, **kw: object) -> str:
-    with running(appliance.machine, name, credentials=provisioning(appliance), **kw) as g:
+    with running(
+        appliance.machine,
+        name,
+        credentials=provisioning(appliance),
+        time_server=appliance.clock,
+        **kw,
+    ) as g:
         status, seconds = wait_serving(
             g, appliance.operator.ca_pem, time.monotonic() + BOOT_TIMEOUT - 90
         )
@@ -392,6 +404,7 @@ def test_provisioned_appliance_serves_and_the_health_gate_marks_the_slot_good(
     out = serve_and_mark_good(appliance, "provisioned", "a")
     assert "provisioned as sip:kms.appliance.example.net" in out
     assert "firewall: inbound allowed only to [7443, 7444]" in out
+    assert appliance.clock.answered > 0, "SERVING without the guest ever asking the time"
     state = slot_record(appliance.disk)
     assert state.slots["a"].state == "good" and state.booted == "a"
 
@@ -491,6 +504,7 @@ def test_an_update_whose_node_cannot_start_falls_back_to_the_good_slot_by_itself
         appliance.machine,
         "broken-update",
         credentials=provisioning(appliance),
+        time_server=appliance.clock,
         reboot=True,
         timeout=budget,
     ) as g:
