@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from image.certs import self_signed
 from image.errors import ImageError, TargetRefused
 
 STATE = Path("/var/lib/kmsnode")
@@ -386,20 +387,7 @@ def provision_from_credentials(layout: Layout = Layout()) -> int:
 def make_ca(name: str, days: int = 30) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A throw-away CA (the test image's, and the operator's CA in tests)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
+    return self_signed(key, name, datetime.timedelta(minutes=5), days, ca=True), key
 
 
 def _self_provision(layout: Layout) -> None:

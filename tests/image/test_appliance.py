@@ -499,26 +499,21 @@ def test_an_update_whose_node_cannot_start_falls_back_to_the_good_slot_by_itself
         log=quiet,
         tries=TRIES,
     )
-    budget = BOOT_TIMEOUT * (TRIES + 2)
-    with running(
-        appliance.machine,
-        "broken-update",
-        credentials=provisioning(appliance),
-        time_server=appliance.clock,
-        reboot=True,
-        timeout=budget,
-    ) as g:
-        status, seconds = wait_serving(
-            g, appliance.operator.ca_pem, time.monotonic() + budget - 120
-        )
-        out = g.output()
-        assert status == "SERVING", f"health: {status}; console tail:\n{out[-5000:]}"
-        g.wait_for("KMSNODE-FAILED-UNITS", timeout=120)
-        out = g.output()
-    print(f"\nbroken update: back on slot b and SERVING after {seconds:.0f}s")
-    assert out.count("kmsnode-initrd: slot a verity root") == TRIES
-    assert "rebooting to charge the try" in out
-    assert out.rstrip().count("kmsnode-initrd: slot b verity root") == 1
+    # Each reset is a power cycle: QEMU (-no-reboot) ends when the guest reboots and the next run
+    # powers the machine on again, with the same disk, variable store and TPM state. (A warm
+    # reboot inside one TCG run once sat for 12 minutes without output after the firmware started
+    # the boot loader; what counts here - the tries on the ESP - is the same either way.)
+    for attempt in range(1, TRIES + 1):
+        name = f"broken-update-try{attempt}"
+        creds = provisioning(appliance)
+        with running(appliance.machine, name, credentials=creds, time_server=appliance.clock) as g:
+            reset = g.exited(BOOT_TIMEOUT - 30)
+            out = g.output()
+        assert reset, f"{name}: no reboot; console tail:\n{out[-5000:]}"
+        assert "kmsnode-initrd: slot a verity root" in out, out[-3000:]
+        assert "rebooting to charge the try" in out, out[-3000:]
+    # out of tries: the boot loader takes slot b by itself, which serves and is marked good again
+    serve_and_mark_good(appliance, "broken-update-fallback", "b")
     state = slot_record(appliance.disk)
     assert state.booted == "b" and state.slots["a"].state == "bad"
     assert set(boot_entries(appliance.disk)) == {"b"}
