@@ -139,6 +139,7 @@ def test_provisioning_writes_a_config_the_node_accepts(node: Layout) -> None:
     assert (cfg.ue_listener.port, cfg.li_listener.port) == (7443, 7444)
     assert appliance.listener_ports(node.config) == [7443, 7444]
     assert cfg.policy.require_clock_sync  # never serves on an unsynchronised clock
+    assert not cfg.ue_http.enabled and not cfg.x1.enabled  # no listener the firewall keeps shut
 
 
 def test_the_operator_cannot_let_the_appliance_serve_on_an_unsynchronised_clock(
