@@ -109,9 +109,11 @@ def build_wheels(
         with tarfile.open(tar_path) as t:
             t.extractall(tree, filter="data")
         pip = str(repo / ".venv/bin/pip")
+        # Pure Python: a mypyc build here would be for the build host's interpreter, not the
+        # root's python3.13 (setup.py; KMSNODE_MYPYC from the caller's environment is ignored).
         run(
             [pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(tree)],
-            env=env,
+            env={**env, "KMSNODE_MYPYC": "0"},
         )
     dep_cache = (
         paths.wheel_cache / hashlib.sha256((repo / "constraints.txt").read_bytes()).hexdigest()[:16]
