@@ -187,11 +187,12 @@ def test_cli_flashes_with_the_pinned_key(
 def test_a_write_that_corrupts_bytes_fails_the_read_back(
     tmp_path: Path, release: ReleaseOutputs, keys: Keys
 ) -> None:
+    """Issue 10 item 6: a medium that returns one byte of slot a's root wrong after it was
+    written: the read-back check fails (WriteFailed), the flash is not reported done."""
     from image.errors import WriteFailed
 
     target = tmp_path / "t.img"
     root_off = gpt.read_layout(str(release.disk))["root-a"].offset
-
     corrupted: list[int] = []
 
     def corrupt(name: str, done: int) -> None:
@@ -213,6 +214,7 @@ def test_a_write_that_corrupts_bytes_fails_the_read_back(
             hook=corrupt,
             log=quiet,
         )
+    assert corrupted
 
 
 def test_an_interrupted_flash_leaves_no_partition_table_a_firmware_would_boot(
