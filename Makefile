@@ -11,6 +11,13 @@ APT_PACKAGES := softhsm2 opensc tshark umockdev gir1.2-umockdev-1.0 python3-gi p
 # boot (QEMU/TCG, OVMF with Secure Boot, swtpm as the TPM 2.0).
 IMAGE_APT_PACKAGES := mmdebstrap erofs-utils qemu-system-x86 qemu-utils cpio e2fsprogs ovmf \
 	swtpm swtpm-tools mtools apt-utils
+# what mypyc needs to compile the codec (the venv's Python must be Debian's for python3-dev to
+# be its headers; setup.py says so when they are missing)
+BUILD_APT_PACKAGES := gcc python3-dev
+# the codec build of `make wheel`: auto (compiled when a C compiler and headers are present,
+# else pure Python), 1 (compiled or fail) or 0 (pure); see setup.py
+KMSNODE_MYPYC ?= auto
+COMPILED := build/compiled
 
 .PHONY: all deps apt demo cluster-demo test test-fast test-image test-wheel test-compiled wheel lint proto \
 	proto-check bench bench-mikey-compiled profile clean
@@ -61,6 +68,33 @@ test: deps lint
 # run from it (a minute or two; pip's cache serves the dependencies after the first run).
 test-wheel: deps
 	$(VENV)/bin/pytest -m wheel tests/plugin
+
+.stamp-apt-build: Makefile
+	$(call apt_install,$(BUILD_APT_PACKAGES))
+
+# The release wheel in dist/ (the one the appliance image installs): the codec compiled with
+# mypyc per KMSNODE_MYPYC. Stale build output is removed first: a pure wheel must not pick up an
+# extension of an earlier compiled build.
+wheel: deps .stamp-apt-build
+	rm -rf dist build/lib.* build/bdist.*
+	KMSNODE_MYPYC=$(KMSNODE_MYPYC) $(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
+
+# The codec tests (tests/mikey, tests/core) against the compiled wheel, unpacked on its own with a
+# copy of the tests: the unpacked tree is pytest's rootdir and first on sys.path (-P: nothing
+# else before it), so nothing imports the sources, not even a plugin pytest loads first;
+# test_build proves which build was loaded. No coverage here: coverage cannot see compiled code.
+test-compiled: deps .stamp-apt-build
+	rm -rf $(COMPILED) build/lib.* build/bdist.*
+	KMSNODE_MYPYC=1 $(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(COMPILED)/dist .
+	$(PY) -m zipfile -e $(COMPILED)/dist/kmsnode-*.whl $(COMPILED)/site
+	cp -r tests pyproject.toml $(COMPILED)/site/
+	cd $(COMPILED)/site && PYTHONPATH=$$PWD KMSNODE_EXPECT_CODEC=compiled $(abspath $(PY)) -P -m \
+	  pytest -q -p no:cacheprovider -m "not slow" tests/mikey tests/core
+
+# bench_mikey on the pure sources and on the compiled wheel of test-compiled, back to back
+bench-mikey-compiled: deps
+	@test -d $(COMPILED)/site || $(MAKE) test-compiled
+	$(PY) -m bench.bench_mikey --compare $(COMPILED)/site --rounds 3
 
 # Own base folder: disks and machines must not be cleaned away by a pytest run next to this one.
 test-image: deps .stamp-apt-image
