@@ -6,7 +6,7 @@ import base64
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from image.errors import BadManifest, BadSignature, Downgrade, WrongKey, WrongProduct
@@ -63,8 +63,7 @@ manifests = st.builds(
 )
 
 
-# Generation is slow on a loaded 2-core machine; the property, not the speed, is under test.
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60)
 @given(manifests)
 def test_canonical_bytes_round_trip_to_the_same_manifest(m: Manifest) -> None:
     data = m.canonical_bytes()
