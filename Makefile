@@ -6,8 +6,11 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 APT_PACKAGES := softhsm2 opensc tshark umockdev gir1.2-umockdev-1.0 python3-gi python3-pyudev \
-	libsrtp2-1 cryptsetup-bin dosfstools postgresql
-IMAGE_APT_PACKAGES := mmdebstrap erofs-utils qemu-system-x86 qemu-utils cpio e2fsprogs
+	libsrtp2-1 cryptsetup-bin dosfstools postgresql mtools
+# Appliance image tests: build (mmdebstrap, erofs, cpio, apt-ftparchive for lock rebuilds) and
+# boot (QEMU/TCG, OVMF with Secure Boot, swtpm as the TPM 2.0).
+IMAGE_APT_PACKAGES := mmdebstrap erofs-utils qemu-system-x86 qemu-utils cpio e2fsprogs ovmf \
+	swtpm swtpm-tools mtools apt-utils
 # what mypyc needs to compile the codec (the venv's Python must be Debian's for python3-dev to
 # be its headers; setup.py says so when they are missing)
 BUILD_APT_PACKAGES := gcc python3-dev
@@ -93,8 +96,9 @@ bench-mikey-compiled: deps
 	@test -d $(COMPILED)/site || $(MAKE) test-compiled
 	$(PY) -m bench.bench_mikey --compare $(COMPILED)/site --rounds 3
 
+# Own base folder: disks and machines must not be cleaned away by a pytest run next to this one.
 test-image: deps .stamp-apt-image
-	$(VENV)/bin/pytest -m slow tests/image
+	$(VENV)/bin/pytest -m slow tests/image --basetemp=/var/tmp/kmsnode-image-tests
 
 .stamp-apt-image: Makefile
 	$(call apt_install,$(IMAGE_APT_PACKAGES))

@@ -9,7 +9,12 @@ Rules and invariants:
   in force: the slot switch is atomic.
 - `min_security_version` is the anti-rollback floor; it never decreases. It is raised when a slot
   is marked good (after its first healthy boot), so a freshly installed slot can still fall back.
-- The active slot is never the one an update writes to.
+- `active` is the slot the boot loader is expected to boot (the newest install); `booted` is the
+  last slot that booted healthy (set by mark-good). An update writes the slot that is neither
+  running nor, while the running slot is unproven, the last good one.
+- A pending slot that lost its tries (the boot loader fell back) is recorded `bad` by the next
+  healthy boot of the other slot.
+- Bytes at MACHINE_ID_OFFSET hold the appliance's machine id, written once by the initramfs.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ BLOCK = 4096
 EMPTY = "empty"
 PENDING = "pending"  # installed, not yet booted healthy
 GOOD = "good"
+BAD = "bad"  # installed, failed its boot tries
+MACHINE_ID_OFFSET = 65536
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,7 @@ class BootState:
     min_security_version: int
     slots: dict[str, SlotState] = field(default_factory=dict)
     seq: int = 0
+    booted: str = "a"
 
     def other(self, slot: str | None = None) -> str:
         s = slot or self.active
@@ -61,6 +69,7 @@ class BootState:
             "active": self.active,
             "min_security_version": self.min_security_version,
             "seq": self.seq,
+            "booted": self.booted,
             "slots": {k: vars(v).copy() for k, v in sorted(self.slots.items())},
         }
 
@@ -68,9 +77,14 @@ class BootState:
     def from_obj(cls, obj: dict[str, Any]) -> BootState:
         slots = {k: SlotState(**v) for k, v in obj["slots"].items()}
         bs = cls(
-            obj["product"], obj["active"], int(obj["min_security_version"]), slots, int(obj["seq"])
+            obj["product"],
+            obj["active"],
+            int(obj["min_security_version"]),
+            slots,
+            int(obj["seq"]),
+            obj["booted"],
         )
-        if bs.active not in ("a", "b") or set(slots) != {"a", "b"}:
+        if bs.active not in ("a", "b") or bs.booted not in ("a", "b") or set(slots) != {"a", "b"}:
             raise ValueError("bad slot names")
         return bs
 

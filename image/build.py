@@ -1,5 +1,6 @@
-"""`kmsnode-image build`: Debian root with mmdebstrap -> erofs -> dm-verity -> signed manifest ->
-GPT disk (systemd-repart) and update bundle; plus the kernel and a small initramfs for the slot.
+"""`kmsnode-image build`: Debian root with mmdebstrap -> erofs -> dm-verity -> per-slot signed UKIs
+(kernel + small initramfs + command line, ukify/sbsign in a trixie tools tree) -> signed
+manifest -> GPT disk (systemd-repart; ESP with signed systemd-boot) and update bundle.
 
 Rules and invariants:
 - Inputs are the committed tree (`git archive HEAD`, never the dirty working tree), the pinned
@@ -11,6 +12,8 @@ Rules and invariants:
   build host and installed with pip inside the root from a local directory (no network inside).
 - The kernel package is unpacked into the root (`dpkg-deb -x`, then depmod) rather than installed
   through dpkg, so no initramfs generator runs; it is recorded in the manifest's package list.
+- The Debian archive state is recorded in packages.lock (see lock.py); `lock=` rebuilds the base
+  from exactly those files.
 - Every long step prints `[build] step ... (elapsed)`.
 """
 
@@ -30,11 +33,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from image import lock as lockfile
 from image.config import DPKG_EXCLUDES, RECIPE_DIR, BuildPaths, ImageConfig, base_cache_key
 from image.disk import MIB, DiskLayout
 from image.errors import BuildError
 from image.manifest import Signer, public_key_pem
 from image.release import BUILDER, ReleaseInfo, ReleaseOutputs, assemble
+from image.secureboot import SecureBootKey
+from image.tools import tool_versions, tools_tree
+from image.uki import signed_chain
 
 
 class Progress:
@@ -79,6 +86,11 @@ def git_commit(repo: Path, rev: str = "HEAD") -> str:
     ).stdout.strip()
 
 
+def commit_time(repo: Path, sha: str) -> int:
+    """SOURCE_DATE_EPOCH of a build: the commit's committer time."""
+    return int(run(["git", "-C", str(repo), "show", "-s", "--format=%ct", sha]).stdout.strip())
+
+
 def build_wheels(
     repo: Path, sha: str, paths: BuildPaths, config: ImageConfig, env: dict[str, str]
 ) -> Path:
@@ -97,9 +109,11 @@ def build_wheels(
         with tarfile.open(tar_path) as t:
             t.extractall(tree, filter="data")
         pip = str(repo / ".venv/bin/pip")
+        # Pure Python: a mypyc build here would be for the build host's interpreter, not the
+        # root's python3.13 (setup.py; KMSNODE_MYPYC from the caller's environment is ignored).
         run(
             [pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(tree)],
-            env=env,
+            env={**env, "KMSNODE_MYPYC": "0"},
         )
     dep_cache = (
         paths.wheel_cache / hashlib.sha256((repo / "constraints.txt").read_bytes()).hexdigest()[:16]
@@ -155,28 +169,45 @@ def build_wheels(
     return wheels
 
 
-def mmdebstrap_root(
-    config: ImageConfig, out_tar: Path, kernel_out: Path, env: dict[str, str]
-) -> None:
-    hook = RECIPE_DIR / "customize-hook.sh"
-    env = {
-        **env,
-        "KMSNODE_KERNEL_OUT": str(kernel_out),
-        "KMSNODE_PRUNE": " ".join(config.module_prune),
-    }
-    sources = "".join(
-        f"deb {mirror} {suite} main\n"
+def sources(config: ImageConfig) -> list[str]:
+    return [
+        f"deb {mirror} {suite} main"
         for mirror, suite in (
             (config.mirror, config.suite),
             (config.mirror, f"{config.suite}-updates"),
             (config.security_mirror, f"{config.suite}-security"),
         )
-    )
+    ]
+
+
+def mmdebstrap_root(
+    config: ImageConfig,
+    out_tar: Path,
+    kernel_out: Path,
+    debs_out: Path,
+    env: dict[str, str],
+    locked_repo: Path | None = None,
+) -> None:
+    hook = RECIPE_DIR / "customize-hook.sh"
+    env = {
+        **env,
+        "SOURCE_DATE_EPOCH": str(config.base_epoch),
+        "KMSNODE_KERNEL_OUT": str(kernel_out),
+        "KMSNODE_PRUNE": " ".join(config.module_prune),
+        "KMSNODE_DEBS_OUT": str(debs_out),
+        "KMSNODE_LOCKED_DEBS": str(locked_repo or ""),
+    }
+    if locked_repo is None:
+        source_list = "\n".join(sources(config)) + "\n"
+    else:
+        # Only the locked files are visible to apt; copy:// puts them into the root's cache.
+        source_list = f"deb [trusted=yes] copy://{locked_repo} ./\n"
     cmd = [
         "mmdebstrap",
         "--mode=root",
         "--variant=minbase",
         "--quiet",
+        "--skip=essential/unlink",
         f"--include={','.join(config.packages)}",
     ]
     cmd += [f"--dpkgopt={o}" for o in DPKG_EXCLUDES]
@@ -187,17 +218,24 @@ def mmdebstrap_root(
         str(out_tar),
         "-",
     ]
-    proc = subprocess.run(cmd, input=sources, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, input=source_list, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise BuildError(f"mmdebstrap failed: {proc.stderr.strip()[-1500:]}")
 
 
-def install_node(rootdir: Path, wheels: Path, pubkey: Path, env: dict[str, str]) -> None:
+def install_node(
+    rootdir: Path, wheels: Path, pubkey: Path, config: ImageConfig, env: dict[str, str]
+) -> None:
     env = {
         **env,
         "KMSNODE_WHEELS": str(wheels),
         "KMSNODE_PUBKEY": str(pubkey),
         "KMSNODE_RECIPE": str(RECIPE_DIR),
+        "KMSNODE_PRODUCT": config.product,
+        "KMSNODE_VERSION": config.version,
+        "KMSNODE_VARIANT": config.variant,
+        "KMSNODE_INSECURE_NO_TPM": "1" if config.insecure_no_tpm else "",
+        "KMSNODE_EXTRA_TREE": str(Path(config.extra_tree).resolve()) if config.extra_tree else "",
     }
     mounts = [(rootdir / "dev", ["--bind", "/dev"]), (rootdir / "proc", ["-t", "proc", "proc"])]
     done: list[Path] = []
@@ -316,6 +354,9 @@ def make_initrd(rootdir: Path, kernel_out: Path, config: ImageConfig, out: Path)
             "poweroff",
             "ls",
             "echo",
+            "dd",
+            "tr",
+            "printf",
         ]
         for a in applets:
             os.symlink("busybox", t / "bin" / a)
@@ -363,11 +404,17 @@ def build(
     paths: BuildPaths,
     config: ImageConfig,
     signer: Signer,
+    sb_key: SecureBootKey,
     progress: Progress | None = None,
     commit: str = "HEAD",
+    lock: Path | None = None,
 ) -> ReleaseOutputs:
-    """Build `commit` (default HEAD) of `repo`; the working tree's uncommitted files are ignored."""
-    require_tools("mmdebstrap", "mkfs.erofs", "systemd-repart", "mkfs.vfat", "cpio", "git")
+    """Build `commit` (default HEAD) of `repo`; the working tree's uncommitted files are ignored.
+
+    `lock`: rebuild the Debian base from exactly the packages of an earlier build's lock file.
+    """
+    require_tools("mmdebstrap", "mkfs.erofs", "systemd-repart", "mkfs.vfat", "mcopy", "cpio", "git")
+    sb_key.check()
     if os.geteuid() != 0:
         raise BuildError("the build runs mmdebstrap in root mode: run as root")
     progress = progress or Progress()
@@ -385,21 +432,45 @@ def build(
     pub.write_bytes(public_key_pem(signer.public_key()))
     with progress.step("wheels (node from git HEAD, pinned cp313 dependencies)"):
         wheels = build_wheels(repo, sha, paths, config, env)
+    with progress.step("tools tree (ukify, systemd-boot, sbsign)"):
+        tools = tools_tree(paths.cache, config.suite, config.mirror, env)
     key = base_cache_key(config, BUILDER)
+    locked: list[lockfile.LockedDeb] | None = None
+    if lock is not None:
+        locked = lockfile.read(lock)
+        key = hashlib.sha256((key + lock.read_text()).encode()).hexdigest()[:32]
     cached = paths.rootfs_cache / key
     tar, kernel_out = cached / "rootfs.tar", cached / "kernel"
+    deb_cache = paths.cache / "debs"
     if (cached / ".complete").exists():
         print(f"[build] rootfs cache hit {key}", file=sys.stderr)
     else:
-        with progress.step(f"mmdebstrap {config.suite} (cache miss {key})"):
+        label = "from lock" if locked is not None else "cache miss"
+        with progress.step(f"mmdebstrap {config.suite} ({label} {key})"):
             shutil.rmtree(cached, ignore_errors=True)
             cached.mkdir(parents=True)
-            mmdebstrap_root(config, tar, kernel_out, env)
+            repo_dir = None
+            if locked is not None:
+                repo_dir = lockfile.locked_repo(
+                    locked, deb_cache, paths.work / "locked-repo", config.suite
+                )
+            mmdebstrap_root(config, tar, kernel_out, cached / "debs", env, repo_dir)
+            debs = lockfile.collect(cached / "debs", deb_cache)
+            lockfile.write(
+                cached / "packages.lock",
+                lockfile.lock_obj(debs, config.suite, sources(config), tool_versions(tools)),
+            )
             (cached / ".complete").touch()
     rootdir = paths.work / "rootfs"
     with progress.step("extract base, install node (venv, units, udev rules, users)"):
         extract(tar, rootdir)
-        install_node(rootdir, wheels, pub, env)
+        # The archive the root names, whatever the base was made from (a lock rebuild uses a
+        # local copy of the locked files).
+        (rootdir / "etc/apt/sources.list").write_text("\n".join(sources(config)) + "\n")
+        # apt's auto-installed marks depend on how the base was resolved, not on what it holds
+        # (the dpkg database is the record); nothing uses apt on the read-only root.
+        (rootdir / "var/lib/apt/extended_states").unlink(missing_ok=True)
+        install_node(rootdir, wheels, pub, config, env)
         clamp_mtimes(rootdir, config.source_date_epoch)
     out = paths.out
     shutil.rmtree(out, ignore_errors=True)
@@ -412,6 +483,18 @@ def build(
         os.utime(out / "vmlinuz", (config.source_date_epoch, config.source_date_epoch))
         make_initrd(rootdir, kernel_out, config, out / "initrd.img")
     packages = package_list(rootdir, kernel_out)
+    shutil.copyfile(cached / "packages.lock", out / "packages.lock")
+    with progress.step("systemd-boot and UKIs signed with the db key"):
+        chain = signed_chain(
+            tools,
+            paths.work / "uki",
+            out / "vmlinuz",
+            out / "initrd.img",
+            (kernel_out / "kver").read_text().strip(),
+            config.product,
+            sb_key,
+            config.source_date_epoch,
+        )
     info = ReleaseInfo(
         config.product,
         config.version,
@@ -423,15 +506,12 @@ def build(
     with progress.step("verity, disk (systemd-repart), manifest, signature, bundle"):
         size = root_img.stat().st_size
         layout = DiskLayout.for_root(
-            size, size // 100 + 65536, config.slot_headroom_percent, config.state_size_mib * MIB
+            size,
+            size // 100 + 65536,
+            config.slot_headroom_percent,
+            config.state_size_mib * MIB,
+            config.esp_size_mib * MIB,
         )
-        outputs = assemble(
-            out,
-            root_img,
-            info,
-            signer,
-            packages,
-            {"vmlinuz": out / "vmlinuz", "initrd.img": out / "initrd.img"},
-            layout,
-        )
+        outputs = assemble(out, root_img, info, signer, packages, None, layout, chain)
+        shutil.rmtree(paths.work / "uki", ignore_errors=True)
     return outputs

@@ -1,6 +1,7 @@
 """Update bundle: one uncompressed ustar file with a fixed member order.
 
-Members: manifest.json, manifest.sig, root.img, root.verity (then optional vmlinuz, initrd.img).
+Members: manifest.json, manifest.sig, root.img, root.verity, uki-a.efi, uki-b.efi (the signed
+UKI for each slot: kernel, initramfs and command line update together with the root).
 Rules:
 - Reproducible: fixed order, mtime = SOURCE_DATE_EPOCH, uid/gid 0, mode 0644, no names of the
   build host.
@@ -19,8 +20,8 @@ from pathlib import Path
 from image.errors import BadManifest, Truncated
 from image.verify import Extent
 
-REQUIRED = ("manifest.json", "manifest.sig", "root.img", "root.verity")
-OPTIONAL = ("vmlinuz", "initrd.img")
+REQUIRED = ("manifest.json", "manifest.sig", "root.img", "root.verity", "uki-a.efi", "uki-b.efi")
+OPTIONAL: tuple[str, ...] = ()
 MAX_META = 1 << 20
 
 

@@ -3,7 +3,9 @@ the cache key is a hash over all of them plus the recipe files and the wheels.
 
 Rules:
 - Nothing in a build depends on the clock, the host name or randomness: SOURCE_DATE_EPOCH is a
-  field (default: the commit time), salts and UUIDs derive from product/version.
+  field (the CLI sets it to the commit time), salts and UUIDs derive from product/version. The
+  cached Debian base is made with its own fixed `base_epoch` (older than any commit), so a new
+  commit does not invalidate it; every file the build adds gets SOURCE_DATE_EPOCH.
 - Paths for caches and outputs are outside the git tree (default /var/cache/kmsnode-image).
 """
 
@@ -28,6 +30,18 @@ PACKAGES: tuple[str, ...] = (
     "softhsm2",
     "opensc",
     "ca-certificates",
+    # boot assessment (systemd-bless-boot), sealed state and credentials, time, firewall
+    "systemd-boot",
+    "systemd-cryptsetup",
+    "cryptsetup-bin",
+    "libtss2-esys-3.0.2-0t64",
+    "libtss2-rc0t64",
+    "libtss2-mu-4.0.1-0t64",
+    "libtss2-tcti-device0t64",
+    "systemd-timesyncd",
+    "nftables",
+    # logind (on the system bus) turns the power button into a clean shutdown
+    "dbus",
 )
 
 # Kernel module directories dropped from the root (never needed on the appliance).
@@ -42,6 +56,9 @@ MODULE_PRUNE: tuple[str, ...] = (
     "kernel/net/bluetooth",
     "kernel/drivers/iio",
     "kernel/drivers/input/touchscreen",
+    "kernel/arch/x86/kvm",
+    "kernel/net/wireless",
+    "kernel/net/mac80211",
 )
 
 # Modules the initramfs loads (with their dependencies) to reach the verity root.
@@ -49,11 +66,13 @@ INITRD_MODULES: tuple[str, ...] = (
     "crc32c_generic",  # libcrc32c (erofs, ext4) needs the crc32c algorithm at load time
     "virtio_pci",
     "virtio_blk",
+    "dm_mod",
     "dm_verity",
     "erofs",
     "sd_mod",
     "ahci",
     "nvme",
+    "efivarfs",  # the initramfs reports the firmware's Secure Boot state
 )
 
 DPKG_EXCLUDES: tuple[str, ...] = (
@@ -78,7 +97,12 @@ class ImageConfig:
     initrd_modules: tuple[str, ...] = INITRD_MODULES
     python_abi: str = "cp313"
     source_date_epoch: int = 1767225600
+    base_epoch: int = 1767225600
+    variant: str = "production"  # or "test": provisions itself from a throw-away CA
+    insecure_no_tpm: bool = False
+    extra_tree: str | None = None
     state_size_mib: int = 256
+    esp_size_mib: int = 128
     slot_headroom_percent: int = 50
     erofs_uuid: str = "6b6d736e-6f64-6500-8000-000000000001"
 
@@ -93,7 +117,7 @@ class ImageConfig:
             "python_abi",
         )
         d = asdict(self)
-        return {k: d[k] for k in (*rootfs_fields, "source_date_epoch")}
+        return {k: d[k] for k in (*rootfs_fields, "base_epoch")}
 
 
 @dataclass(frozen=True)
@@ -101,6 +125,9 @@ class BuildPaths:
     repo: Path
     cache: Path = Path("/var/cache/kmsnode-image")
     out: Path = field(default=Path("/var/cache/kmsnode-image/out"))
+    # Scratch space of one build (extracted root, wheels); default under the cache. Builds that
+    # may run next to others (tests) give their own.
+    scratch: Path | None = None
 
     @property
     def rootfs_cache(self) -> Path:
@@ -112,7 +139,7 @@ class BuildPaths:
 
     @property
     def work(self) -> Path:
-        return self.cache / "work"
+        return self.scratch or self.cache / "work"
 
 
 def file_digest(*paths: Path) -> str:

@@ -6,7 +6,12 @@ Rules (python-tuf order; nothing is written until every check passed):
 2. disk image size and sha256; slot A's root and verity partitions hash to the manifest's
    root.img/root.verity and the re-derived verity tree matches the signed root hash;
 3. the target is not mounted, not the image itself, and large enough;
+4. a target that holds an installed appliance (a kmsnode layout whose state partition has been
+   set up: LUKS2 or a filesystem) is only overwritten with `wipe_state=True`;
 then write, fsync, drop the page cache, re-read and check sha256 and verity again on the target.
+Write order: both GPT headers of the target are invalidated first and the image's first MiB
+(its primary GPT) is written last, so an interrupted flash leaves a disk no firmware boots, never a
+mix of the old partition table and new contents.
 """
 
 from __future__ import annotations
@@ -23,6 +28,18 @@ from image.manifest import Manifest
 from image.target import WriteHook, capacity, check_not_mounted, copy_extent, drop_cache
 from image.verify import Extent, check_artifact, check_manifest, check_verity, file_extent
 
+HEAD = 1 << 20  # primary GPT and protective MBR live in the first MiB of the image
+
+
+def _invalidate_gpt(fd: int, capacity_: int | None) -> None:
+    """Zero the target's primary GPT header and its backup header (last sector), if any."""
+    os.pwrite(fd, b"\x00" * 512, 512)
+    if capacity_:
+        last = capacity_ - 512
+        if os.pread(fd, 8, last) == b"EFI PART":
+            os.pwrite(fd, b"\x00" * 512, last)
+    os.fsync(fd)
+
 
 def manifest_paths(image: str, manifest: str | None) -> tuple[Path, Path]:
     m = Path(manifest) if manifest else Path(image).parent / "manifest.json"
@@ -36,6 +53,19 @@ def _installed_security_version(target: str) -> int | None:
     except (ImageError, OSError):
         return None
     return state.installed_security_version()
+
+
+def holds_state(target: str) -> bool:
+    """True when `target` is a kmsnode disk whose state partition has been initialised."""
+    try:
+        layout = gpt.read_layout(target)
+        with open(target, "rb") as f:
+            f.seek(layout["state"].offset)
+            head = f.read(2048)
+    except (ImageError, OSError):
+        return False
+    # LUKS2 header magic at 0, or an ext4 superblock magic at 1024 + 56.
+    return head[:6] == b"LUKS\xba\xbe" or head[1080:1082] == b"\x53\xef"
 
 
 def check_slot_a(manifest: Manifest, disk: str) -> None:
@@ -55,6 +85,7 @@ def flash(
     manifest_path: str | None = None,
     hook: WriteHook | None = None,
     log: Callable[[str], None] = print,
+    wipe_state: bool = False,
 ) -> Manifest:
     mpath, spath = manifest_paths(image, manifest_path)
     try:
@@ -78,9 +109,18 @@ def flash(
     cap = capacity(target)
     if cap is not None and cap < size:
         raise TargetRefused(f"target {target} is too small: {cap} bytes, image needs {size}")
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o600)
+    if holds_state(target) and not wipe_state:
+        raise TargetRefused(
+            f"{target} holds an installed kmsnode appliance with its sealed state; "
+            "use `update` to keep it, or flash with --wipe-state to erase it"
+        )
+    fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        copy_extent(file_extent(image), size, fd, 0, "disk.img", hook)
+        _invalidate_gpt(fd, cap)
+        src = file_extent(image)
+        body = Extent(src.path, HEAD, size - HEAD)
+        copy_extent(body, size - HEAD, fd, HEAD, "disk.img", hook)
+        copy_extent(Extent(src.path, 0, HEAD), HEAD, fd, 0, "disk.img", hook)
         drop_cache(fd)
     finally:
         os.close(fd)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from image.errors import TargetRefused, WriteFailed
+from image.gpt import Partition
 from image.verify import CHUNK, Extent
 
 WriteHook = Callable[[str, int], None]
@@ -124,3 +125,57 @@ def drop_cache(fd: int) -> None:
     os.fsync(fd)
     with contextlib.suppress(OSError):
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def _partition_devices(rdev: int) -> dict[int, tuple[int, int, Path]]:
+    """Partitions of a disk by byte offset: (major, minor, sysfs folder)."""
+    out: dict[int, tuple[int, int, Path]] = {}
+    sys_dir = Path(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}")
+    try:
+        for child in sys_dir.resolve().iterdir():
+            if (child / "partition").exists():
+                ma, mi = (child / "dev").read_text().strip().split(":")
+                out[int((child / "start").read_text()) * 512] = (int(ma), int(mi), child)
+    except OSError:
+        pass
+    return out
+
+
+def check_slot_free(target: str, parts: list[Partition]) -> None:
+    """Refuse when a partition about to be written is mounted or held (dm-verity, another map).
+
+    A disk file is refused when it backs a mounted loop device; on a block device only the slot's
+    own partitions must be free (the running slot's partitions on the same disk are in use).
+    """
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        raise TargetRefused(f"{target} does not exist") from None
+    if not stat.S_ISBLK(st.st_mode):
+        check_not_mounted(target)
+        return
+    mounted = _mounted_devices()
+    devices = _partition_devices(st.st_rdev)
+    for part in parts:
+        dev = devices.get(part.offset)
+        if dev is None:
+            continue
+        holders = list((dev[2] / "holders").iterdir()) if (dev[2] / "holders").exists() else []
+        if (dev[0], dev[1]) in mounted or holders:
+            raise TargetRefused(
+                f"partition {part.label} of {target} is in use; refusing to write it"
+            )
+
+
+def boot_disk(partlabel: str = "bootstate") -> str:
+    """The whole disk that holds this system's `bootstate` partition (on the appliance)."""
+    link = Path("/dev/disk/by-partlabel") / partlabel
+    try:
+        part = link.resolve(strict=True)
+        parent = (Path("/sys/class/block") / part.name).resolve().parent
+    except OSError:
+        raise TargetRefused(f"no {link}: not running from a kmsnode disk") from None
+    disk = Path("/dev") / parent.name
+    if not disk.exists():
+        raise TargetRefused(f"{part} has no parent disk")
+    return str(disk)

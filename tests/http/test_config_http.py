@@ -117,21 +117,12 @@ def test_worker_processes_need_fixed_ports_for_the_https_listeners_too(tmp_path:
         load(path)
 
 
-def test_the_appliance_first_boot_turns_dev_inits_https_listeners_off(tmp_path: Path) -> None:
-    import re
-    import subprocess
-    import tomllib
+def test_the_appliance_config_keeps_the_https_listeners_off(tmp_path: Path) -> None:
+    # The appliance writes its own config (image/appliance.py, never dev-init's): MIKEY over
+    # HTTPS and X1 stay off, and its firewall opens only the gRPC listeners.
+    from image.appliance import config_text
 
-    from firmware.cli import DEV_CONFIG
-
-    script = (Path(__file__).parents[2] / "image" / "recipe" / "kmsnode-firstboot").read_text()
-    expressions = re.findall(r"-e '([^']+)'", script)
-    text = DEV_CONFIG.format(
-        kms="sip:kms.example.net", module="/m.so", label="t", df2="d", admin="a", x1="x",
-        ue_port=1, li_port=2, ue_http_port=3, x1_port=4, metrics_port=5,
-    )  # fmt: skip
-    assert tomllib.loads(text)["ue_http_listener"]["enabled"]  # dev-init: on
-    args = [a for e in expressions for a in ("-e", e)]
-    edited = subprocess.run(["sed", *args], input=text, capture_output=True, text=True, check=True)
-    config = tomllib.loads(edited.stdout)
-    assert not config["ue_http_listener"]["enabled"] and not config["x1_listener"]["enabled"]
+    path = tmp_path / "kmsnode.toml"
+    path.write_text(config_text("sip:kms.example.net", {"df2": ["dns:df2.example.net"]}, {}))
+    config = load(path)
+    assert not config.ue_http.enabled and not config.x1.enabled

@@ -196,7 +196,8 @@ def test_a_write_that_corrupts_bytes_fails_the_read_back(
     corrupted: list[int] = []
 
     def corrupt(name: str, done: int) -> None:
-        if not corrupted and target.exists() and target.stat().st_size > root_off + 4096:
+        # once slot a's root has been written, the medium returns one of its bytes wrong
+        if not corrupted and target.stat().st_size > root_off + 4096:
             corrupted.append(done)
             with open(target, "r+b") as f:
                 f.seek(root_off + 99)
@@ -205,6 +206,106 @@ def test_a_write_that_corrupts_bytes_fails_the_read_back(
                 f.write(bytes([b[0] ^ 0x80]))
 
     with pytest.raises(WriteFailed, match="read-back verification"):
-        flash(str(release.disk), str(target), keys.signer.public_key(), "kmsnode",
-              hook=corrupt, log=quiet)  # fmt: skip
+        flash(
+            str(release.disk),
+            str(target),
+            keys.signer.public_key(),
+            "kmsnode",
+            hook=corrupt,
+            log=quiet,
+        )
     assert corrupted
+
+
+def test_an_interrupted_flash_leaves_no_partition_table_a_firmware_would_boot(
+    tmp_path: Path, release: ReleaseOutputs, release_next: ReleaseOutputs, keys: Keys, flashed: Path
+) -> None:
+    class Cut(Exception):
+        pass
+
+    def cut(name: str, done: int) -> None:
+        if done >= 2 << 20:
+            raise Cut
+
+    with pytest.raises(Cut):
+        flash(
+            str(release_next.disk),
+            str(flashed),
+            keys.signer.public_key(),
+            "kmsnode",
+            hook=cut,
+            log=quiet,
+        )
+    with pytest.raises(TargetRefused):
+        gpt.read_layout(str(flashed))
+    size = flashed.stat().st_size
+    with open(flashed, "rb") as f:
+        f.seek(size - 512)
+        assert f.read(8) != b"EFI PART"  # nor the backup header at the end
+
+
+def seal_state(disk: Path) -> None:
+    """What first boot does to the state partition: a LUKS2 header appears."""
+    off = gpt.read_layout(str(disk))["state"].offset
+    with open(disk, "r+b") as f:
+        f.seek(off)
+        f.write(b"LUKS\xba\xbe\x00\x02" + b"\x00" * 504)
+
+
+def test_refuses_to_flash_over_an_installed_appliance_without_wipe_state(
+    release: ReleaseOutputs, keys: Keys, flashed: Path
+) -> None:
+    seal_state(flashed)
+    before = flashed.read_bytes()
+    with pytest.raises(TargetRefused, match="--wipe-state"):
+        flash(str(release.disk), str(flashed), keys.signer.public_key(), "kmsnode", log=quiet)
+    assert flashed.read_bytes() == before
+    flash(
+        str(release.disk),
+        str(flashed),
+        keys.signer.public_key(),
+        "kmsnode",
+        log=quiet,
+        wipe_state=True,
+    )
+    off = gpt.read_layout(str(flashed))["state"].offset
+    with open(flashed, "rb") as f:
+        f.seek(off)
+        assert f.read(6) != b"LUKS\xba\xbe"
+
+
+def test_sigterm_during_flash_prints_one_line_and_exits_130(
+    tmp_path: Path,
+    release: ReleaseOutputs,
+    keys: Keys,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import signal
+
+    import image.flash
+
+    real = image.flash.copy_extent
+
+    def copy_then_term(*args: object, **kw: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(image.flash, "copy_extent", copy_then_term)
+    rc = main(
+        [
+            "flash",
+            "--image",
+            str(release.disk),
+            "--target",
+            str(tmp_path / "t.img"),
+            "--pubkey",
+            str(keys.public_pem),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 130
+    assert err.startswith("kmsnode-image: interrupted (SIGTERM): the target has no valid")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    with pytest.raises(TargetRefused):
+        gpt.read_layout(str(tmp_path / "t.img"))
