@@ -9,7 +9,8 @@ Rules and invariants:
 - Reproducible: SOURCE_DATE_EPOCH everywhere (mmdebstrap, pip, wheels, mkfs.erofs -T, cpio),
   fixed erofs UUID, verity salt/UUID and repart seed derived from the release.
 - Python dependencies are cp313 wheels pinned by constraints.txt, downloaded with pip on the
-  build host and installed with pip inside the root from a local directory (no network inside).
+  build host and installed with pip inside the root from a local directory (no network inside);
+  the node's own wheel carries the mypyc-compiled codec, built in the tools tree (wheels.py).
 - The kernel package is unpacked into the root (`dpkg-deb -x`, then depmod) rather than installed
   through dpkg, so no initramfs generator runs; it is recorded in the manifest's package list.
 - The Debian archive state is recorded in packages.lock (see lock.py); `lock=` rebuilds the base
@@ -26,7 +27,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -42,6 +42,7 @@ from image.release import BUILDER, ReleaseInfo, ReleaseOutputs, assemble
 from image.secureboot import SecureBootKey
 from image.tools import tool_versions, tools_tree
 from image.uki import signed_chain
+from image.wheels import build_wheels
 
 
 class Progress:
@@ -89,84 +90,6 @@ def git_commit(repo: Path, rev: str = "HEAD") -> str:
 def commit_time(repo: Path, sha: str) -> int:
     """SOURCE_DATE_EPOCH of a build: the commit's committer time."""
     return int(run(["git", "-C", str(repo), "show", "-s", "--format=%ct", sha]).stdout.strip())
-
-
-def build_wheels(
-    repo: Path, sha: str, paths: BuildPaths, config: ImageConfig, env: dict[str, str]
-) -> Path:
-    """The node's wheel from the committed tree plus pinned cp313 dependency wheels."""
-    wheels = paths.work / "wheels"
-    shutil.rmtree(wheels, ignore_errors=True)
-    wheels.mkdir(parents=True)
-    with tempfile.TemporaryDirectory(prefix="kmsnode-src-") as src:
-        tar_path = Path(src) / "src.tar"
-        with open(tar_path, "wb") as f:
-            subprocess.run(
-                ["git", "-C", str(repo), "archive", "--format=tar", sha], stdout=f, check=True
-            )
-        tree = Path(src) / "tree"
-        tree.mkdir()
-        with tarfile.open(tar_path) as t:
-            t.extractall(tree, filter="data")
-        pip = str(repo / ".venv/bin/pip")
-        # Pure Python: a mypyc build here would be for the build host's interpreter, not the
-        # root's python3.13 (setup.py; KMSNODE_MYPYC from the caller's environment is ignored).
-        run(
-            [pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(tree)],
-            env={**env, "KMSNODE_MYPYC": "0"},
-        )
-    dep_cache = (
-        paths.wheel_cache / hashlib.sha256((repo / "constraints.txt").read_bytes()).hexdigest()[:16]
-    )
-    if not (dep_cache / ".complete").exists():
-        dep_cache.mkdir(parents=True, exist_ok=True)
-        node_wheel = next(wheels.glob("kmsnode-*.whl"))
-        plat = [
-            "manylinux_2_17_x86_64",
-            "manylinux2014_x86_64",
-            "manylinux_2_28_x86_64",
-            "manylinux_2_34_x86_64",
-        ]
-        cmd = [
-            pip,
-            "download",
-            "-q",
-            "--only-binary=:all:",
-            "--python-version",
-            config.python_abi[2:3] + "." + config.python_abi[3:],
-        ]
-        cmd += [
-            "--implementation",
-            "cp",
-            "--abi",
-            config.python_abi,
-            "--abi",
-            "abi3",
-            "--abi",
-            "none",
-        ]
-        for p in plat:
-            cmd += ["--platform", p]
-        cmd += ["-c", str(repo / "constraints.txt"), "-d", str(dep_cache), str(node_wheel)]
-        run(cmd)
-        pip_version = run([pip, "--version"]).stdout.split()[1]
-        run(
-            [
-                pip,
-                "download",
-                "-q",
-                "--only-binary=:all:",
-                "--no-deps",
-                "-d",
-                str(dep_cache),
-                f"pip=={pip_version}",
-            ]
-        )
-        (dep_cache / ".complete").touch()
-    for w in dep_cache.glob("*.whl"):
-        if not w.name.startswith("kmsnode-"):
-            shutil.copy2(w, wheels / w.name)
-    return wheels
 
 
 def sources(config: ImageConfig) -> list[str]:
@@ -430,10 +353,10 @@ def build(
         d.mkdir(parents=True, exist_ok=True)
     pub = paths.work / "release.pub"
     pub.write_bytes(public_key_pem(signer.public_key()))
-    with progress.step("wheels (node from git HEAD, pinned cp313 dependencies)"):
-        wheels = build_wheels(repo, sha, paths, config, env)
-    with progress.step("tools tree (ukify, systemd-boot, sbsign)"):
+    with progress.step("tools tree (ukify, systemd-boot, sbsign, gcc and python3-dev)"):
         tools = tools_tree(paths.cache, config.suite, config.mirror, env)
+    with progress.step("wheels (node from git HEAD with the codec compiled, pinned cp313 deps)"):
+        wheels = build_wheels(repo, sha, paths, config, tools, env)
     key = base_cache_key(config, BUILDER)
     locked: list[lockfile.LockedDeb] | None = None
     if lock is not None:

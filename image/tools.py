@@ -1,12 +1,14 @@
 """The build's tools tree: a Debian trixie root (mmdebstrap) holding ukify, systemd-boot, sbsign
-and virt-fw-vars, which the bookworm build host lacks or has too old.
+and virt-fw-vars, which the bookworm build host lacks or has too old, and the compiler and
+headers for the root's python3.
 
 Rules:
 - Cached under a key over its package list, suite and mirror; a hit skips mmdebstrap.
 - Tools run through `unshare --mount` + chroot with the work folder bound at /work, so no mount
   outlives the call (a crashed build leaves nothing mounted on the host).
 - Nothing from the tools tree ends up in the appliance root except the signed systemd-boot and
-  UKIs (whose stub comes from the tools tree's systemd-boot-efi, recorded in the lock file).
+  UKIs (whose stub comes from the tools tree's systemd-boot-efi) and the node's compiled codec
+  (its gcc and python3-dev, the root's Debian suite); their versions are in the lock file.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ TOOLS_PACKAGES: tuple[str, ...] = (
     "python3-pefile",
     "python3-virt-firmware",
     "ca-certificates",
+    # the node's codec compiled by mypyc for the root's python3 (wheels.py)
+    "gcc",
+    "libc6-dev",
+    "python3-dev",
 )
 WORK = "/work"
 
