@@ -20,6 +20,7 @@ Rules and invariants:
 from __future__ import annotations
 
 import hashlib
+import shlex
 import shutil
 import subprocess
 import tarfile
@@ -92,19 +93,27 @@ def runtime_requirements(tree: Path) -> list[str]:
     return deps
 
 
-def compiled_node_wheel(tools: Path, tree: Path, build_deps: Path, work: Path, epoch: int) -> Path:
-    """Build the node's wheel with the compiled codec inside the tools tree; its path in `work`."""
+def compiled_node_wheel(
+    tools: Path, tree: Path, wheel_dirs: list[Path], requirements: list[str], work: Path, epoch: int
+) -> Path:
+    """Build the node's wheel with the compiled codec inside the tools tree; its path in `work`.
+
+    The build venv holds mypy, setuptools and the node's own dependencies (mypyc type-checks the
+    compiled modules against them, cryptography's types among them), all from `wheel_dirs`.
+    """
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     shutil.copytree(tree, work / "src")
-    shutil.copytree(build_deps, work / "deps")
+    for folder in wheel_dirs:
+        shutil.copytree(folder, work / "deps", dirs_exist_ok=True)
     pip_wheel = next((work / "deps").glob("pip-*.whl")).name
     pip = f"{WORK}/venv/bin/python {WORK}/deps/{pip_wheel}/pip"
     quiet = "-q --no-cache-dir --disable-pip-version-check"
     offline = f"--no-index --find-links {WORK}/deps"
+    wanted = " ".join(shlex.quote(r) for r in (*BUILD_REQUIREMENTS, *requirements))
     script = (
         f"set -e; python3 -m venv --without-pip {WORK}/venv; "
-        f"{pip} install {quiet} {offline} {' '.join(BUILD_REQUIREMENTS)}; "
+        f"{pip} install {quiet} {offline} {wanted}; "
         f"cd {WORK}/src; KMSNODE_MYPYC=1 {pip} wheel {quiet} --no-deps --no-build-isolation "
         f"-w {WORK}/out ."
     )
@@ -147,7 +156,12 @@ def build_wheels(
             repo, config, list(BUILD_REQUIREMENTS), cache / f"build-{abi}-{pins}", env
         )
         built = compiled_node_wheel(
-            tools, tree, build_deps, paths.work / "mypyc", config.source_date_epoch
+            tools,
+            tree,
+            [deps, build_deps],
+            runtime_requirements(tree),
+            paths.work / "mypyc",
+            config.source_date_epoch,
         )
         shutil.rmtree(node, ignore_errors=True)
         node.mkdir(parents=True)
