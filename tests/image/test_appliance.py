@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -247,6 +248,25 @@ def test_the_image_carries_no_private_key_and_names_its_version(images: Images) 
     assert pem_keys_in_tree(root) == []  # no CA key, no client key, no test key
     osrel = (root / "usr/lib/os-release").read_text()
     assert "IMAGE_VERSION=0.1.0" in osrel and "VARIANT_ID=production" in osrel
+
+
+def test_the_node_the_image_installs_runs_the_compiled_codec(images: Images) -> None:
+    """Issue 13 item 3: every module pyproject.toml names for mypyc is imported, by the root's own
+    python3 and the node's venv, from its cp313 extension, not from the .py beside it."""
+    with open(REPO / "pyproject.toml", "rb") as f:
+        modules: list[str] = tomllib.load(f)["tool"]["kmsnode"]["mypyc"]
+    probe = "import importlib as i, sys\nfor m in sys.argv[1:]: print(i.import_module(m).__file__)"
+    proc = subprocess.run(
+        ["chroot", str(rootdir(images)), "/opt/kmsnode/bin/python", "-c", probe, *modules],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-800:]
+    files = proc.stdout.split()
+    assert len(files) == len(modules)
+    for module, file in zip(modules, files, strict=True):
+        assert file.startswith("/opt/kmsnode/lib/python3.13/site-packages/"), (module, file)
+        assert file.endswith(".cpython-313-x86_64-linux-gnu.so"), (module, file)
 
 
 # -- the appliance ----------------------------------------------------------------------------
