@@ -292,6 +292,7 @@ class Appliance:
     clock: boot.TimeServer
     chain: bytes = b""
     csr: bytes = b""
+    machine_id: str = ""
 
     @property
     def disk(self) -> Path:
@@ -361,6 +362,16 @@ def slot_record(disk: Path) -> bootstate.BootState:
     return bootstate.read(str(disk), gpt.read_layout(str(disk))["bootstate"].offset)[0]
 
 
+def machine_id(disk: Path) -> str:
+    """The machine id record the initramfs keeps in the bootstate partition (initrd-init)."""
+    offset = gpt.read_layout(str(disk))["bootstate"].offset + bootstate.MACHINE_ID_OFFSET
+    with open(disk, "rb") as f:
+        f.seek(offset)
+        record = f.read(40)
+    assert record.startswith(b"KMSMID1 "), record
+    return record[8:].decode()
+
+
 def boot_entries(disk: Path) -> dict[str, esp.Entry]:
     b = esp.MtoolsEsp(str(disk), gpt.read_layout(str(disk))["esp"].offset)
     return {e.slot: e for e in esp.entries(b)}
@@ -384,6 +395,8 @@ def test_first_boot_seals_the_state_and_waits_for_the_operator_with_a_csr(
     appliance.csr = csr
     assert x509.load_pem_x509_csr(csr).is_signature_valid
     assert slot_record(appliance.disk).slots["a"].state == "good"
+    appliance.machine_id = machine_id(appliance.disk)
+    assert re.fullmatch("[0-9a-f]{32}", appliance.machine_id)
 
 
 def provisioning(appliance: Appliance) -> dict[str, bytes]:
@@ -508,6 +521,8 @@ def test_update_to_v2_boots_serves_and_raises_the_floor_when_marked_good(
     entries = boot_entries(appliance.disk)
     assert entries["b"].tries_left is None  # blessed by systemd-bless-boot
     assert "a" not in entries  # v1 is below the floor: no longer bootable
+    # the other slot booted with the machine id of the first boot (journal, timesyncd state)
+    assert machine_id(appliance.disk) == appliance.machine_id
 
 
 def test_an_update_whose_node_cannot_start_falls_back_to_the_good_slot_by_itself(
