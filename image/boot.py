@@ -14,6 +14,10 @@ Rules:
   operator would) to use 10.0.2.2, which QEMU maps to the host's loopback, where the test's
   SNTP server answers. The appliance names no other server, so nothing else is asked the time.
 - System credentials reach the guest as SMBIOS type 11 strings (systemd imports them at boot).
+- TCG runs single-threaded (`-accel tcg,thread=single`): with one host thread per vCPU (MTTCG),
+  a vCPU once ran stale translated code while the other patched kernel text with int3
+  breakpoints (text_poke_bp), and the guest kernel died 1.6 s into the boot ("Oops: int3" in
+  enqueue_timer). One thread for both vCPUs cannot race that way.
 - Every console line is also written with the host time since QEMU started (`*-timeline.log`).
 """
 
@@ -325,7 +329,8 @@ def start(
     creds = {**(credentials or {}), **(time_server.guest_credentials() if time_server else {})}
     cmd = [
         "timeout", "--signal=KILL", str(timeout),
-        "qemu-system-x86_64", "-machine", "q35,smm=on", "-accel", "tcg", "-cpu", cpu,
+        "qemu-system-x86_64", "-machine", "q35,smm=on", "-accel", "tcg,thread=single",
+        "-cpu", cpu,
         "-m", str(memory_mib), "-smp", str(smp), "-nographic", "-nodefaults",
         "-global", "driver=cfi.pflash01,property=secure,value=on",
         "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
