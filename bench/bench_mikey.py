@@ -82,7 +82,7 @@ def main() -> None:
     r = run(PLAIN)
     ti = r.transfer_init
     init = decode(ti)
-    opened = open_ticket(init.ticket_bytes(), r.kms._tpk_mac)
+    opened = open_ticket(init.ticket_bytes(), r.kms._tpk_port)
     mpki = opened.mpki
 
     def decode_verify() -> None:
@@ -111,7 +111,7 @@ def main() -> None:
             "TRANSFER_INIT decode+verify": decode_verify,
             "REQUEST_INIT decode": lambda: decode(r.request_init, limits=UE_LIMITS),
             "REQUEST_RESP encode": encode_resp,
-            "ticket open (peek+open)": lambda: open_ticket(init.ticket_bytes(), r.kms._tpk_mac),
+            "ticket open (peek+open)": lambda: open_ticket(init.ticket_bytes(), r.kms._tpk_port),
             "pre-auth REQUEST_INIT": normal,
             "worst under UE_LIMITS": pre_auth(capped, UE_LIMITS),
             "baseline hmac.digest": baseline,

@@ -52,7 +52,7 @@ import grpc  # noqa: E402  (the cipher suites must be set before gRPC reads them
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # noqa: E402
 from grpc_reflection.v1alpha import reflection  # noqa: E402
 
-from firmware.api.metrics import Metrics  # noqa: E402
+from firmware.api.metrics import Labelled, Metrics  # noqa: E402
 from firmware.api.proto.kms.v1 import kms_pb2  # noqa: E402
 from firmware.api.roles import certificate_facts  # noqa: E402
 from firmware.config import ListenerConfig  # noqa: E402
@@ -203,7 +203,9 @@ class ListenerPolicy(grpc.ServerInterceptor):  # type: ignore[misc]
     def _unary(
         self, inner: Callable[..., Any], method: str, serving_only: bool
     ) -> Callable[..., Any]:
-        metrics, availability = self.metrics, self.availability
+        availability = self.availability
+        requests = Labelled(self.metrics.requests)
+        latency = self.metrics.latency.labels(method)
 
         def unary(request: Any, context: Any) -> Any:
             start = time.perf_counter()
@@ -219,8 +221,8 @@ class ListenerPolicy(grpc.ServerInterceptor):  # type: ignore[misc]
                 code = found.name if found is not None else "UNKNOWN"
                 raise
             finally:
-                metrics.requests.labels(method, code).inc()
-                metrics.latency.labels(method).observe(time.perf_counter() - start)
+                requests(method, code).inc()
+                latency.observe(time.perf_counter() - start)
 
         return unary
 

@@ -92,7 +92,11 @@ def open_ours(msg: Message, vault: KeyVault, kms_identity: bytes, store: Store) 
         peeked = peek_ticket(raw, decoded)
         version = version_from_thdr(peeked[1].thdr.data)
         prf = peeked[0].prf_func
-        opened = open_ticket(raw, lambda d: vault.ticket_hmac(version, prf, d), peeked=peeked)
+
+        def tpk(label: bytes, out_len: int) -> bytes:
+            return vault.ticket_prf(version, prf, label, out_len)
+
+        opened = open_ticket(raw, tpk, peeked=peeked)
     except MikeyError:
         raise NotOurs("not a valid ticket of this KMS") from None
     except KeyVersionNotFound:

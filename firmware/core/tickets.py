@@ -89,7 +89,7 @@ from firmware.mikey.constants import (
     TsRole,
     TsType,
 )
-from firmware.mikey.crypto import mpk_split
+from firmware.mikey.crypto import PrfPort, mpk_split
 from firmware.mikey.errors import MikeyError
 from firmware.mikey.kms import (
     build_error,
@@ -321,8 +321,9 @@ class TicketCore:
         if auth.peer not in auth.user.identities:
             raise Refusal(ErrNo.INVALID_ID, "identity is not one of the user's")
 
-    def _tpk(self, version: int, prf: PrfFunc) -> Callable[[bytes], bytes]:
-        return lambda data: self.vault.ticket_hmac(version, prf, data)
+    def _tpk(self, version: int, prf: PrfFunc) -> PrfPort:
+        """The TPK of `version` as a PRF port: one HSM call per derived key."""
+        return lambda label, out_len: self.vault.ticket_prf(version, prf, label, out_len)
 
     # --- Ticket Request ---------------------------------------------------------------------
 

@@ -2,8 +2,10 @@
 App. A.2).
 
 Rules and invariants:
-- A key source (``KeySource``) is either the key bytes or a port ``mac(data) -> HMAC(key, data)``
-  whose key lives elsewhere (the HSM's TPK).  Port keys must be one PRF chunk (<= 256 bits).
+- A key source (``KeySource``) is either the key bytes or a ``PrfPort``: ``port(label, out_len)``
+  returns PRF(key, label) for a key that lives elsewhere (the HSM's TPK), so one call into the
+  HSM's port runs a whole chain (each derived key is two HMACs or more).  Port keys must be one
+  PRF chunk (<= 256 bits); ``hmac_port`` makes a port from an HMAC ``mac(data)``.
 - ``fast_prf`` is the PRF of prf.py (same output, tested) without per-byte Python loops.
 - Which PRF (spec Q5, RFC text): K1/K2 (message keys) and K3 (TEK from TGK, RFC 6043 5.1.3 says
   "the PRF indicated in the HDR payload") use the HDR PRF func; K5 (TPK, A.2.1), K6 (MPK, A.2.2)
@@ -46,7 +48,8 @@ from firmware.mikey.constants import (
 from firmware.mikey.errors import MikeyError
 from firmware.mikey.prf import CHUNK_BYTES, PrfFunc, prf_with_hmac
 
-KeySource = bytes | Callable[[bytes], bytes]
+PrfPort = Callable[[bytes, int], bytes]
+KeySource = bytes | PrfPort
 _U32 = struct.Struct("!I")
 _LABEL_HEAD = struct.Struct("!IBIB")
 _FF4 = b"\xff\xff\xff\xff"
@@ -66,7 +69,7 @@ SEL_MPK = 0x06
 def fast_prf(func: PrfFunc, inkey: KeySource, label: bytes, out_len: int) -> bytes:
     """MIKEY PRF (RFC 3830 4.1.2; RFC 6043 6.1 for PRF-HMAC-SHA-256), 256-bit inkey chunks."""
     if not isinstance(inkey, bytes):
-        return prf_with_hmac(func, inkey, label, out_len)
+        return inkey(label, out_len)
     if not inkey:
         raise MikeyError("PRF inkey is empty", -1)
     name = _HASH[func]
@@ -90,6 +93,11 @@ def fast_prf(func: PrfFunc, inkey: KeySource, label: bytes, out_len: int) -> byt
     if acc:
         first = (int.from_bytes(first, "big") ^ acc).to_bytes(len(first), "big")
     return first[:out_len]
+
+
+def hmac_port(func: PrfFunc, mac: Callable[[bytes], bytes]) -> PrfPort:
+    """The PrfPort of a one-chunk key reached through `mac(data)` = HMAC(key, data)."""
+    return lambda label, out_len: prf_with_hmac(func, mac, label, out_len)
 
 
 def _rand_part(rand: bytes | None) -> bytes:

@@ -5,7 +5,7 @@ Rules and invariants:
 - Ticket Data = THDR, T, RAND, KEMAC, [IDRpsk], V.  THDR Data is opaque to MIKEY: the node puts
   its TPK key version there; ``peek_ticket`` reads it back *before* verification so the caller can
   pick the TPK version, and nothing else from an unverified ticket may be trusted.
-- Ticket keys come from the TPK through a ``KeySource`` (bytes, or the HSM's HMAC port) with the
+- Ticket keys come from the TPK through a ``KeySource`` (bytes, or the HSM's PRF port) with the
   Ticket Policy PRF (K5); the KEMAC IV uses the ticket's T and CSB ID 0xFFFFFFFF (A.1).
 - ``seal_ticket`` names the MPK and session keys with SPIs when given (6.2.1), takes a RAND at
   least as long as the TPK and MPK (12.1) and never mixes 256-bit with weaker algorithms; the

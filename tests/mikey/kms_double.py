@@ -13,7 +13,7 @@ from firmware.mikey.constants import DataType, IdRole, KeyDataType, TsType
 from firmware.mikey.crypto import mpk_split
 from firmware.mikey.kms import build_request_resp, build_resolve_resp, verify_initial_psk
 from firmware.mikey.message import decode
-from firmware.mikey.prf import PrfFunc, hmac_digest
+from firmware.mikey.prf import PrfFunc, hmac_digest, prf_with_hmac
 from firmware.mikey.ticket import open_ticket, seal_ticket
 
 
@@ -39,8 +39,9 @@ class KmsDouble:
             out += hmac.digest(b"kms-double", self.counter.to_bytes(4, "big"), "sha256")
         return out[:n]
 
-    def _tpk_mac(self, data: bytes) -> bytes:
-        return hmac_digest(self.prf, self.tpk, data)
+    def _tpk_port(self, label: bytes, out_len: int) -> bytes:
+        """The TPK as the node's HSM gives it: a PRF port (one call per derived key)."""
+        return prf_with_hmac(self.prf, lambda d: hmac_digest(self.prf, self.tpk, d), label, out_len)
 
     def handle_request(self, data: bytes, granted: TicketPolicy) -> bytes:
         req = decode(data)
@@ -56,7 +57,7 @@ class KmsDouble:
         self.spis.append((mpk_spi, tgk_spi))
         ticket = seal_ticket(
             granted,
-            tpk=self._tpk_mac,
+            tpk=self._tpk_port,
             thdr_data=b"\x00\x01",
             t=ntp_t(1),
             rand=rand,
@@ -86,7 +87,7 @@ class KmsDouble:
         assert idrr is not None
         psk = self.psks[idrr.data]
         verify_initial_psk(req, psk, kms_identity=self.identity)
-        opened = open_ticket(req.ticket_bytes(), self._tpk_mac)
+        opened = open_ticket(req.ticket_bytes(), self._tpk_port)
         assert idrr.data in opened.idr_r
         rand_kms = self._rand(max(16, self.key_len))
         self.resolved.append((idrr.data, rand_kms))

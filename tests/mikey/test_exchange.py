@@ -55,7 +55,7 @@ def test_kms_xk_view_derives_the_same_keys_from_transfer_messages() -> None:
 
     r = run(FORKING)
     init, resp = decode(r.transfer_init), decode(r.transfer_resp)
-    opened = open_ticket(init.ticket_bytes(), r.kms._tpk_mac)
+    opened = open_ticket(init.ticket_bytes(), r.kms._tpk_port)
     verify_transfer_init(init, opened.mpki)
     verify_initiator_data(init, opened.mpkr)
     check_vi(init)
@@ -77,7 +77,7 @@ def test_refuses_transfer_init_whose_mac_was_made_with_another_mpk() -> None:
 def test_refuses_transfer_init_with_a_substituted_responder_identity() -> None:
     r = run(PLAIN)
     good = decode(r.transfer_init)
-    opened = open_ticket(good.ticket_bytes(), r.kms._tpk_mac)
+    opened = open_ticket(good.ticket_bytes(), r.kms._tpk_port)
     payloads = tuple(
         c.RoleIdentity(IdRole.IDRr, p.id_type, b"sip:eve@example.com")
         if isinstance(p, c.RoleIdentity) and p.role == IdRole.IDRr
@@ -101,7 +101,7 @@ def test_initiator_data_is_outside_the_transfer_init_mac_but_vr_catches_tamperin
         for p in init.payloads
     )
     tampered = decode(encode(init.__class__(init.header, payloads)))
-    opened = open_ticket(tampered.ticket_bytes(), r.kms._tpk_mac)
+    opened = open_ticket(tampered.ticket_bytes(), r.kms._tpk_port)
     verify_transfer_init(tampered, opened.mpki)  # Initiator Data is not covered
     with pytest.raises(MikeyError):
         verify_initiator_data(tampered, opened.mpkr)
@@ -112,7 +112,7 @@ def test_refuses_ticket_whose_policy_was_edited_after_sealing() -> None:
     init = decode(r.transfer_init)
     raw = init.ticket_bytes().replace(BOB, b"sip:eve@example.com")
     with pytest.raises(MikeyError) as exc:
-        open_ticket(raw, r.kms._tpk_mac)
+        open_ticket(raw, r.kms._tpk_port)
     assert exc.value.err is ErrNo.AUTH_FAILURE
 
 
@@ -157,7 +157,7 @@ def test_refuses_transfer_resp_replayed_against_another_transfer_init() -> None:
     a, b = run(PLAIN), run(PLAIN, sessions=3)
     init_b = decode(b.transfer_init)
     resp_a = decode(a.transfer_resp)
-    opened = open_ticket(init_b.ticket_bytes(), b.kms._tpk_mac)
+    opened = open_ticket(init_b.ticket_bytes(), b.kms._tpk_port)
     with pytest.raises(MikeyError):
         verify_transfer_resp(resp_a, init_b, opened.mpki)
 

@@ -67,7 +67,7 @@ def xk_view(r: Run, *, with_resp: bool = True) -> list[SessionKey]:
     """What the node's Xk derives: open the ticket (TPK), verify nothing more here, fork with the
     TRANSFER_RESP's modifier, open UE-supplied KEMACs with MPKi / MPKr'."""
     init, resp = decode(r.transfer_init), decode(r.transfer_resp)
-    opened = open_ticket(init.ticket_bytes(), r.kms._tpk_mac)
+    opened = open_ticket(init.ticket_bytes(), r.kms._tpk_port)
     keys, resp_key = opened.session_keys, opened.mpki
     if opened.flags & c.TpFlags.I:
         keys = fork_keys(opened.policy, keys, *fork_modifier(resp))
@@ -94,7 +94,7 @@ def test_every_key_the_kms_issues_carries_an_spi_and_the_ues_read_them() -> None
     resolved = open_kemac(sresp, PSK_B, resolve)
     assert [k.spi for k in resolved] == [mpk_spi, mpk_spi, tgk_spi]
     assert resolved[2].key != issued[2].key  # TGK' under the TGK's SPI
-    opened = open_ticket(decode(r.transfer_init).ticket_bytes(), r.kms._tpk_mac)
+    opened = open_ticket(decode(r.transfer_init).ticket_bytes(), r.kms._tpk_port)
     assert opened.mpk_kv == c.KvSpi(mpk_spi) and [k.spi for k in opened.session_keys] == [tgk_spi]
     # the UE side reads them
     assert (r.initiator.mpki_spi, r.initiator.mpkr_spi) == (mpk_spi, mpk_spi)
@@ -105,7 +105,7 @@ def test_every_key_the_kms_issues_carries_an_spi_and_the_ues_read_them() -> None
 def test_the_kms_can_name_mpki_mpkr_and_each_session_key_apart() -> None:
     r = run(FORKING)
     req = decode(r.request_init)
-    opened = open_ticket(decode(r.transfer_init).ticket_bytes(), r.kms._tpk_mac)
+    opened = open_ticket(decode(r.transfer_init).ticket_bytes(), r.kms._tpk_port)
     ticket = decode(r.request_resp).require(c.Ticket)
     raw = build_request_resp(req, PSK_A, t=ntp_t(2), ticket=ticket, mpki=opened.mpki,
                              mpkr=opened.mpkr, session_keys=opened.session_keys, mpki_spi=b"i",
@@ -129,7 +129,7 @@ def test_builders_without_spis_keep_the_key_validity_they_are_given() -> None:
     """Until the core passes SPIs, today's calls build what they always built."""
     r = run(PLAIN)
     req = decode(r.request_init)
-    opened = open_ticket(decode(r.transfer_init).ticket_bytes(), r.kms._tpk_mac)
+    opened = open_ticket(decode(r.transfer_init).ticket_bytes(), r.kms._tpk_port)
     bare = c.KeyData(KeyDataType.TGK, b"G" * 16)
     ticket = decode(r.request_resp).require(c.Ticket)
     raw = build_request_resp(req, PSK_A, t=ntp_t(2), ticket=ticket, mpki=opened.mpki, mpkr=None,

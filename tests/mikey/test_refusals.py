@@ -104,7 +104,7 @@ def _with_ticket(msg: Message, ticket: c.Ticket) -> Message:
 
 
 def _opened(r: Run) -> OpenedTicket:
-    return open_ticket(decode(r.transfer_init).ticket_bytes(), r.kms._tpk_mac)
+    return open_ticket(decode(r.transfer_init).ticket_bytes(), r.kms._tpk_port)
 
 
 # --- TRANSFER_INIT / TRANSFER_RESP (MAC keyed with MPKi / MPKr') ---------------------------------

@@ -96,7 +96,7 @@ def test_the_ticket_rand_and_randrkms_are_as_long_as_the_keys_they_protect() -> 
                     mpk=b"M" * 16)  # fmt: skip
     r = run(FORKING)
     req = decode(r.resolve_init)
-    opened = open_ticket(req.ticket_bytes(), r.kms._tpk_mac)
+    opened = open_ticket(req.ticket_bytes(), r.kms._tpk_port)
     with pytest.raises(MikeyError, match="RANDRkms MUST"):
         build_resolve_resp(req, PSK_B, t=ntp_t(3), opened=opened, responder_identity=BOB,
                            rand_kms=b"k" * 15)  # fmt: skip
@@ -118,7 +118,7 @@ def test_builders_given_prf_hmac_sha_256_produce_256_bit_macs_and_keys() -> None
         assert len(v.mac) == 32
         kemac = msg.find(c.Kemac)
         assert kemac is None or kemac.encr_alg is EncrAlg.AES_CM_256
-    opened = open_ticket(decode(r.transfer_init).ticket_bytes(), r.kms._tpk_mac)
+    opened = open_ticket(decode(r.transfer_init).ticket_bytes(), r.kms._tpk_port)
     assert len(opened.mpki) == len(opened.mpkr) == 32
     assert all(len(k.key) == 32 for k in opened.session_keys)
     req = decode(r.request_init)

@@ -152,10 +152,10 @@ def test_mikey_ticket_label_vectors_self_computed() -> None:
     label = crypto.message_key_label(CONST_AUTH, csb, 1, x["rand_i"], None)
     out = crypto.fast_prf(PrfFunc.PRF_HMAC_SHA_256, x["sha256_inkey"], label, 32)
     assert out.hex() == v["V8_prf_sha256"]
-    # the ticket key source may be an HMAC port (the HSM) instead of bytes
+    # the ticket key source may be a PRF port (the HSM's TPK) instead of bytes
     port = crypto.ticket_keys(
         f,
-        lambda d: crypto.compute_mac(MacAlg.HMAC_SHA_1_160, x["tpk"], d),
+        crypto.hmac_port(f, lambda d: crypto.compute_mac(MacAlg.HMAC_SHA_1_160, x["tpk"], d)),
         x["ticket_rand"],
         EncrAlg.AES_CM_128,
         MacAlg.NULL,

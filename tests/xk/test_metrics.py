@@ -75,12 +75,12 @@ def test_the_endpoint_counts_what_the_node_did(xk: Xk) -> None:
         assert delta(before, after, "kmsnode_request_seconds_count", method=method) == n
         assert delta(before, after, "kmsnode_request_seconds_bucket", method=method, le="+Inf") == n
         assert delta(before, after, "kmsnode_request_seconds_sum", method=method) > 0
-    # HSM operation latency: the ticket MAC of every GetKeys that got to the ticket (3), the
+    # HSM operation latency: the ticket PRFs of every GetKeys that got to the ticket (3), the
     # audit MACs (record + signed head) of its 5 records, the PSK unwraps of the call
-    assert delta(before, after, "kmsnode_hsm_op_seconds_count", op="ticket_hmac") >= 3
+    assert delta(before, after, "kmsnode_hsm_op_seconds_count", op="ticket_prf") >= 3
     assert delta(before, after, "kmsnode_hsm_op_seconds_count", op="audit_hmac") >= 10
     assert delta(before, after, "kmsnode_hsm_op_seconds_count", op="unwrap_psk") >= 2
-    assert value(after, "kmsnode_hsm_op_seconds_bucket", op="ticket_hmac", le="0.1") > 0
+    assert value(after, "kmsnode_hsm_op_seconds_bucket", op="ticket_prf", le="0.1") > 0
     # alarms by reason; audit records
     assert delta(before, after, "kmsnode_alarms_total", reason="TARGET_MISMATCH") == 1
     assert delta(before, after, "kmsnode_alarms_total", reason="ROLE_NOT_ALLOWED") == 1
