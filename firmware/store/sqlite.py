@@ -275,33 +275,30 @@ class SqliteStore:
         with self._tx() as db:
             return db.execute("DELETE FROM users WHERE identity = ?", (identity,)).rowcount > 0
 
+    # One statement per load: its own consistent snapshot of the user and its aliases (one row
+    # per alias, or one with a NULL alias), without a BEGIN/COMMIT pair around two queries.
+    # One statement per load, so one consistent snapshot of the user and its aliases without a
+    # BEGIN/COMMIT around two queries: a row per alias, or one row with a NULL alias.
     _USER_BY = {
-        "psk_id": "SELECT id, identity, psk_id, kek_version, wrapped_psk FROM users"
-        " WHERE psk_id = ?",
-        "identity": "SELECT id, identity, psk_id, kek_version, wrapped_psk FROM users"
-        " WHERE id = (SELECT user_id FROM identities WHERE identity = ?)",
+        "psk_id": "SELECT u.identity, u.psk_id, u.kek_version, u.wrapped_psk, a.identity"
+        " FROM users u LEFT JOIN identities a ON a.user_id = u.id AND a.is_alias = 1"
+        " WHERE u.psk_id = ? ORDER BY a.identity",
+        "identity": "SELECT u.identity, u.psk_id, u.kek_version, u.wrapped_psk, a.identity"
+        " FROM users u LEFT JOIN identities a ON a.user_id = u.id AND a.is_alias = 1"
+        " WHERE u.id = (SELECT user_id FROM identities WHERE identity = ?) ORDER BY a.identity",
     }
 
     def _load_user(self, by: str, arg: object) -> User | None:
         with _mapped_errors():
-            db = self._reader()
-            db.execute("BEGIN")  # one snapshot for the user and its aliases
-            try:
-                row = db.execute(self._USER_BY[by], (arg,)).fetchone()
-                if row is None:
-                    return None
-                aliases = db.execute(
-                    "SELECT identity FROM identities WHERE user_id = ? AND is_alias = 1"
-                    " ORDER BY identity",
-                    (row[0],),
-                ).fetchall()
-            finally:
-                db.execute("COMMIT")
+            rows = self._reader().execute(self._USER_BY[by], (arg,)).fetchall()
+        if not rows:
+            return None
+        first = rows[0]
         return User(
-            identity=row[1],
-            aliases=tuple(a[0] for a in aliases),
-            psk_id=bytes(row[2]),
-            wrapped_psk=WrappedKey(kek_version=row[3], blob=bytes(row[4])),
+            identity=first[0],
+            aliases=tuple(r[4] for r in rows if r[4] is not None),
+            psk_id=bytes(first[1]),
+            wrapped_psk=WrappedKey(kek_version=first[2], blob=bytes(first[3])),
         )
 
     def user_by_psk_id(self, psk_id: bytes) -> User | None:
