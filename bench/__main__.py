@@ -5,7 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHES = ["bench.bench_mikey", "bench.bench_vault", "bench.bench_kms", "bench.bench_http"]
+BENCHES = [
+    "bench.bench_mikey",
+    "bench.bench_vault",
+    "bench.bench_core",
+    "bench.bench_kms",
+    "bench.bench_http",
+]
 
 if __name__ == "__main__":
     failed = 0
