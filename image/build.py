@@ -40,7 +40,7 @@ from image.errors import BuildError
 from image.manifest import Signer, public_key_pem
 from image.release import BUILDER, ReleaseInfo, ReleaseOutputs, assemble
 from image.secureboot import SecureBootKey
-from image.tools import tool_versions, tools_tree
+from image.tools import run, tool_versions, tools_tree
 from image.uki import signed_chain
 from image.wheels import build_wheels
 
@@ -60,16 +60,6 @@ class Progress:
             file=sys.stderr,
             flush=True,
         )
-
-
-def run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
-    if proc.returncode != 0:
-        raise BuildError(
-            f"{Path(cmd[0]).name} failed ({proc.returncode}): "
-            f"{(proc.stderr or proc.stdout).strip()[-800:]}"
-        )
-    return proc  # type: ignore[no-any-return]
 
 
 def require_tools(*tools: str) -> None:

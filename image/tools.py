@@ -67,6 +67,17 @@ def tools_tree(cache: Path, suite: str, mirror: str, env: dict[str, str]) -> Pat
     return root / "tree"
 
 
+def run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+    """`cmd` on the build host; a non-zero exit is a BuildError carrying the output's tail."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+    if proc.returncode != 0:
+        raise BuildError(
+            f"{Path(cmd[0]).name} failed ({proc.returncode}): "
+            f"{(proc.stderr or proc.stdout).strip()[-800:]}"
+        )
+    return proc  # type: ignore[no-any-return]
+
+
 def run_in_tools(
     tree: Path, work: Path, cmd: list[str], epoch: int | None = None
 ) -> subprocess.CompletedProcess[str]:

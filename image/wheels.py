@@ -29,7 +29,7 @@ from pathlib import Path
 
 from image.config import BuildPaths, ImageConfig
 from image.errors import BuildError
-from image.tools import WORK, run_in_tools, tools_key
+from image.tools import WORK, run, run_in_tools, tools_key
 
 PLATFORMS = (
     "manylinux_2_17_x86_64",
@@ -39,16 +39,6 @@ PLATFORMS = (
 )
 # What the compile needs beyond the node's sources (setup.py, pyproject's build-system).
 BUILD_REQUIREMENTS = ("mypy", "setuptools")
-
-
-def run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
-    if proc.returncode != 0:
-        raise BuildError(
-            f"{Path(cmd[0]).name} failed ({proc.returncode}): "
-            f"{(proc.stderr or proc.stdout).strip()[-800:]}"
-        )
-    return proc  # type: ignore[no-any-return]
 
 
 def export_tree(repo: Path, sha: str, dest: Path) -> None:
