@@ -113,10 +113,6 @@ class FakeVault:
             raise KeyVersionNotFound(f"the token has no version of {name.value}")
         return max(self._keys[name])
 
-    def ticket_hmac(self, version: int, prf: PrfFunc, data: bytes) -> bytes:
-        self._enter("ticket_hmac")
-        return hmac.digest(self._key(KeyName.TICKET_PROTECTION, version), data, prf.hash_name)
-
     def ticket_prf(self, version: int, prf: PrfFunc, label: bytes, out_len: int) -> bytes:
         self._enter("ticket_prf")
         key = self._key(KeyName.TICKET_PROTECTION, version)

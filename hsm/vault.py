@@ -174,6 +174,8 @@ class Pkcs11Vault:
     # --- KeyVault -----------------------------------------------------------------------------
 
     def ticket_hmac(self, version: int, prf: PrfFunc, data: bytes) -> bytes:
+        """One HMAC under TPK `version` in the token: not part of the KeyVault port (the node
+        reaches the TPK through ticket_prf); the tests and bench_vault probe keys with it."""
         return self._call("ticket HMAC", _ticket_hmac, (version, HMAC_MECHANISM[prf], data))
 
     def ticket_prf(self, version: int, prf: PrfFunc, label: bytes, out_len: int) -> bytes:

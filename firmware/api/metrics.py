@@ -93,9 +93,6 @@ class InstrumentedVault:
         finally:
             self._h(op).observe(time.perf_counter() - start)
 
-    def ticket_hmac(self, version: int, prf: PrfFunc, data: bytes) -> bytes:
-        return self._timed("ticket_hmac", lambda: self._inner.ticket_hmac(version, prf, data))  # type: ignore[no-any-return]
-
     def ticket_prf(self, version: int, prf: PrfFunc, label: bytes, out_len: int) -> bytes:
         return self._timed(  # type: ignore[no-any-return]
             "ticket_prf", lambda: self._inner.ticket_prf(version, prf, label, out_len)

@@ -61,10 +61,6 @@ class KeyVault(Protocol):
     lower existing versions are DECRYPT_ONLY; destroyed versions are gone from the token.
     """
 
-    def ticket_hmac(self, version: int, prf: PrfFunc, data: bytes) -> bytes:
-        """HMAC of `data` under TPK `version`, computed in the token (C_Sign)."""
-        ...
-
     def ticket_prf(self, version: int, prf: PrfFunc, label: bytes, out_len: int) -> bytes:
         """The MIKEY PRF (RFC 3830 4.1.2) with TPK `version` as inkey, every HMAC in the token."""
         ...

@@ -116,7 +116,7 @@ def test_fake_vault_has_the_real_vaults_version_semantics() -> None:
         vault.destroy_version(tpk, 2)
     vault.destroy_version(tpk, 1)
     with pytest.raises(KeyVersionNotFound):
-        vault.ticket_hmac(1, PrfFunc.MIKEY_1, b"x")
+        vault.ticket_prf(1, PrfFunc.MIKEY_1, b"x", 16)
 
 
 @given(psk=st.sampled_from([16, 24, 32]).flatmap(lambda n: st.binary(min_size=n, max_size=n)))
