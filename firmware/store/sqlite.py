@@ -275,8 +275,6 @@ class SqliteStore:
         with self._tx() as db:
             return db.execute("DELETE FROM users WHERE identity = ?", (identity,)).rowcount > 0
 
-    # One statement per load: its own consistent snapshot of the user and its aliases (one row
-    # per alias, or one with a NULL alias), without a BEGIN/COMMIT pair around two queries.
     # One statement per load, so one consistent snapshot of the user and its aliases without a
     # BEGIN/COMMIT around two queries: a row per alias, or one row with a NULL alias.
     _USER_BY = {
