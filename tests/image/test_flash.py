@@ -146,20 +146,17 @@ def test_refuses_to_flash_an_older_image_over_a_newer_installed_one(
         flash(str(release_old.disk), str(flashed), keys.signer.public_key(), "kmsnode", log=quiet)
 
 
+def flash_cli(release: ReleaseOutputs, target: Path, pubkey: Path) -> int:
+    """`kmsnode-image flash` of `release`'s disk onto `target`, trusting `pubkey`; its status."""
+    return main(
+        ["flash", "--image", str(release.disk), "--target", str(target), "--pubkey", str(pubkey)]
+    )
+
+
 def test_cli_reports_a_refusal_in_one_line_with_status_2(
     tmp_path: Path, release: ReleaseOutputs, keys: Keys, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rc = main(
-        [
-            "flash",
-            "--image",
-            str(release.disk),
-            "--target",
-            str(tmp_path / "t.img"),
-            "--pubkey",
-            str(keys.other_public_pem),
-        ]
-    )
+    rc = flash_cli(release, tmp_path / "t.img", keys.other_public_pem)
     err = capsys.readouterr().err
     assert rc == 2
     assert err.startswith("kmsnode-image: refused: manifest is signed by another key")
@@ -169,17 +166,7 @@ def test_cli_reports_a_refusal_in_one_line_with_status_2(
 def test_cli_flashes_with_the_pinned_key(
     tmp_path: Path, release: ReleaseOutputs, keys: Keys, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rc = main(
-        [
-            "flash",
-            "--image",
-            str(release.disk),
-            "--target",
-            str(tmp_path / "t.img"),
-            "--pubkey",
-            str(keys.public_pem),
-        ]
-    )
+    rc = flash_cli(release, tmp_path / "t.img", keys.public_pem)
     assert rc == 0
     assert "read-back verification OK" in capsys.readouterr().out
 
@@ -292,17 +279,7 @@ def test_sigterm_during_flash_prints_one_line_and_exits_130(
         real(*args, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(image.flash, "copy_extent", copy_then_term)
-    rc = main(
-        [
-            "flash",
-            "--image",
-            str(release.disk),
-            "--target",
-            str(tmp_path / "t.img"),
-            "--pubkey",
-            str(keys.public_pem),
-        ]
-    )
+    rc = flash_cli(release, tmp_path / "t.img", keys.public_pem)
     err = capsys.readouterr().err
     assert rc == 130
     assert err.startswith("kmsnode-image: interrupted (SIGTERM): the target has no valid")

@@ -211,6 +211,21 @@ def test_refuses_a_bundle_with_an_extra_member(
         open_bundle(str(bad))
 
 
+def update_cut_at(
+    disk: Path, release: ReleaseOutputs, keys: Keys, artifact: str, at: int
+) -> BootState:
+    """An update of `disk` to `release` whose power is cut once `at` bytes of `artifact` are
+    written; the boot state the disk is left with."""
+
+    def crash(name: str, done: int) -> None:
+        if name == artifact and done >= at:
+            raise Crash("power cut")
+
+    with pytest.raises(Crash):
+        update(str(release.bundle), str(disk), keys.signer.public_key(), hook=crash, log=quiet)
+    return status(str(disk))
+
+
 @pytest.mark.parametrize(
     ("artifact", "at"), [("root.img", 1), ("root.img", 600_000), ("root.verity", 1)]
 )
@@ -224,15 +239,7 @@ def test_interrupted_write_leaves_the_active_slot_bootable(
 ) -> None:
     a_before = slot_digest(flashed, "a")
 
-    def crash(name: str, done: int) -> None:
-        if name == artifact and done >= at:
-            raise Crash("power cut")
-
-    with pytest.raises(Crash):
-        update(
-            str(release_next.bundle), str(flashed), keys.signer.public_key(), hook=crash, log=quiet
-        )
-    state = status(str(flashed))
+    state = update_cut_at(flashed, release_next, keys, artifact, at)
     assert state.active == "a" and state.slots["a"].state == "good"
     assert state.slots["b"].state == "empty"  # nothing will fall back into the half-written slot
     assert set(entry_slots(flashed)) == {"a"}  # and the boot loader has nothing to boot there
@@ -376,15 +383,7 @@ def test_an_interrupted_update_over_a_previously_good_slot_b_never_falls_back_in
     assert state.slots["b"].state == "good" and set(entry_slots(flashed)) == {"a", "b"}
     a_before = slot_digest(flashed, "a")
 
-    def crash(name: str, done: int) -> None:
-        if name == "root.img" and done >= 1:
-            raise Crash("power cut")
-
-    with pytest.raises(Crash):
-        update(
-            str(release_next.bundle), str(flashed), keys.signer.public_key(), hook=crash, log=quiet
-        )
-    state = status(str(flashed))
+    state = update_cut_at(flashed, release_next, keys, "root.img", 1)
     assert state.active == "a" and state.slots["a"].state == "good"
     assert state.slots["b"].state == "empty"  # b's old "good" must not survive a half-write
     assert set(entry_slots(flashed)) == {"a"}  # neither its boot entry
