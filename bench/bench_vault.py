@@ -50,7 +50,7 @@ def main() -> None:
         # Imported only now: SOFTHSM2_CONF must be set before the library loads.
         from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
-        from hsm.templates import SESSION_COPY, TRANSIENT_PSK, key_label
+        from hsm.templates import PSK_IN_TOKEN, SESSION_COPY, TRANSIENT_PSK, key_label
         from hsm.vault import PKCS11_LOCK, Pkcs11Vault, VaultSettings
 
         vault = Pkcs11Vault.open(
@@ -77,7 +77,8 @@ def main() -> None:
             tpk = copy_of(KeyName.TICKET_PROTECTION, tpk_v)
             kek = copy_of(KeyName.KEY_ENCRYPTION, vault.active_version(KeyName.KEY_ENCRYPTION))
         psk = bytes(range(16))
-        wrapped = vault.wrap_psk(psk)
+        psk32 = bytes(range(32))
+        wrapped32 = vault.wrap_psk(psk32)
 
         def raw_prf(func: PrfFunc, mech: Mechanism) -> Callable[[], object]:
             sign = tpk.sign  # type: ignore[attr-defined]
@@ -90,21 +91,37 @@ def main() -> None:
             finally:
                 obj.destroy()
 
-        def raw_unwrap() -> bytes:
-            obj = kek.unwrap_key(  # type: ignore[attr-defined]
+        def raw_unwrap_into_token() -> object:
+            return kek.unwrap_key(  # type: ignore[attr-defined]
                 ObjectClass.SECRET_KEY,
                 KeyType.GENERIC_SECRET,
-                wrapped.blob,
+                wrapped32.blob,
                 mechanism=Mechanism.AES_KEY_WRAP,
                 store=False,
-                template=TRANSIENT_PSK,
+                template=PSK_IN_TOKEN,
             )
-            try:
-                return bytes(obj[Attribute.VALUE])
-            finally:
-                obj.destroy()
 
-        assert raw_unwrap() == psk and vault.unwrap_psk(vault.wrap_psk(psk)) == psk
+        raw_psk = raw_unwrap_into_token()
+
+        def raw_unwrap_once() -> None:
+            obj = raw_unwrap_into_token()
+            sign = obj.sign  # type: ignore[attr-defined]
+            mech = Mechanism.SHA256_HMAC
+            prf_with_hmac(PrfFunc.PRF_HMAC_SHA_256, lambda d: sign(d, mechanism=mech), LABEL, 32)
+            obj.destroy()  # type: ignore[attr-defined]
+
+        def raw_psk_prf() -> bytes:
+            sign = raw_psk.sign  # type: ignore[attr-defined]
+            mech = Mechanism.SHA256_HMAC
+            return prf_with_hmac(
+                PrfFunc.PRF_HMAC_SHA_256, lambda d: sign(d, mechanism=mech), LABEL, 32
+            )
+
+        def vault_psk_miss() -> None:
+            vault.forget_psk(wrapped32)
+            vault.psk_prf(wrapped32, PrfFunc.PRF_HMAC_SHA_256, LABEL, 32)
+
+        assert raw_psk_prf() == vault.psk_prf(wrapped32, PrfFunc.PRF_HMAC_SHA_256, LABEL, 32)
         assert raw_prf(PrfFunc.MIKEY_1, Mechanism.SHA_1_HMAC)() == vault.ticket_prf(
             tpk_v, PrfFunc.MIKEY_1, LABEL, 16
         )
@@ -125,7 +142,12 @@ def main() -> None:
                 lambda: tpk.sign(DATA, mechanism=Mechanism.SHA256_HMAC),  # type: ignore[attr-defined]
             ),
             ("wrap_psk 16 B", lambda: vault.wrap_psk(psk), raw_wrap),
-            ("unwrap_psk 16 B (+read+destroy)", lambda: vault.unwrap_psk(wrapped), raw_unwrap),
+            (
+                "psk_prf SHA-256 32 B, held (2 C_Sign)",
+                lambda: vault.psk_prf(wrapped32, PrfFunc.PRF_HMAC_SHA_256, LABEL, 32),
+                raw_psk_prf,
+            ),
+            ("psk_prf, not held (unwrap+2 C_Sign+destroy)", vault_psk_miss, raw_unwrap_once),
             ("random_bytes 32 B", lambda: vault.random_bytes(32), lambda: raw.generate_random(256)),
         ]
         print(f"# vault vs raw python-pkcs11, 1 thread, best of {args.rounds} x {args.seconds}s")

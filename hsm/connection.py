@@ -25,6 +25,8 @@ Rules and invariants:
   access and require_session() raise Disconnected, which the vault answers with HsmUnavailable
   and the monitor's reason. `session` is a plain attribute (None when disconnected): the hot paths
   read it without a property call.
+- User PSKs the vault computes with are session objects held in `psks` (hsm/psks.py): forgotten
+  with the session, destroyed with the KEK version that wrapped them.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from hsm.errors import (
 from hsm.keycheck import Vouched, check_key
 from hsm.pin import PinSource
 from hsm.provenance import is_vouched
+from hsm.psks import DEFAULT_LIMIT, PskObjects
 from hsm.templates import SESSION_COPY, SPECS, key_label, parse_label
 from hsm.uri import Pkcs11Uri
 
@@ -89,6 +92,7 @@ class Connection:
         required_mechanisms: frozenset[Mechanism],
         session_copies: bool,
         direct_calls: bool,
+        psk_objects: int = DEFAULT_LIMIT,
     ) -> None:
         self.uri = uri
         self.module = module
@@ -102,6 +106,7 @@ class Connection:
         self.mechanisms: frozenset[Any] = frozenset()
         self._keys: dict[KeyName, dict[int, LoadedKey]] = {}
         self._active: dict[KeyName, int] = {}
+        self.psks = PskObjects(psk_objects)
         self._rescanned = -RESCAN_INTERVAL  # monotonic time of the last look for new versions
 
     # --- library and session ------------------------------------------------------------------
@@ -165,6 +170,7 @@ class Connection:
         self.session = None
         self._keys = {}
         self._active = {}
+        self.psks.clear()
 
     def close(self) -> None:
         """Close the session (logging out when it carried the login) and drop every handle."""
@@ -294,7 +300,8 @@ class Connection:
         return version
 
     def destroy(self, name: KeyName, version: int) -> None:
-        """Destroy a version that is not the active one (its session copy first)."""
+        """Destroy a version that is not the active one (its session copy and, for a KEK, the
+        PSK objects it unwrapped first)."""
         found = self.versions_of(name)
         label = key_label(name, version)
         if version not in found:
@@ -302,6 +309,9 @@ class Connection:
         if version == self._active.get(name):
             raise ActiveVersionRefused(f"{label} is the active version; create a newer one first")
         key = found[version]
+        if name is KeyName.KEY_ENCRYPTION:
+            for psk in self.psks.pop_version(version):
+                psk.destroy()
         if key.use is not key.token_obj:
             key.use.destroy()
             key.use = key.token_obj

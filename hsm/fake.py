@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from firmware.core.errors import HsmUnavailable, KeyVersionNotFound
 from firmware.core.ports import KeyName, KeyState, KeyVersionInfo, WrappedKey
+from firmware.mikey.crypto import fast_prf
 from firmware.mikey.prf import PrfFunc, prf_with_hmac
 from hsm.errors import ActiveVersionRefused, PskLengthError, WrappedKeyRejected
 
@@ -42,6 +43,7 @@ class FakeVault:
         self._reason = "available"
         self._listeners: list[Listener] = []
         self.calls: list[str] = []
+        self.forgotten: list[WrappedKey] = []  # forget_psk's arguments, in order
         if ensure_keys:
             self.ensure_keys()
 
@@ -121,24 +123,27 @@ class FakeVault:
     def wrap_psk(self, psk: bytes) -> WrappedKey:
         from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 
-        if len(psk) < 16 or len(psk) % 8:
-            raise PskLengthError(
-                f"a PSK to wrap must be a multiple of 8 bytes and at least 16 (got {len(psk)})"
-            )
+        if len(psk) not in (16, 24, 32):
+            raise PskLengthError(f"a PSK to wrap must be 16, 24 or 32 bytes (got {len(psk)})")
         self._enter("wrap_psk")
         version = self._active(KeyName.KEY_ENCRYPTION)
         blob = aes_key_wrap(self._key(KeyName.KEY_ENCRYPTION, version), psk)
         return WrappedKey(kek_version=version, blob=blob)
 
-    def unwrap_psk(self, wrapped: WrappedKey) -> bytes:
+    def psk_prf(self, wrapped: WrappedKey, prf: PrfFunc, label: bytes, out_len: int) -> bytes:
         from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 
-        self._enter("unwrap_psk")
+        self._enter("psk_prf")
         kek = self._key(KeyName.KEY_ENCRYPTION, wrapped.kek_version)
         try:
-            return aes_key_unwrap(kek, wrapped.blob)
+            psk = aes_key_unwrap(kek, wrapped.blob)
         except (InvalidUnwrap, ValueError):
             raise WrappedKeyRejected("PSK unwrap failed: the wrapped key was rejected") from None
+        return fast_prf(prf, psk, label, out_len)
+
+    def forget_psk(self, wrapped: WrappedKey) -> None:
+        with self._lock:
+            self.forgotten.append(wrapped)
 
     def random_bytes(self, n: int) -> bytes:
         if n < 0:

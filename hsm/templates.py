@@ -14,8 +14,13 @@ Rules:
 - CKA_MODIFIABLE stays true: SoftHSM refuses C_CopyObject of an unmodifiable object with a changed
   CKA_TOKEN, and session copies are how hot keys are used. SENSITIVE and EXTRACTABLE are one-way.
 - Labels (and CKA_ID) are `<name>/v<version>`, version >= 1.
-- Transient objects (a PSK being wrapped or just unwrapped) are session objects, extractable and
-  not sensitive, with no purpose at all; they live only inside one vault call.
+- Transient objects (a PSK being wrapped, or a short PSK being padded) are session objects,
+  extractable and not sensitive, with no purpose at all; they live only inside one vault call.
+- A PSK the node computes with (hsm/psks.py) is a session object, SENSITIVE and not EXTRACTABLE,
+  SIGN only, PSK_HMAC_BYTES long: a shorter PSK is padded with zero bytes, which leaves every
+  HMAC unchanged (RFC 2104 pads the key with zeros to the block size, 64 bytes for SHA-1 and
+  SHA-256) and meets the token's minimum HMAC key sizes (SoftHSM refuses keys shorter than the
+  hash: 20 bytes for SHA-1, 32 for SHA-256).
 """
 
 from __future__ import annotations
@@ -131,6 +136,18 @@ TRANSIENT_PSK: dict[Attribute, Any] = {
     Attribute.EXTRACTABLE: True,
     **_only(),
 }
+
+# A user PSK held for computing (hsm/psks.py): never readable, HMAC only.
+PSK_IN_TOKEN: dict[Attribute, Any] = {
+    Attribute.CLASS: ObjectClass.SECRET_KEY,
+    Attribute.KEY_TYPE: KeyType.GENERIC_SECRET,
+    Attribute.TOKEN: False,
+    Attribute.PRIVATE: True,
+    Attribute.SENSITIVE: True,
+    Attribute.EXTRACTABLE: False,
+    **_only(Attribute.SIGN),
+}
+PSK_HMAC_BYTES = 32  # SHA-256's output length: SoftHSM's minimum HMAC key size for both PRFs
 
 # The attributes of a session copy of a long-term key (C_CopyObject); the rest is inherited.
 SESSION_COPY: dict[Attribute, Any] = {Attribute.TOKEN: False}

@@ -16,9 +16,10 @@ Rules and invariants:
 - An operation either returns its result or raises a KmsError: HsmUnavailable (no session, or the
   token was lost during the call: the vault is then marked unavailable and listeners hear it after
   the lock is released), HsmConfigurationError, KeyVersionNotFound, WrappedKeyRejected,
-  PskLengthError, ActiveVersionRefused. Long-term key material never leaves the token; the only
-  plaintext returned is a PSK from unwrap_psk.
-- Hot operations (HMAC, PRF, unwrap) take hsm/direct.py's path (GIL held, under the lock) and fall
+  PskLengthError, ActiveVersionRefused. No key is ever returned: long-term keys never leave the
+  token, and a user PSK is unwrapped into a sensitive session object (hsm/psks.py) that its PRF
+  runs on; a PSK shorter than PSK_HMAC_BYTES is read once, on that first unwrap, to be padded.
+- Hot operations (HMAC, PRF) take hsm/direct.py's path (GIL held, under the lock) and fall
   back to python-pkcs11 when it fails, which raises the mapped error.
 """
 
@@ -32,7 +33,7 @@ from typing import Any, TypeVar
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11e
 
-from firmware.core.errors import HsmConfigurationError
+from firmware.core.errors import HsmConfigurationError, KeyVersionNotFound
 from firmware.core.ports import KeyName, KeyState, KeyVersionInfo, WrappedKey
 from firmware.mikey.prf import PrfFunc, prf_with_hmac
 from hsm.connection import Connection, Disconnected, mechanism_name
@@ -41,9 +42,12 @@ from hsm.errors import PskLengthError, WrappedKeyRejected
 from hsm.lock import PKCS11_LOCK
 from hsm.monitor import AvailabilityMonitor, Listener
 from hsm.pin import PinSource
+from hsm.psks import DEFAULT_LIMIT
 from hsm.templates import (
     AUDIT_MECHANISM,
     HMAC_MECHANISM,
+    PSK_HMAC_BYTES,
+    PSK_IN_TOKEN,
     REQUIRED_MECHANISMS,
     TRANSIENT_PSK,
     WRAP_MECHANISM,
@@ -71,16 +75,21 @@ class VaultSettings:
     pin_source: PinSource | None = None
     probe_interval: float = 5.0
     session_copies: bool = True
+    psk_objects: int = DEFAULT_LIMIT  # user PSKs held in the token at most (hsm/psks.py)
     required_mechanisms: frozenset[Mechanism] = REQUIRED_MECHANISMS
     health_check: bool = True
     direct_calls: bool = True  # hot calls through hsm/direct.py (GIL held; see there)
 
 
 def _check_psk(psk: bytes) -> None:
-    if len(psk) < 16 or len(psk) % 8:
-        raise PskLengthError(
-            f"a PSK to wrap must be a multiple of 8 bytes and at least 16 (got {len(psk)})"
-        )
+    if len(psk) < 16 or len(psk) % 8 or len(psk) > PSK_HMAC_BYTES:
+        raise PskLengthError(f"a PSK to wrap must be 16, 24 or 32 bytes (got {len(psk)})")
+
+
+def _check_blob(wrapped: WrappedKey) -> None:
+    blob = wrapped.blob
+    if len(blob) < 24 or len(blob) % 8 or len(blob) > PSK_HMAC_BYTES + 8:
+        raise WrappedKeyRejected(f"a wrapped PSK has a bad length ({len(blob)} bytes)")
 
 
 class Pkcs11Vault:
@@ -106,6 +115,7 @@ class Pkcs11Vault:
             required_mechanisms=settings.required_mechanisms,
             session_copies=settings.session_copies,
             direct_calls=settings.direct_calls,
+            psk_objects=settings.psk_objects,
         )
         self._monitor = AvailabilityMonitor(
             self._conn, probe_interval=settings.probe_interval, health_check=settings.health_check
@@ -185,11 +195,12 @@ class Pkcs11Vault:
         _check_psk(psk)
         return self._call("PSK wrap", _wrap, psk)
 
-    def unwrap_psk(self, wrapped: WrappedKey) -> bytes:
-        blob = wrapped.blob
-        if len(blob) < 24 or len(blob) % 8:
-            raise WrappedKeyRejected(f"a wrapped PSK has a bad length ({len(blob)} bytes)")
-        return self._call("PSK unwrap", _unwrap, wrapped)
+    def psk_prf(self, wrapped: WrappedKey, prf: PrfFunc, label: bytes, out_len: int) -> bytes:
+        _check_blob(wrapped)
+        return self._call("PSK PRF", _psk_prf, (wrapped, prf, label, out_len))
+
+    def forget_psk(self, wrapped: WrappedKey) -> None:
+        self._call("forgetting a PSK", _forget_psk, wrapped)
 
     def random_bytes(self, n: int) -> bytes:
         if n <= 0:
@@ -281,6 +292,82 @@ def _ticket_prf(conn: Connection, args: tuple[int, PrfFunc, bytes, int]) -> byte
     return prf_with_hmac(prf, lambda d: _sign(conn, key, mechanism, d), label, out_len)
 
 
+def _psk_prf(conn: Connection, args: tuple[WrappedKey, PrfFunc, bytes, int]) -> bytes:
+    wrapped, prf, label, out_len = args
+    key = _psk_object(conn, wrapped)
+    mechanism = HMAC_MECHANISM[prf]
+    return prf_with_hmac(prf, lambda d: _sign(conn, key, mechanism, d), label, out_len)
+
+
+def _psk_object(conn: Connection, wrapped: WrappedKey) -> Any:
+    """The session object of `wrapped`'s PSK: the one held (while its KEK version is loaded), or
+    a new one unwrapped into the token and held (hsm/psks.py)."""
+    key = conn.psks.get(wrapped)
+    if key is not None:
+        if wrapped.kek_version in conn.versions_of(KEK):
+            return key
+        conn.psks.pop(wrapped)  # its KEK version was destroyed since (by another process)
+        key.destroy()
+        raise KeyVersionNotFound(f"{KEK.value} version {wrapped.kek_version} is not in the token")
+    key = _unwrap_into_token(conn, wrapped)
+    for old in conn.psks.put(wrapped, key):
+        old.destroy()
+    return key
+
+
+def _unwrap_into_token(conn: Connection, wrapped: WrappedKey) -> Any:
+    kek = conn.use(KEK, wrapped.kek_version)
+    try:
+        if wrapped.key_length >= PSK_HMAC_BYTES:
+            return kek.unwrap_key(
+                ObjectClass.SECRET_KEY,
+                KeyType.GENERIC_SECRET,
+                wrapped.blob,
+                mechanism=WRAP_MECHANISM,
+                store=False,
+                template=PSK_IN_TOKEN,
+            )
+        short = _unwrap_value(conn, kek, wrapped.blob)
+        padded = short + bytes(PSK_HMAC_BYTES - len(short))
+        return conn.session.create_object({**PSK_IN_TOKEN, Attribute.VALUE: padded})
+    except p11e.GeneralError:
+        # SoftHSM answers a blob that fails the RFC 3394 integrity check with CKR_GENERAL_ERROR;
+        # it is bad input, not loss, when the token still answers.
+        if conn.token_alive():
+            raise WrappedKeyRejected(
+                "PSK unwrap failed: the token rejected the wrapped key"
+            ) from None
+        raise
+
+
+def _unwrap_value(conn: Connection, kek: Any, blob: bytes) -> bytes:
+    """A short PSK's value, through a transient object destroyed at once."""
+    if conn.direct is not None:
+        with contextlib.suppress(DirectCallFailed):
+            return conn.direct.unwrap_value(
+                conn.session.handle, kek.handle, WRAP_MECHANISM, blob, TRANSIENT_PSK
+            )
+    obj = kek.unwrap_key(
+        ObjectClass.SECRET_KEY,
+        KeyType.GENERIC_SECRET,
+        blob,
+        mechanism=WRAP_MECHANISM,
+        store=False,
+        template=TRANSIENT_PSK,
+    )
+    try:
+        return bytes(obj[Attribute.VALUE])
+    finally:
+        obj.destroy()
+
+
+def _forget_psk(conn: Connection, wrapped: WrappedKey) -> None:
+    key = conn.psks.pop(wrapped)
+    if key is not None:
+        with contextlib.suppress(p11e.PKCS11Error):  # best effort: nothing finds it any more
+            key.destroy()
+
+
 def _audit_hmac(conn: Connection, data: bytes) -> bytes:
     return _sign(conn, conn.use(AUDIT, conn.active_of(AUDIT)), AUDIT_MECHANISM, data)
 
@@ -304,37 +391,6 @@ def _wrap(conn: Connection, psk: bytes) -> WrappedKey:
     finally:
         obj.destroy()
     return WrappedKey(kek_version=version, blob=bytes(blob))
-
-
-def _unwrap(conn: Connection, wrapped: WrappedKey) -> bytes:
-    kek = conn.use(KEK, wrapped.kek_version)
-    blob = wrapped.blob
-    try:
-        if conn.direct is not None:
-            with contextlib.suppress(DirectCallFailed):
-                return conn.direct.unwrap_value(
-                    conn.session.handle, kek.handle, WRAP_MECHANISM, blob, TRANSIENT_PSK
-                )
-        obj = kek.unwrap_key(
-            ObjectClass.SECRET_KEY,
-            KeyType.GENERIC_SECRET,
-            blob,
-            mechanism=WRAP_MECHANISM,
-            store=False,
-            template=TRANSIENT_PSK,
-        )
-        try:
-            return bytes(obj[Attribute.VALUE])
-        finally:
-            obj.destroy()
-    except p11e.GeneralError:
-        # SoftHSM answers a blob that fails the RFC 3394 integrity check with CKR_GENERAL_ERROR;
-        # it is bad input, not loss, when the token still answers.
-        if conn.token_alive():
-            raise WrappedKeyRejected(
-                "PSK unwrap failed: the token rejected the wrapped key"
-            ) from None
-        raise
 
 
 def _versions(conn: Connection, name: KeyName) -> list[KeyVersionInfo]:

@@ -101,8 +101,13 @@ class InstrumentedVault:
     def wrap_psk(self, psk: bytes) -> WrappedKey:
         return self._timed("wrap_psk", lambda: self._inner.wrap_psk(psk))  # type: ignore[no-any-return]
 
-    def unwrap_psk(self, wrapped: WrappedKey) -> bytes:
-        return self._timed("unwrap_psk", lambda: self._inner.unwrap_psk(wrapped))  # type: ignore[no-any-return]
+    def psk_prf(self, wrapped: WrappedKey, prf: PrfFunc, label: bytes, out_len: int) -> bytes:
+        return self._timed(  # type: ignore[no-any-return]
+            "psk_prf", lambda: self._inner.psk_prf(wrapped, prf, label, out_len)
+        )
+
+    def forget_psk(self, wrapped: WrappedKey) -> None:
+        self._inner.forget_psk(wrapped)
 
     def random_bytes(self, n: int) -> bytes:
         return self._timed("random", lambda: self._inner.random_bytes(n))  # type: ignore[no-any-return]

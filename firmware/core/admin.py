@@ -143,17 +143,23 @@ class Admin:
         if not psk:
             psk = generated = self.vault.random_bytes(GENERATED_PSK_LENGTH)
         user = User(main, others, psk_id or main.encode(), self.vault.wrap_psk(psk))
+        before = self.store.user_by_identity(main)
         try:
             self.store.put_user(user)
         except StoreConflict as exc:
             raise Conflict(str(exc)) from None
+        if before is not None and before.wrapped_psk != user.wrapped_psk:
+            self.vault.forget_psk(before.wrapped_psk)  # the PSK it replaced serves nobody now
         return user, generated
 
     def delete_user(self, caller: Caller, identity: str) -> None:
         main = _canonical(identity, "identity")
         self._audit(caller, "ADMIN_DELETE_USER", {"identity": main})
+        before = self.store.user_by_identity(main)
         if not self.store.delete_user(main):
             raise NotFound("no such user")
+        if before is not None:
+            self.vault.forget_psk(before.wrapped_psk)
 
     def list_users(self) -> list[User]:
         return self.store.list_users()

@@ -3,8 +3,8 @@
 Rules:
 - The core depends only on these protocols; adapters (hsm/, firmware/store/) implement them.
 - Key material that lives in the HSM never crosses a port: the vault computes with it and returns
-  results (HMACs, wrapped blobs). The only plaintext secret a port returns is a user PSK from
-  `unwrap_psk`, which the caller keeps only for the request that needed it.
+  results (HMACs, PRF outputs, wrapped blobs). A user PSK crosses it once, inward, to be wrapped
+  (`wrap_psk`); from then on the vault runs its PRF (`psk_prf`) and no port returns it.
 - Key names are fixed (KeyName); labels in the token are `<name>/v<version>`.
 - Who calls is a `Caller`, built by the api from the verified TLS certificate only (never from
   metadata); the core decides with it and names it in alarms and audit records.
@@ -53,6 +53,11 @@ class WrappedKey:
     kek_version: int
     blob: bytes = field(repr=False)
 
+    @property
+    def key_length(self) -> int:
+        """The PSK's length in bytes (RFC 3394 adds one 8-byte block)."""
+        return len(self.blob) - 8
+
 
 class KeyVault(Protocol):
     """The node's HSM. Every method may raise HsmUnavailable; none ever reveals a long-term key.
@@ -69,8 +74,13 @@ class KeyVault(Protocol):
         """Wrap a user PSK under the active KEK."""
         ...
 
-    def unwrap_psk(self, wrapped: WrappedKey) -> bytes:
-        """Unwrap a user PSK; raises KeyVersionNotFound when its KEK version is gone."""
+    def psk_prf(self, wrapped: WrappedKey, prf: PrfFunc, label: bytes, out_len: int) -> bytes:
+        """The MIKEY PRF with the wrapped user PSK as inkey, every HMAC in the token; raises
+        KeyVersionNotFound when its KEK version is gone, WrappedKeyRejected for a bad blob."""
+        ...
+
+    def forget_psk(self, wrapped: WrappedKey) -> None:
+        """Drop what the vault holds of this PSK (its user changed or left); never raises."""
         ...
 
     def random_bytes(self, n: int) -> bytes:

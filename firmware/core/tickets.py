@@ -1,9 +1,9 @@
 """Ticket Request and Ticket Resolve at the KMS (RFC 6043 mode 1; TS 33.328 identity checks).
 
 Order of checks for REQUEST_INIT_PSK / RESOLVE_INIT_PSK (spec mikey-ticket.md 4.4, 4.5):
-  decode -> timestamp window -> find the user (IDRpsk, else IDRi|IDRr) -> unwrap the PSK in the
-  HSM -> verify V over the received bytes + appended identities -> replay cache -> identity,
-  ticket and policy checks -> answer.
+  decode -> timestamp window -> find the user (IDRpsk, else IDRi|IDRr) -> verify V (its key
+  derived from the PSK in the HSM) over the received bytes + appended identities -> replay cache
+  -> identity, ticket and policy checks -> answer.
 
 Rules:
 - Until V verifies, the caller learns only "not authenticated" (UNAUTHENTICATED with ERR 0, or
@@ -14,6 +14,8 @@ Rules:
   auth_key (RFC 6043 5.4): ERR 7 for an identity that is not the user's (TS 33.328 6.2.3.5) or
   not allowed by the ticket, ERR 14 for a ticket that is not ours, tampered, expired or of a
   destroyed key version, ERR 15 for a policy we cannot grant.
+- The user's PSK never enters the process: every key derived from it (K1 to verify V, K2 for the
+  answer) is a PRF the vault runs in the HSM (`psk_prf`), as every key derived from the TPK is.
 - Tickets are MIKEY base tickets (type 1) whose THDR data names the TPK version (`KMS1` || u32);
   every ticket-key HMAC is computed in the HSM. MPK, TGK and RANDs come from the HSM's RNG.
 - Algorithms follow the PRF (RFC 6043 12.1: never mix 256-bit with weaker algorithms): with
@@ -129,7 +131,7 @@ class Refusal(Exception):
 @dataclass(frozen=True)
 class _Authenticated:
     user: User
-    psk: bytes
+    psk: PrfPort  # the user's PSK, in the HSM (HDR PRF)
     auth_key: bytes
     peer: str  # canonical identity the message claims (IDRi / IDRr), or the user's identity
     peer_data: bytes  # ID Data as sent (or the user's identity), used in K7 labels
@@ -193,7 +195,7 @@ class TicketCore:
             try:
                 if tls_identities is not None and auth.peer not in tls_identities:
                     raise Refusal(ErrNo.INVALID_ID, "the identity is not one the TLS layer proved")
-                check_rand_strength(msg, len(auth.psk))
+                check_rand_strength(msg, auth.user.wrapped_psk.key_length)
                 return handler(msg, auth, now)
             except MikeyError as exc:  # authenticated: answered with a MIKEY Error message
                 raise Refusal(_err(exc), str(exc)) from None
@@ -258,8 +260,9 @@ class TicketCore:
 
     def _decoy_user(self) -> User:
         """A user nobody is, with a random PSK wrapped by the KEK. An unknown caller is checked
-        against it, so it costs the same HSM unwrap and PRF work as a known user with a wrong
-        key: the answer time does not tell who is provisioned."""
+        against it, so it costs the same HSM PRF work as a known user with a wrong key: the
+        answer time does not tell who is provisioned (hsm/psks.py: the decoy's PSK is held in
+        the token like a recently active user's)."""
         with self._decoy_lock:
             if self._decoy is None:
                 psk = self.vault.wrap_psk(self.vault.random_bytes(32))
@@ -269,16 +272,13 @@ class TicketCore:
     def _authenticate(self, msg: Message, role: IdRole, now: float) -> _Authenticated:
         stamp, counter = self._check_time(msg, now)
         user, peer_idr = self._find_user(msg, role)
-        try:
-            psk = self.vault.unwrap_psk(user.wrapped_psk)
-        except KeyVersionNotFound:
-            raise NotAuthenticated("not authenticated", int(ErrNo.AUTH_FAILURE)) from None
+        psk = self._psk(user, msg.header.prf_func)
         peer_data = peer_idr.data if peer_idr is not None else user.identity.encode()
         try:
             auth_key = verify_initial_psk(
                 msg, psk, peer_identity=user.identity.encode(), kms_identity=self.kms_id
             )
-        except MikeyError:
+        except (MikeyError, KeyVersionNotFound):
             raise NotAuthenticated("not authenticated", int(ErrNo.AUTH_FAILURE)) from None
         if user is self._decoy:  # second line: the decoy never authenticates anybody
             raise NotAuthenticated("not authenticated", int(ErrNo.AUTH_FAILURE))
@@ -320,6 +320,11 @@ class TicketCore:
         """TS 33.328 6.2.3.5: IDRi / IDRr must be a public identity of the authenticated user."""
         if auth.peer not in auth.user.identities:
             raise Refusal(ErrNo.INVALID_ID, "identity is not one of the user's")
+
+    def _psk(self, user: User, prf: PrfFunc) -> PrfPort:
+        """`user`'s PSK as a PRF port: one HSM call per derived key."""
+        wrapped = user.wrapped_psk
+        return lambda label, out_len: self.vault.psk_prf(wrapped, prf, label, out_len)
 
     def _tpk(self, version: int, prf: PrfFunc) -> PrfPort:
         """The TPK of `version` as a PRF port: one HSM call per derived key."""

@@ -57,6 +57,7 @@ from firmware.mikey.constants import (
     RandRole,
 )
 from firmware.mikey.crypto import (
+    KeySource,
     check_mac,
     check_strength,
     compute_mac,
@@ -91,7 +92,7 @@ def sign_message(header: Header, payloads: Sequence[Payload], auth_key: bytes, m
 
 
 def verify_initial_psk(
-    msg: Message, psk: bytes, *, peer_identity: bytes | None = None, kms_identity: bytes | None
+    msg: Message, psk: KeySource, *, peer_identity: bytes | None = None, kms_identity: bytes | None
 ) -> bytes:
     """Verify the V of a REQUEST_INIT_PSK / RESOLVE_INIT_PSK with K1 from ``psk``; returns the
     auth_key.  ``peer_identity`` / ``kms_identity`` are used when IDRi|IDRr / IDRkms are absent."""
@@ -136,7 +137,7 @@ def check_rand_strength(
 def _kms_response(
     request: Message,
     data_type: DataType,
-    psk: bytes,
+    psk: KeySource,
     *,
     t: Timestamp,
     before_kemac: Sequence[Payload],
@@ -179,7 +180,7 @@ def idr(role: IdRole, data: bytes, id_type: IdType = IdType.URI) -> RoleIdentity
 
 def build_request_resp(
     request: Message,
-    psk: bytes,
+    psk: KeySource,
     *,
     t: Timestamp,
     ticket: Ticket,
@@ -214,7 +215,7 @@ def build_request_resp(
 
 def build_resolve_resp(
     request: Message,
-    psk: bytes,
+    psk: KeySource,
     *,
     t: Timestamp,
     opened: OpenedTicket,

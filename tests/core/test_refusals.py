@@ -227,3 +227,15 @@ def test_admin_fields_are_capped_before_anything_is_written(admin, call, field) 
     with pytest.raises(InvalidRequest, match=field):
         call(core)
     assert audit.records == [] and store.records_at_write == []
+
+
+def test_a_replaced_or_deleted_users_psk_is_forgotten_by_the_vault(admin) -> None:
+    """The PSK a user no longer has must not stay usable in the HSM (hsm/psks.py)."""
+    core, _, _ = admin
+    first, _ = core.put_user(ADMIN, ALICE, [], bytes(range(32)), b"")
+    core.put_user(ADMIN, ALICE, ["tel:+15550100"], bytes(range(32)), b"")  # same PSK: kept
+    assert core.vault.forgotten == []
+    second, _ = core.put_user(ADMIN, ALICE, [], bytes(range(1, 33)), b"")
+    assert core.vault.forgotten == [first.wrapped_psk]
+    core.delete_user(ADMIN, ALICE)
+    assert core.vault.forgotten == [first.wrapped_psk, second.wrapped_psk]

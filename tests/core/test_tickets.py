@@ -166,7 +166,7 @@ def test_a_request_whose_rands_are_weaker_than_its_psk_gets_an_error_message(nod
 
 def test_an_unknown_user_costs_the_same_hsm_work_as_a_known_user_with_a_wrong_key(node) -> None:
     """No timing oracle for who is provisioned (issue: pre-authentication cost): an unknown
-    identity is checked against a decoy with a wrapped random PSK, one unwrap like anybody."""
+    identity is checked against a decoy with a wrapped random PSK, one PSK PRF like anybody."""
     from firmware.mikey.exchange import Initiator
     from tests.calls import KMS, requested_policy, t_at
 
@@ -185,7 +185,7 @@ def test_an_unknown_user_costs_the_same_hsm_work_as_a_known_user_with_a_wrong_ke
         return vault.calls[before:]
 
     attempt("sip:nobody@ims.example.net")  # the first unknown caller makes the decoy
-    assert attempt("sip:nobody@ims.example.net") == attempt(ALICE) == ["unwrap_psk"]
+    assert attempt("sip:nobody@ims.example.net") == attempt(ALICE) == ["psk_prf"]
 
 
 def test_the_decoy_never_authenticates_even_if_its_mac_verified(node, monkeypatch) -> None:

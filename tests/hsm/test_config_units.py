@@ -15,6 +15,7 @@ from hsm.errors import ActiveVersionRefused, PskLengthError, WrappedKeyRejected
 from hsm.fake import FakeVault
 from hsm.pin import PinKind, PinSource
 from hsm.uri import parse_uri
+from tests.hsm.psk_check import expected, outputs
 
 
 def test_uri_selects_the_token_by_label_with_percent_decoding() -> None:
@@ -120,9 +121,9 @@ def test_fake_vault_has_the_real_vaults_version_semantics() -> None:
 
 
 @given(psk=st.sampled_from([16, 24, 32]).flatmap(lambda n: st.binary(min_size=n, max_size=n)))
-def test_fake_vault_wraps_and_unwraps_psks(psk: bytes) -> None:
+def test_fake_vault_psks_compute_the_prf_of_their_bytes(psk: bytes) -> None:
     vault = FakeVault()
-    assert vault.unwrap_psk(vault.wrap_psk(psk)) == psk
+    assert outputs(vault, vault.wrap_psk(psk)) == expected(psk)
 
 
 def test_fake_vault_refuses_bad_psk_lengths_and_tampered_blobs() -> None:
@@ -131,7 +132,7 @@ def test_fake_vault_refuses_bad_psk_lengths_and_tampered_blobs() -> None:
         vault.wrap_psk(bytes(12))
     w = vault.wrap_psk(bytes(16))
     with pytest.raises(WrappedKeyRejected):
-        vault.unwrap_psk(WrappedKey(w.kek_version, bytes(len(w.blob))))
+        vault.psk_prf(WrappedKey(w.kek_version, bytes(len(w.blob))), PrfFunc.MIKEY_1, b"x", 16)
 
 
 def test_fake_vault_prf_is_the_mikey_prf_of_its_key() -> None:

@@ -16,6 +16,7 @@ from hsm.pin import PinSource
 from hsm.softhsm import SoftHsmToken, create_token, write_secret
 from hsm.vault import Pkcs11Vault, VaultSettings
 from tests.hsm.child import run_child
+from tests.hsm.psk_check import expected, outputs
 
 pytestmark = pytest.mark.softhsm
 
@@ -123,6 +124,8 @@ def test_with_session_copies_the_health_probe_notices_the_loss_and_recovers(
     try:
         version = vault.active_version(TPK)
         tag = vault.ticket_hmac(version, PrfFunc.PRF_HMAC_SHA_256, b"x")
+        held = vault.wrap_psk(bytes(range(32)))
+        assert outputs(vault, held) == expected(bytes(range(32)))  # its object is held now
         away = _move_away(softhsm_token)
         try:
             assert vault.probe() is False
@@ -132,7 +135,9 @@ def test_with_session_copies_the_health_probe_notices_the_loss_and_recovers(
             away.rename(softhsm_token.tokendir)
         assert vault.probe() is True
         assert vault.ticket_hmac(version, PrfFunc.PRF_HMAC_SHA_256, b"x") == tag
-        assert vault.unwrap_psk(vault.wrap_psk(bytes(16))) == bytes(16)
+        assert outputs(vault, vault.wrap_psk(bytes(16))) == expected(bytes(16))
+        # the object held before the loss went with its session: unwrapped again, not reused
+        assert outputs(vault, held) == expected(bytes(range(32)))
     finally:
         vault.close()
 
@@ -173,9 +178,9 @@ def test_eight_threads_of_mixed_calls_finish_without_crash_or_error(vault: Pkcs1
                 elif op == 2:
                     assert len(vault.ticket_hmac(tpk, PrfFunc.MIKEY_1, b"t" * 272)) == 20
                 elif op == 3:
-                    assert vault.unwrap_psk(wrapped) == bytes(range(32))
+                    assert outputs(vault, wrapped) == expected(bytes(range(32)))
                 elif op == 4:
-                    assert vault.unwrap_psk(vault.wrap_psk(bytes(16))) == bytes(16)
+                    assert outputs(vault, vault.wrap_psk(bytes(16))) == expected(bytes(16))
                 elif op == 5:
                     assert len(vault.random_bytes(32)) == 32
                 elif op == 6:

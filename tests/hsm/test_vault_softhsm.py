@@ -15,10 +15,11 @@ from firmware.core.ports import KeyName, KeyState, WrappedKey
 from firmware.mikey.prf import PrfFunc, prf
 from hsm.errors import ActiveVersionRefused, PskLengthError, WrappedKeyRejected
 from hsm.softhsm import SoftHsmToken
-from hsm.templates import TRANSIENT_PSK
+from hsm.templates import TRANSIENT_PSK, WRAP_MECHANISM
 from hsm.vault import PKCS11_LOCK, Pkcs11Vault
 from tests.hsm import raw
 from tests.hsm.known_keys import import_known_key
+from tests.hsm.psk_check import expected, outputs
 
 pytestmark = pytest.mark.softhsm
 
@@ -215,30 +216,39 @@ def test_ticket_prf_of_an_unknown_tpk_version_is_key_version_not_found(vault: Pk
         vault.ticket_prf(999, PrfFunc.MIKEY_1, b"label", 16)
 
 
-# --- PSK wrap / unwrap ------------------------------------------------------------------------
+# --- PSK wrap, and the PRF on a wrapped PSK --------------------------------------------------
 
 
 @settings(
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
-    psk=st.integers(min_value=2, max_value=8).flatmap(
+    psk=st.integers(min_value=2, max_value=4).flatmap(
         lambda n: st.binary(min_size=8 * n, max_size=8 * n)
     )
 )
-def test_wrapped_psk_unwraps_to_the_same_bytes(vault: Pkcs11Vault, psk: bytes) -> None:
+def test_a_wrapped_psk_computes_the_mikey_prf_of_its_bytes(vault: Pkcs11Vault, psk: bytes) -> None:
     wrapped = vault.wrap_psk(psk)
     assert wrapped.kek_version == vault.active_version(KEK)
-    assert len(wrapped.blob) == len(psk) + 8
-    assert vault.unwrap_psk(wrapped) == psk
+    assert len(wrapped.blob) == len(psk) + 8 and wrapped.key_length == len(psk)
+    assert outputs(vault, wrapped) == expected(psk)  # 16 and 24 bytes: padded in the token
 
 
-def test_an_unwrapped_psk_is_not_left_in_the_direct_call_buffer(vault: Pkcs11Vault) -> None:
-    psk = bytes(range(100, 132))
-    assert vault.unwrap_psk(vault.wrap_psk(psk)) == psk
+def test_a_short_psk_read_to_be_padded_is_not_left_in_the_direct_call_buffer(
+    vault: Pkcs11Vault,
+) -> None:
+    psk = bytes(range(100, 116))
+    wrapped = vault.wrap_psk(psk)
     direct = vault._conn.direct
     assert direct is not None
-    assert direct._out.raw == bytes(64)
+    with PKCS11_LOCK:  # the read the vault makes of a short PSK before padding it
+        conn = vault._conn
+        kek = conn.use(KEK, wrapped.kek_version)
+        value = direct.unwrap_value(
+            conn.session.handle, kek.handle, WRAP_MECHANISM, wrapped.blob, TRANSIENT_PSK
+        )
+        assert value == psk
+        assert psk not in direct._out.raw
 
 
 def test_wrap_is_rfc3394_key_wrap_under_the_kek(imported: Pkcs11Vault) -> None:
@@ -247,10 +257,11 @@ def test_wrap_is_rfc3394_key_wrap_under_the_kek(imported: Pkcs11Vault) -> None:
     kek = bytes(range(32))
     version = import_known_key(imported, KEK, kek).version
     try:
-        psk = bytes(range(16, 48))
-        wrapped = imported.wrap_psk(psk)
-        assert wrapped == WrappedKey(version, aes_key_wrap(kek, psk))
-        # Unwrap leaves no transient object behind.
+        for psk in (bytes(range(16, 48)), bytes(range(16, 32))):
+            wrapped = imported.wrap_psk(psk)
+            assert wrapped == WrappedKey(version, aes_key_wrap(kek, psk))
+            assert outputs(imported, wrapped) == expected(psk)
+        # Neither wrap nor the first PRF leaves a transient (readable) object behind.
         with PKCS11_LOCK:
             leftovers = list(
                 imported._conn.session.get_objects(
@@ -262,33 +273,43 @@ def test_wrap_is_rfc3394_key_wrap_under_the_kek(imported: Pkcs11Vault) -> None:
                     }
                 )
             )
-        assert imported.unwrap_psk(wrapped) == psk
         assert leftovers == []
     finally:
         imported.create_version(KEK)
         imported.destroy_version(KEK, version)
 
 
-@pytest.mark.parametrize("length", [0, 8, 15, 17, 33])
-def test_wrap_refuses_psk_lengths_rfc3394_cannot_wrap(vault: Pkcs11Vault, length: int) -> None:
+@pytest.mark.parametrize("length", [0, 8, 15, 17, 33, 40])
+def test_wrap_refuses_psk_lengths_rfc3394_cannot_wrap_or_the_prf_cannot_use(
+    vault: Pkcs11Vault, length: int
+) -> None:
     with pytest.raises(PskLengthError):
         vault.wrap_psk(bytes(length))
 
 
-def test_a_tampered_wrapped_psk_is_rejected(vault: Pkcs11Vault) -> None:
-    wrapped = vault.wrap_psk(bytes(range(16)))
+@pytest.mark.parametrize("psk", [bytes(range(16)), bytes(range(32))])
+def test_a_tampered_wrapped_psk_is_rejected(vault: Pkcs11Vault, psk: bytes) -> None:
+    wrapped = vault.wrap_psk(psk)
     bad = WrappedKey(wrapped.kek_version, bytes([wrapped.blob[0] ^ 1]) + wrapped.blob[1:])
     with pytest.raises(WrappedKeyRejected):
-        vault.unwrap_psk(bad)
+        vault.psk_prf(bad, PrfFunc.PRF_HMAC_SHA_256, b"label", 32)
     assert vault.available()  # bad input is not HSM loss
 
 
-def test_unwrap_under_a_destroyed_kek_version_is_key_version_not_found(vault: Pkcs11Vault) -> None:
+@pytest.mark.parametrize("length", [16, 48])
+def test_a_wrapped_psk_of_a_length_no_wrap_makes_is_rejected(
+    vault: Pkcs11Vault, length: int
+) -> None:
+    with pytest.raises(WrappedKeyRejected):
+        vault.psk_prf(WrappedKey(1, bytes(length)), PrfFunc.MIKEY_1, b"label", 16)
+
+
+def test_a_psk_under_a_destroyed_kek_version_is_key_version_not_found(vault: Pkcs11Vault) -> None:
     wrapped = vault.wrap_psk(bytes(range(32)))
     vault.create_version(KEK)
     vault.destroy_version(KEK, wrapped.kek_version)
     with pytest.raises(KeyVersionNotFound):
-        vault.unwrap_psk(wrapped)
+        vault.psk_prf(wrapped, PrfFunc.MIKEY_1, b"label", 16)
 
 
 # --- versions ---------------------------------------------------------------------------------

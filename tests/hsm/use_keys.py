@@ -2,7 +2,8 @@
 
 Usage: python -m tests.hsm.use_keys <token-uri> <module-path> <tpk-version> [<wrapped-psk-hex>]
 ($SOFTHSM2_CONF names the token's conf). Prints the ticket HMAC and PRF of the TPK version, the
-audit HMAC, a PSK wrapped under the active KEK, and the unwrap of <wrapped-psk-hex> (v1 KEK).
+audit HMAC, a PSK wrapped under the active KEK, and the PRF outputs of <wrapped-psk-hex> (v1
+KEK; tests/hsm/psk_check.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from firmware.core.ports import WrappedKey
 from firmware.mikey.prf import PrfFunc
 from hsm.vault import Pkcs11Vault, VaultSettings
+from tests.hsm.psk_check import outputs
 
 PSK = bytes(range(32))
 
@@ -27,7 +29,8 @@ def main(argv: list[str]) -> int:
             "wrapped_psk": v.wrap_psk(PSK).blob.hex(),
         }
         if len(argv) > 3:
-            out["unwrapped"] = v.unwrap_psk(WrappedKey(1, bytes.fromhex(argv[3]))).hex()
+            wrapped = WrappedKey(1, bytes.fromhex(argv[3]))
+            out["psk_prf"] = b"".join(outputs(v, wrapped)).hex()
     print(json.dumps(out))
     return 0
 

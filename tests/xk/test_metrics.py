@@ -79,7 +79,7 @@ def test_the_endpoint_counts_what_the_node_did(xk: Xk) -> None:
     # audit MACs (record + signed head) of its 5 records, the PSK unwraps of the call
     assert delta(before, after, "kmsnode_hsm_op_seconds_count", op="ticket_prf") >= 3
     assert delta(before, after, "kmsnode_hsm_op_seconds_count", op="audit_hmac") >= 10
-    assert delta(before, after, "kmsnode_hsm_op_seconds_count", op="unwrap_psk") >= 2
+    assert delta(before, after, "kmsnode_hsm_op_seconds_count", op="psk_prf") >= 2
     assert value(after, "kmsnode_hsm_op_seconds_bucket", op="ticket_prf", le="0.1") > 0
     # alarms by reason; audit records
     assert delta(before, after, "kmsnode_alarms_total", reason="TARGET_MISMATCH") == 1
