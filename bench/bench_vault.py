@@ -119,21 +119,21 @@ def main() -> None:
 
         def vault_psk_miss() -> None:
             vault.forget_psk(wrapped32)
-            vault.psk_prf(wrapped32, PrfFunc.PRF_HMAC_SHA_256, LABEL, 32)
+            vault.psk_prf(wrapped32, PrfFunc.PRF_HMAC_SHA_256, [(LABEL, 32)])
 
-        assert raw_psk_prf() == vault.psk_prf(wrapped32, PrfFunc.PRF_HMAC_SHA_256, LABEL, 32)
-        assert raw_prf(PrfFunc.MIKEY_1, Mechanism.SHA_1_HMAC)() == vault.ticket_prf(
-            tpk_v, PrfFunc.MIKEY_1, LABEL, 16
+        assert [raw_psk_prf()] == vault.psk_prf(wrapped32, PrfFunc.PRF_HMAC_SHA_256, [(LABEL, 32)])
+        assert [raw_prf(PrfFunc.MIKEY_1, Mechanism.SHA_1_HMAC)()] == vault.ticket_prf(
+            tpk_v, PrfFunc.MIKEY_1, [(LABEL, 16)]
         )
         cases: list[tuple[str, Callable[[], object], Callable[[], object]]] = [
             (
                 "ticket_prf MIKEY-1 16 B (2 C_Sign)",
-                lambda: vault.ticket_prf(tpk_v, PrfFunc.MIKEY_1, LABEL, 16),
+                lambda: vault.ticket_prf(tpk_v, PrfFunc.MIKEY_1, [(LABEL, 16)]),
                 raw_prf(PrfFunc.MIKEY_1, Mechanism.SHA_1_HMAC),
             ),
             (
                 "ticket_prf SHA-256 16 B (2 C_Sign)",
-                lambda: vault.ticket_prf(tpk_v, PrfFunc.PRF_HMAC_SHA_256, LABEL, 16),
+                lambda: vault.ticket_prf(tpk_v, PrfFunc.PRF_HMAC_SHA_256, [(LABEL, 16)]),
                 raw_prf(PrfFunc.PRF_HMAC_SHA_256, Mechanism.SHA256_HMAC),
             ),
             (
@@ -144,7 +144,7 @@ def main() -> None:
             ("wrap_psk 16 B", lambda: vault.wrap_psk(psk), raw_wrap),
             (
                 "psk_prf SHA-256 32 B, held (2 C_Sign)",
-                lambda: vault.psk_prf(wrapped32, PrfFunc.PRF_HMAC_SHA_256, LABEL, 32),
+                lambda: vault.psk_prf(wrapped32, PrfFunc.PRF_HMAC_SHA_256, [(LABEL, 32)]),
                 raw_psk_prf,
             ),
             ("psk_prf, not held (unwrap+2 C_Sign+destroy)", vault_psk_miss, raw_unwrap_once),

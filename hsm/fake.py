@@ -16,7 +16,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from firmware.core.errors import HsmUnavailable, KeyVersionNotFound
 from firmware.core.ports import KeyName, KeyState, KeyVersionInfo, WrappedKey
@@ -115,10 +115,13 @@ class FakeVault:
             raise KeyVersionNotFound(f"the token has no version of {name.value}")
         return max(self._keys[name])
 
-    def ticket_prf(self, version: int, prf: PrfFunc, label: bytes, out_len: int) -> bytes:
+    def ticket_prf(
+        self, version: int, prf: PrfFunc, wants: Sequence[tuple[bytes, int]]
+    ) -> list[bytes]:
         self._enter("ticket_prf")
         key = self._key(KeyName.TICKET_PROTECTION, version)
-        return prf_with_hmac(prf, lambda d: hmac.digest(key, d, prf.hash_name), label, out_len)
+        mac = lambda d: hmac.digest(key, d, prf.hash_name)  # noqa: E731
+        return [prf_with_hmac(prf, mac, label, n) for label, n in wants]
 
     def wrap_psk(self, psk: bytes) -> WrappedKey:
         from cryptography.hazmat.primitives.keywrap import aes_key_wrap
@@ -130,7 +133,9 @@ class FakeVault:
         blob = aes_key_wrap(self._key(KeyName.KEY_ENCRYPTION, version), psk)
         return WrappedKey(kek_version=version, blob=blob)
 
-    def psk_prf(self, wrapped: WrappedKey, prf: PrfFunc, label: bytes, out_len: int) -> bytes:
+    def psk_prf(
+        self, wrapped: WrappedKey, prf: PrfFunc, wants: Sequence[tuple[bytes, int]]
+    ) -> list[bytes]:
         from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 
         self._enter("psk_prf")
@@ -139,7 +144,7 @@ class FakeVault:
             psk = aes_key_unwrap(kek, wrapped.blob)
         except (InvalidUnwrap, ValueError):
             raise WrappedKeyRejected("PSK unwrap failed: the wrapped key was rejected") from None
-        return fast_prf(prf, psk, label, out_len)
+        return [fast_prf(prf, psk, label, n) for label, n in wants]
 
     def forget_psk(self, wrapped: WrappedKey) -> None:
         with self._lock:

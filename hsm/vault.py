@@ -26,7 +26,7 @@ Rules and invariants:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -188,16 +188,20 @@ class Pkcs11Vault:
         reaches the TPK through ticket_prf); the tests and bench_vault probe keys with it."""
         return self._call("ticket HMAC", _ticket_hmac, (version, HMAC_MECHANISM[prf], data))
 
-    def ticket_prf(self, version: int, prf: PrfFunc, label: bytes, out_len: int) -> bytes:
-        return self._call("ticket PRF", _ticket_prf, (version, prf, label, out_len))
+    def ticket_prf(
+        self, version: int, prf: PrfFunc, wants: Sequence[tuple[bytes, int]]
+    ) -> list[bytes]:
+        return self._call("ticket PRF", _ticket_prf, (version, prf, wants))
 
     def wrap_psk(self, psk: bytes) -> WrappedKey:
         _check_psk(psk)
         return self._call("PSK wrap", _wrap, psk)
 
-    def psk_prf(self, wrapped: WrappedKey, prf: PrfFunc, label: bytes, out_len: int) -> bytes:
+    def psk_prf(
+        self, wrapped: WrappedKey, prf: PrfFunc, wants: Sequence[tuple[bytes, int]]
+    ) -> list[bytes]:
         _check_blob(wrapped)
-        return self._call("PSK PRF", _psk_prf, (wrapped, prf, label, out_len))
+        return self._call("PSK PRF", _psk_prf, (wrapped, prf, wants))
 
     def forget_psk(self, wrapped: WrappedKey) -> None:
         self._call("forgetting a PSK", _forget_psk, wrapped)
@@ -285,18 +289,27 @@ def _ticket_hmac(conn: Connection, args: tuple[int, Mechanism, bytes]) -> bytes:
     return _sign(conn, conn.use(TPK, version), mechanism, data)
 
 
-def _ticket_prf(conn: Connection, args: tuple[int, PrfFunc, bytes, int]) -> bytes:
-    version, prf, label, out_len = args
-    key = conn.use(TPK, version)
-    mechanism = HMAC_MECHANISM[prf]
-    return prf_with_hmac(prf, lambda d: _sign(conn, key, mechanism, d), label, out_len)
+Wants = Sequence[tuple[bytes, int]]
 
 
-def _psk_prf(conn: Connection, args: tuple[WrappedKey, PrfFunc, bytes, int]) -> bytes:
-    wrapped, prf, label, out_len = args
-    key = _psk_object(conn, wrapped)
+def _prfs(conn: Connection, key: Any, prf: PrfFunc, wants: Wants) -> list[bytes]:
+    """PRF(key, label)[:out_len] for each of `wants`, every HMAC a C_Sign with `key`."""
     mechanism = HMAC_MECHANISM[prf]
-    return prf_with_hmac(prf, lambda d: _sign(conn, key, mechanism, d), label, out_len)
+
+    def mac(data: bytes) -> bytes:
+        return _sign(conn, key, mechanism, data)
+
+    return [prf_with_hmac(prf, mac, label, out_len) for label, out_len in wants]
+
+
+def _ticket_prf(conn: Connection, args: tuple[int, PrfFunc, Wants]) -> list[bytes]:
+    version, prf, wants = args
+    return _prfs(conn, conn.use(TPK, version), prf, wants)
+
+
+def _psk_prf(conn: Connection, args: tuple[WrappedKey, PrfFunc, Wants]) -> list[bytes]:
+    wrapped, prf, wants = args
+    return _prfs(conn, _psk_object(conn, wrapped), prf, wants)
 
 
 def _psk_object(conn: Connection, wrapped: WrappedKey) -> Any:

@@ -10,7 +10,7 @@ checks its values on every call, a measurable share of a request's CPU on the ho
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -93,17 +93,21 @@ class InstrumentedVault:
         finally:
             self._h(op).observe(time.perf_counter() - start)
 
-    def ticket_prf(self, version: int, prf: PrfFunc, label: bytes, out_len: int) -> bytes:
+    def ticket_prf(
+        self, version: int, prf: PrfFunc, wants: Sequence[tuple[bytes, int]]
+    ) -> list[bytes]:
         return self._timed(  # type: ignore[no-any-return]
-            "ticket_prf", lambda: self._inner.ticket_prf(version, prf, label, out_len)
+            "ticket_prf", lambda: self._inner.ticket_prf(version, prf, wants)
         )
 
     def wrap_psk(self, psk: bytes) -> WrappedKey:
         return self._timed("wrap_psk", lambda: self._inner.wrap_psk(psk))  # type: ignore[no-any-return]
 
-    def psk_prf(self, wrapped: WrappedKey, prf: PrfFunc, label: bytes, out_len: int) -> bytes:
+    def psk_prf(
+        self, wrapped: WrappedKey, prf: PrfFunc, wants: Sequence[tuple[bytes, int]]
+    ) -> list[bytes]:
         return self._timed(  # type: ignore[no-any-return]
-            "psk_prf", lambda: self._inner.psk_prf(wrapped, prf, label, out_len)
+            "psk_prf", lambda: self._inner.psk_prf(wrapped, prf, wants)
         )
 
     def forget_psk(self, wrapped: WrappedKey) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Sequence
 
 from firmware.core.errors import KeyVersionNotFound, KeyVersionUnavailable, KmsError
 from firmware.core.freshness import ntp64_to_unix
@@ -93,8 +94,8 @@ def open_ours(msg: Message, vault: KeyVault, kms_identity: bytes, store: Store) 
         version = version_from_thdr(peeked[1].thdr.data)
         prf = peeked[0].prf_func
 
-        def tpk(label: bytes, out_len: int) -> bytes:
-            return vault.ticket_prf(version, prf, label, out_len)
+        def tpk(wants: Sequence[tuple[bytes, int]]) -> list[bytes]:
+            return vault.ticket_prf(version, prf, wants)
 
         opened = open_ticket(raw, tpk, peeked=peeked)
     except MikeyError:

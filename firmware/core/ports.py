@@ -13,7 +13,7 @@ Rules:
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -66,16 +66,21 @@ class KeyVault(Protocol):
     lower existing versions are DECRYPT_ONLY; destroyed versions are gone from the token.
     """
 
-    def ticket_prf(self, version: int, prf: PrfFunc, label: bytes, out_len: int) -> bytes:
-        """The MIKEY PRF (RFC 3830 4.1.2) with TPK `version` as inkey, every HMAC in the token."""
+    def ticket_prf(
+        self, version: int, prf: PrfFunc, wants: Sequence[tuple[bytes, int]]
+    ) -> list[bytes]:
+        """The MIKEY PRF (RFC 3830 4.1.2) with TPK `version` as inkey, every HMAC in the token:
+        PRF(TPK, label)[:out_len] for each (label, out_len) of `wants` (a key set in one call)."""
         ...
 
     def wrap_psk(self, psk: bytes) -> WrappedKey:
         """Wrap a user PSK under the active KEK."""
         ...
 
-    def psk_prf(self, wrapped: WrappedKey, prf: PrfFunc, label: bytes, out_len: int) -> bytes:
-        """The MIKEY PRF with the wrapped user PSK as inkey, every HMAC in the token; raises
+    def psk_prf(
+        self, wrapped: WrappedKey, prf: PrfFunc, wants: Sequence[tuple[bytes, int]]
+    ) -> list[bytes]:
+        """As ticket_prf with the wrapped user PSK as inkey, every HMAC in the token; raises
         KeyVersionNotFound when its KEK version is gone, WrappedKeyRejected for a bad blob."""
         ...
 

@@ -322,13 +322,13 @@ class TicketCore:
             raise Refusal(ErrNo.INVALID_ID, "identity is not one of the user's")
 
     def _psk(self, user: User, prf: PrfFunc) -> PrfPort:
-        """`user`'s PSK as a PRF port: one HSM call per derived key."""
+        """`user`'s PSK as a PRF port: one HSM call per derived key set."""
         wrapped = user.wrapped_psk
-        return lambda label, out_len: self.vault.psk_prf(wrapped, prf, label, out_len)
+        return lambda wants: self.vault.psk_prf(wrapped, prf, wants)
 
     def _tpk(self, version: int, prf: PrfFunc) -> PrfPort:
-        """The TPK of `version` as a PRF port: one HSM call per derived key."""
-        return lambda label, out_len: self.vault.ticket_prf(version, prf, label, out_len)
+        """The TPK of `version` as a PRF port: one HSM call per derived key set."""
+        return lambda wants: self.vault.ticket_prf(version, prf, wants)
 
     # --- Ticket Request ---------------------------------------------------------------------
 

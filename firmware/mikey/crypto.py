@@ -2,10 +2,11 @@
 App. A.2).
 
 Rules and invariants:
-- A key source (``KeySource``) is either the key bytes or a ``PrfPort``: ``port(label, out_len)``
-  returns PRF(key, label) for a key that lives elsewhere (the HSM's TPK), so one call into the
-  HSM's port runs a whole chain (each derived key is two HMACs or more).  Port keys must be one
-  PRF chunk (<= 256 bits); ``hmac_port`` makes a port from an HMAC ``mac(data)``.
+- A key source (``KeySource``) is either the key bytes or a ``PrfPort``: ``port(wants)`` returns
+  PRF(key, label) truncated to out_len for each (label, out_len) of ``wants``, in order, for a
+  key that lives elsewhere (the HSM's TPK, a user's PSK), so one call into the HSM's port derives
+  a whole key set (encr/salt/auth: six HMACs or more).  Port keys must be one PRF chunk
+  (<= 256 bits); ``hmac_port`` makes a port from an HMAC ``mac(data)``.
 - ``fast_prf`` is the PRF of prf.py (same output, tested) without per-byte Python loops.
 - Which PRF (spec Q5, RFC text): K1/K2 (message keys) and K3 (TEK from TGK, RFC 6043 5.1.3 says
   "the PRF indicated in the HDR payload") use the HDR PRF func; K5 (TPK, A.2.1), K6 (MPK, A.2.2)
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import hmac
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -48,13 +49,15 @@ from firmware.mikey.constants import (
 from firmware.mikey.errors import MikeyError
 from firmware.mikey.prf import CHUNK_BYTES, PrfFunc, prf_with_hmac
 
-PrfPort = Callable[[bytes, int], bytes]
+PrfPort = Callable[[Sequence[tuple[bytes, int]]], list[bytes]]
 KeySource = bytes | PrfPort
 _U32 = struct.Struct("!I")
 _LABEL_HEAD = struct.Struct("!IBIB")
 _FF4 = b"\xff\xff\xff\xff"
 _HASH = ("sha1", "sha256")
 _DLEN = (20, 32)
+
+_KEY_CONSTS = (CONST_ENCR, CONST_SALT, CONST_AUTH)
 
 # label selectors (RFC 6043 5.1, 6.10, A.2)
 SEL_FORK = 0x00
@@ -69,7 +72,7 @@ SEL_MPK = 0x06
 def fast_prf(func: PrfFunc, inkey: KeySource, label: bytes, out_len: int) -> bytes:
     """MIKEY PRF (RFC 3830 4.1.2; RFC 6043 6.1 for PRF-HMAC-SHA-256), 256-bit inkey chunks."""
     if not isinstance(inkey, bytes):
-        return inkey(label, out_len)
+        return inkey(((label, out_len),))[0]
     if not inkey:
         raise MikeyError("PRF inkey is empty", -1)
     name = _HASH[func]
@@ -97,7 +100,7 @@ def fast_prf(func: PrfFunc, inkey: KeySource, label: bytes, out_len: int) -> byt
 
 def hmac_port(func: PrfFunc, mac: Callable[[bytes], bytes]) -> PrfPort:
     """The PrfPort of a one-chunk key reached through `mac(data)` = HMAC(key, data)."""
-    return lambda label, out_len: prf_with_hmac(func, mac, label, out_len)
+    return lambda wants: [prf_with_hmac(func, mac, label, n) for label, n in wants]
 
 
 def _rand_part(rand: bytes | None) -> bytes:
@@ -167,16 +170,16 @@ def derive_keys(
     encr_alg: EncrAlg,
     mac_alg: MacAlg,
 ) -> MessageKeys:
-    """encr/auth/salt keys with lengths fixed by the algorithms (RFC 3830 4.1.4)."""
-    encr = (
-        fast_prf(func, inkey, label_for(CONST_ENCR), encr_alg.key_len) if encr_alg.key_len else b""
-    )
-    salt = (
-        fast_prf(func, inkey, label_for(CONST_SALT), encr_alg.salt_len)
-        if encr_alg.salt_len
-        else b""
-    )
-    auth = fast_prf(func, inkey, label_for(CONST_AUTH), mac_alg.key_len) if mac_alg.key_len else b""
+    """encr/auth/salt keys with lengths fixed by the algorithms (RFC 3830 4.1.4); a port
+    derives the set in one call."""
+    lengths = (encr_alg.key_len, encr_alg.salt_len, mac_alg.key_len)
+    wants = [(label_for(c), n) for c, n in zip(_KEY_CONSTS, lengths, strict=True) if n]
+    if isinstance(inkey, bytes):
+        got = [fast_prf(func, inkey, label, n) for label, n in wants]
+    else:
+        got = inkey(wants)
+    keys = iter(got)
+    encr, salt, auth = (next(keys) if n else b"" for n in lengths)
     return MessageKeys(encr, auth, salt)
 
 

@@ -17,7 +17,9 @@ LENGTHS = (16, 32, 46)  # one block, a whole SHA-256 block, several blocks of ea
 
 def outputs(vault: Any, wrapped: WrappedKey) -> list[bytes]:
     """The vault's PRF outputs of `wrapped` (KeyVault.psk_prf)."""
-    return [vault.psk_prf(wrapped, f, LABEL, n) for f in PrfFunc for n in LENGTHS]
+    return [
+        out for f in PrfFunc for out in vault.psk_prf(wrapped, f, [(LABEL, n) for n in LENGTHS])
+    ]
 
 
 def expected(psk: bytes) -> list[bytes]:

@@ -117,7 +117,7 @@ def test_fake_vault_has_the_real_vaults_version_semantics() -> None:
         vault.destroy_version(tpk, 2)
     vault.destroy_version(tpk, 1)
     with pytest.raises(KeyVersionNotFound):
-        vault.ticket_prf(1, PrfFunc.MIKEY_1, b"x", 16)
+        vault.ticket_prf(1, PrfFunc.MIKEY_1, [(b"x", 16)])
 
 
 @given(psk=st.sampled_from([16, 24, 32]).flatmap(lambda n: st.binary(min_size=n, max_size=n)))
@@ -132,7 +132,7 @@ def test_fake_vault_refuses_bad_psk_lengths_and_tampered_blobs() -> None:
         vault.wrap_psk(bytes(12))
     w = vault.wrap_psk(bytes(16))
     with pytest.raises(WrappedKeyRejected):
-        vault.psk_prf(WrappedKey(w.kek_version, bytes(len(w.blob))), PrfFunc.MIKEY_1, b"x", 16)
+        vault.psk_prf(WrappedKey(w.kek_version, bytes(len(w.blob))), PrfFunc.MIKEY_1, [(b"x", 16)])
 
 
 def test_fake_vault_prf_is_the_mikey_prf_of_its_key() -> None:
@@ -140,5 +140,5 @@ def test_fake_vault_prf_is_the_mikey_prf_of_its_key() -> None:
     key = bytes(range(32))
     version = vault.import_key(KeyName.TICKET_PROTECTION, key).version
     for func in PrfFunc:
-        assert vault.ticket_prf(version, func, b"label", 48) == prf(func, key, b"label", 48)
+        assert vault.ticket_prf(version, func, [(b"label", 48)]) == [prf(func, key, b"label", 48)]
     assert "00010203" not in repr(vault)

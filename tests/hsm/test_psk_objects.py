@@ -54,7 +54,7 @@ def test_the_psk_object_is_sensitive_unextractable_and_may_only_sign(vault: Pkcs
 def test_a_psk_is_unwrapped_once_and_its_object_reused(vault: Pkcs11Vault) -> None:
     wrapped = vault.wrap_psk(bytes(range(32)))
     before = psk_objects_in_token(vault)
-    vault.psk_prf(wrapped, PrfFunc.PRF_HMAC_SHA_256, b"first", 32)
+    vault.psk_prf(wrapped, PrfFunc.PRF_HMAC_SHA_256, [(b"first", 32)])
     obj = held(vault, wrapped)
     assert outputs(vault, wrapped) == expected(bytes(range(32)))
     assert held(vault, wrapped) is obj
@@ -94,7 +94,7 @@ def test_destroying_a_kek_version_destroys_the_psk_objects_it_unwrapped(
     vault.destroy_version(KEK, wrapped.kek_version)
     assert psk_objects_in_token(vault) == 0
     with pytest.raises(KeyVersionNotFound):
-        vault.psk_prf(wrapped, PrfFunc.MIKEY_1, b"label", 16)
+        vault.psk_prf(wrapped, PrfFunc.MIKEY_1, [(b"label", 16)])
 
 
 def test_a_kek_version_destroyed_by_another_process_refuses_the_psks_held_under_it(
@@ -109,5 +109,5 @@ def test_a_kek_version_destroyed_by_another_process_refuses_the_psks_held_under_
         vault._conn.versions_of(KEK)[wrapped.kek_version].token_obj.destroy()
     vault.refresh()
     with pytest.raises(KeyVersionNotFound):
-        vault.psk_prf(wrapped, PrfFunc.MIKEY_1, b"label", 16)
+        vault.psk_prf(wrapped, PrfFunc.MIKEY_1, [(b"label", 16)])
     assert held(vault, wrapped) is None and psk_objects_in_token(vault) == 0

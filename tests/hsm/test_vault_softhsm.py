@@ -183,7 +183,7 @@ def test_prf_in_the_token_matches_the_spec_vectors_and_software(
     expected: str,
 ) -> None:
     version = import_known_key(imported, TPK, key).version
-    in_token = imported.ticket_prf(version, func, label, out_len)
+    (in_token,) = imported.ticket_prf(version, func, [(label, out_len)])
     assert in_token == prf(func, key, label, out_len)
     assert in_token.hex() == expected
 
@@ -201,7 +201,9 @@ def test_prf_in_the_token_equals_software_prf_on_the_same_key_bytes(
     imported: Pkcs11Vault, key: bytes, label: bytes, out_len: int, func: PrfFunc
 ) -> None:
     version = import_known_key(imported, TPK, key).version
-    assert imported.ticket_prf(version, func, label, out_len) == prf(func, key, label, out_len)
+    assert imported.ticket_prf(version, func, [(label, out_len)]) == [
+        prf(func, key, label, out_len)
+    ]
     assert imported.ticket_hmac(version, func, label) == prf_hmac(func, key, label)
 
 
@@ -213,7 +215,7 @@ def prf_hmac(func: PrfFunc, key: bytes, data: bytes) -> bytes:
 
 def test_ticket_prf_of_an_unknown_tpk_version_is_key_version_not_found(vault: Pkcs11Vault) -> None:
     with pytest.raises(KeyVersionNotFound):
-        vault.ticket_prf(999, PrfFunc.MIKEY_1, b"label", 16)
+        vault.ticket_prf(999, PrfFunc.MIKEY_1, [(b"label", 16)])
 
 
 # --- PSK wrap, and the PRF on a wrapped PSK --------------------------------------------------
@@ -292,7 +294,7 @@ def test_a_tampered_wrapped_psk_is_rejected(vault: Pkcs11Vault, psk: bytes) -> N
     wrapped = vault.wrap_psk(psk)
     bad = WrappedKey(wrapped.kek_version, bytes([wrapped.blob[0] ^ 1]) + wrapped.blob[1:])
     with pytest.raises(WrappedKeyRejected):
-        vault.psk_prf(bad, PrfFunc.PRF_HMAC_SHA_256, b"label", 32)
+        vault.psk_prf(bad, PrfFunc.PRF_HMAC_SHA_256, [(b"label", 32)])
     assert vault.available()  # bad input is not HSM loss
 
 
@@ -301,7 +303,7 @@ def test_a_wrapped_psk_of_a_length_no_wrap_makes_is_rejected(
     vault: Pkcs11Vault, length: int
 ) -> None:
     with pytest.raises(WrappedKeyRejected):
-        vault.psk_prf(WrappedKey(1, bytes(length)), PrfFunc.MIKEY_1, b"label", 16)
+        vault.psk_prf(WrappedKey(1, bytes(length)), PrfFunc.MIKEY_1, [(b"label", 16)])
 
 
 def test_a_psk_under_a_destroyed_kek_version_is_key_version_not_found(vault: Pkcs11Vault) -> None:
@@ -309,7 +311,7 @@ def test_a_psk_under_a_destroyed_kek_version_is_key_version_not_found(vault: Pkc
     vault.create_version(KEK)
     vault.destroy_version(KEK, wrapped.kek_version)
     with pytest.raises(KeyVersionNotFound):
-        vault.psk_prf(wrapped, PrfFunc.MIKEY_1, b"label", 16)
+        vault.psk_prf(wrapped, PrfFunc.MIKEY_1, [(b"label", 16)])
 
 
 # --- versions ---------------------------------------------------------------------------------

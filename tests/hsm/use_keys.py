@@ -24,7 +24,7 @@ def main(argv: list[str]) -> int:
     with Pkcs11Vault.open(VaultSettings(token_uri=uri, module_path=module), monitor=False) as v:
         out = {
             "ticket_hmac": v.ticket_hmac(version, PrfFunc.PRF_HMAC_SHA_256, b"ticket").hex(),
-            "ticket_prf": v.ticket_prf(version, PrfFunc.MIKEY_1, b"label", 48).hex(),
+            "ticket_prf": v.ticket_prf(version, PrfFunc.MIKEY_1, [(b"label", 48)])[0].hex(),
             "audit_hmac": v.audit_hmac(b"record").hex(),
             "wrapped_psk": v.wrap_psk(PSK).blob.hex(),
         }

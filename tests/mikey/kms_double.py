@@ -6,6 +6,7 @@ of ``key_len`` bytes under the requested policy's algorithms."""
 from __future__ import annotations
 
 import hmac
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from firmware.mikey.codec import KeyData, TicketPolicy, Timestamp, TpFlags
@@ -39,9 +40,10 @@ class KmsDouble:
             out += hmac.digest(b"kms-double", self.counter.to_bytes(4, "big"), "sha256")
         return out[:n]
 
-    def _tpk_port(self, label: bytes, out_len: int) -> bytes:
-        """The TPK as the node's HSM gives it: a PRF port (one call per derived key)."""
-        return prf_with_hmac(self.prf, lambda d: hmac_digest(self.prf, self.tpk, d), label, out_len)
+    def _tpk_port(self, wants: Sequence[tuple[bytes, int]]) -> list[bytes]:
+        """The TPK as the node's HSM gives it: a PRF port (one call per derived key set)."""
+        mac = lambda d: hmac_digest(self.prf, self.tpk, d)  # noqa: E731
+        return [prf_with_hmac(self.prf, mac, label, n) for label, n in wants]
 
     def handle_request(self, data: bytes, granted: TicketPolicy) -> bytes:
         req = decode(data)

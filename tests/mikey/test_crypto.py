@@ -36,6 +36,37 @@ def test_fast_prf_equals_the_reference_prf_for_every_key_and_output_length(
         assert crypto.fast_prf(func, mac_port, label, out_len) == expected
 
 
+@pytest.mark.parametrize(
+    ("encr", "mac"),
+    [
+        (EncrAlg.AES_CM_256, MacAlg.HMAC_SHA_256_256),
+        (EncrAlg.AES_CM_128, MacAlg.HMAC_SHA_1_160),
+        (EncrAlg.NULL, MacAlg.HMAC_SHA_1_160),
+    ],
+)
+@pytest.mark.parametrize("func", list(PrfFunc))
+def test_a_port_derives_a_whole_key_set_in_one_call_with_the_same_keys(
+    func: PrfFunc, encr: EncrAlg, mac: MacAlg
+) -> None:
+    """One HSM call per key set (encr/salt/auth), not one per key; keys of length 0 not asked."""
+    inkey = bytes(range(32))
+    calls: list[list[tuple[bytes, int]]] = []
+    mac_port = crypto.hmac_port(func, lambda d: hmac_digest(func, inkey, d))
+
+    def port(wants: list[tuple[bytes, int]]) -> list[bytes]:
+        calls.append(list(wants))
+        return mac_port(wants)
+
+    rand = bytes(16)
+    by_port = crypto.message_keys(func, port, 7, response=True, rand_i=rand, rand_r=None,
+                                  encr_alg=encr, mac_alg=mac)  # fmt: skip
+    by_bytes = crypto.message_keys(func, inkey, 7, response=True, rand_i=rand, rand_r=None,
+                                   encr_alg=encr, mac_alg=mac)  # fmt: skip
+    assert by_port == by_bytes
+    assert len(calls) == 1
+    assert [n for _, n in calls[0]] == [n for n in (encr.key_len, encr.salt_len, mac.key_len) if n]
+
+
 def test_an_empty_key_is_refused_rather_than_used_as_a_public_key() -> None:
     """An empty PSK / MPK would make every derived key computable by anyone."""
     with pytest.raises(MikeyError, match="empty"):
