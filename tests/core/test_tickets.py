@@ -263,3 +263,23 @@ def test_a_transport_that_authenticated_nobody_gets_err_invalid_id(node) -> None
     assert [p.err_no for p in answer.payloads if type(p).__name__ == "ErrorPayload"] == [
         ErrNo.INVALID_ID
     ]
+
+
+def test_a_user_whose_kek_version_was_destroyed_is_not_authenticated(node) -> None:
+    """Destroying a KEK version retires the PSKs it wrapped: their users are refused as
+    unauthenticated (ERR Auth failure), not answered and not an internal error."""
+    from firmware.core.ports import KeyName
+    from firmware.mikey.exchange import Initiator
+    from tests.calls import KMS, requested_policy, t_at
+
+    core, _, _ = node
+    core.vault.create_version(KeyName.KEY_ENCRYPTION)
+    core.vault.destroy_version(KeyName.KEY_ENCRYPTION, 1)
+    ue = Initiator(ALICE.encode(), ALICE_PSK, KMS)
+    data = ue.request_init(
+        csb_id=1, t=t_at(NOW), rand_i=bytes(32),
+        policy=requested_policy(PrfFunc.MIKEY_1, False, [BOB.encode()]),
+    )  # fmt: skip
+    with pytest.raises(NotAuthenticated) as refused:
+        core.exchange(data)
+    assert refused.value.mikey_error == ErrNo.AUTH_FAILURE

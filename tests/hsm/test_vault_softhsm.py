@@ -306,6 +306,23 @@ def test_a_wrapped_psk_of_a_length_no_wrap_makes_is_rejected(
         vault.psk_prf(WrappedKey(1, bytes(length)), PrfFunc.MIKEY_1, [(b"label", 16)])
 
 
+def test_a_wrapped_key_longer_than_one_prf_chunk_is_rejected(imported: Pkcs11Vault) -> None:
+    """A 40-byte key wrapped under our KEK unwraps, but the MIKEY PRF of a key longer than 256
+    bits XORs two chains (RFC 3830 4.1.2) that one HSM object cannot run: refused, not a wrong
+    key."""
+    from cryptography.hazmat.primitives.keywrap import aes_key_wrap
+
+    kek = bytes(range(64, 96))
+    version = import_known_key(imported, KEK, kek).version
+    try:
+        wrapped = WrappedKey(version, aes_key_wrap(kek, bytes(range(40))))
+        with pytest.raises(WrappedKeyRejected):
+            imported.psk_prf(wrapped, PrfFunc.PRF_HMAC_SHA_256, [(b"label", 32)])
+    finally:
+        imported.create_version(KEK)
+        imported.destroy_version(KEK, version)
+
+
 def test_a_psk_under_a_destroyed_kek_version_is_key_version_not_found(vault: Pkcs11Vault) -> None:
     wrapped = vault.wrap_psk(bytes(range(32)))
     vault.create_version(KEK)
