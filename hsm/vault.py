@@ -332,14 +332,7 @@ def _unwrap_into_token(conn: Connection, wrapped: WrappedKey) -> Any:
     kek = conn.use(KEK, wrapped.kek_version)
     try:
         if wrapped.key_length >= PSK_HMAC_BYTES:
-            return kek.unwrap_key(
-                ObjectClass.SECRET_KEY,
-                KeyType.GENERIC_SECRET,
-                wrapped.blob,
-                mechanism=WRAP_MECHANISM,
-                store=False,
-                template=PSK_IN_TOKEN,
-            )
+            return _unwrap_object(kek, wrapped.blob, PSK_IN_TOKEN)
         short = _unwrap_value(conn, kek, wrapped.blob)
         padded = short + bytes(PSK_HMAC_BYTES - len(short))
         return conn.session.create_object({**PSK_IN_TOKEN, Attribute.VALUE: padded})
@@ -360,18 +353,23 @@ def _unwrap_value(conn: Connection, kek: Any, blob: bytes) -> bytes:
             return conn.direct.unwrap_value(
                 conn.session.handle, kek.handle, WRAP_MECHANISM, blob, TRANSIENT_PSK
             )
-    obj = kek.unwrap_key(
+    obj = _unwrap_object(kek, blob, TRANSIENT_PSK)
+    try:
+        return bytes(obj[Attribute.VALUE])
+    finally:
+        obj.destroy()
+
+
+def _unwrap_object(kek: Any, blob: bytes, template: dict[Attribute, Any]) -> Any:
+    """C_UnwrapKey of a PSK blob into a session object of `template`."""
+    return kek.unwrap_key(
         ObjectClass.SECRET_KEY,
         KeyType.GENERIC_SECRET,
         blob,
         mechanism=WRAP_MECHANISM,
         store=False,
-        template=TRANSIENT_PSK,
+        template=template,
     )
-    try:
-        return bytes(obj[Attribute.VALUE])
-    finally:
-        obj.destroy()
 
 
 def _forget_psk(conn: Connection, wrapped: WrappedKey) -> None:
