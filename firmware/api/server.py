@@ -150,7 +150,8 @@ def _client_key(context: Any) -> str:
 
 class ListenerPolicy(grpc.ServerInterceptor):  # type: ignore[misc]
     """The one wrapper every RPC of a listener passes: TLS version, decoding, stream pool and
-    caps, reflection guard, metrics (see the module rules)."""
+    caps, reflection guard, metrics (see the module rules). One instance per server: it keeps
+    the handlers that server's continuation gave it."""
 
     def __init__(
         self,
@@ -165,6 +166,10 @@ class ListenerPolicy(grpc.ServerInterceptor):  # type: ignore[misc]
         self.require_tls13 = require_tls13
         self.reflection_guard = reflection_guard
         self.availability = availability or Availability()
+        # method path -> its wrapped handler: gRPC asks the interceptor on every RPC, and the
+        # registered handlers never change, so each method is wrapped once (its metric children
+        # resolved then), not per call. Unknown paths are not kept (no growth on junk names).
+        self._wrapped: dict[str, Any] = {}
 
     def _check_tls(self, context: Any) -> None:
         if self.require_tls13:
@@ -173,10 +178,17 @@ class ListenerPolicy(grpc.ServerInterceptor):  # type: ignore[misc]
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, "the LI listener requires TLS 1.3")
 
     def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
+        full = details.method
+        found = self._wrapped.get(full)
+        if found is not None:
+            return found
         handler = continuation(details)
         if handler is None:
             return None
-        full = details.method
+        found = self._wrapped[full] = self._wrap(handler, full)
+        return found
+
+    def _wrap(self, handler: Any, full: str) -> Any:
         method = full.rsplit("/", 1)[-1]
         guard = self.reflection_guard if full.startswith(REFLECTION_PREFIX) else None
         kinds = {

@@ -106,3 +106,27 @@ def test_the_li_policy_refuses_every_method_kind_on_tls12(make: Any) -> None:
     with pytest.raises(RuntimeError):
         behaviour(b"", old)
     assert old.aborted is not None and old.aborted[0] == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_the_policy_wraps_each_method_once_and_keeps_no_unknown_path() -> None:
+    """gRPC asks the interceptor on every RPC: a served method is wrapped on its first call and
+    reused; a path nobody serves is asked about each time and never kept."""
+    from concurrent import futures
+
+    from firmware.api.metrics import Metrics
+    from firmware.api.server import ListenerPolicy, StreamSlots
+
+    policy = ListenerPolicy(Metrics(), StreamSlots(4, 4), futures.ThreadPoolExecutor(1), False)
+    handler = grpc.unary_unary_rpc_method_handler(lambda req, ctx: "answered")
+    asked: list[str] = []
+
+    def continuation(details: Any) -> Any:
+        asked.append(details.method)
+        return handler if details.method == _Details.method else None
+
+    first = policy.intercept_service(continuation, _Details())
+    assert policy.intercept_service(continuation, _Details()) is first
+    unknown = type("Unknown", (), {"method": "/kms.v1.Nothing/Nope", "invocation_metadata": ()})
+    assert policy.intercept_service(continuation, unknown()) is None
+    assert policy.intercept_service(continuation, unknown()) is None
+    assert asked == [_Details.method, unknown.method, unknown.method]
