@@ -4,12 +4,12 @@ Why: a ticket exchange derives four keys from the user's PSK (K1's auth_key to v
 encr/salt/auth keys for the answer). The PSK is unwrapped once into a session object that is
 SENSITIVE, not EXTRACTABLE and may only SIGN (HMAC), and every later PRF runs in the token on it,
 as the TPK's does: no PSK value enters the process between requests, and no request after the
-first pays for C_UnwrapKey + C_GetAttributeValue + C_DestroyObject (perf-ceilings.md 1a: ~95 us
-of SoftHSM's time, against ~15 us per HMAC on a private session object).
+first pays for C_UnwrapKey (measured here: the per-request unwrap, read and destroy took ~95 us
+of SoftHSM's time, one HMAC on a private session object ~15 us, eight of them per exchange).
 
 Rules and invariants:
 - Entries are keyed by the WrappedKey itself (KEK version and blob): a user whose PSK changes
-  has a new blob, so a stale entry is never found for it; `forget` drops it at once.
+  has a new blob, so a stale entry is never found for it; `forget_psk` destroys it at once.
 - At most `limit` objects live in the token; the least recently used is destroyed first.
 - An entry belongs to the session that made it: when the session is dropped (loss, close,
   re-initialisation) the objects are gone with it and `clear` forgets them without a call.
