@@ -151,14 +151,14 @@ def main() -> None:
             ("random_bytes 32 B", lambda: vault.random_bytes(32), lambda: raw.generate_random(256)),
         ]
         print(f"# vault vs raw python-pkcs11, 1 thread, best of {args.rounds} x {args.seconds}s")
-        print(f"{'operation':38} {'raw ops/s':>11} {'vault ops/s':>12} {'overhead':>9}")
+        print(f"{'operation':44} {'raw ops/s':>11} {'vault ops/s':>12} {'overhead':>9}")
         for name, vault_fn, raw_fn in cases:
             best_v = best_r = 0.0
             for _ in range(args.rounds):
                 best_r = max(best_r, rate(raw_fn, args.seconds))
                 best_v = max(best_v, rate(vault_fn, args.seconds))
             overhead = (best_r / best_v - 1) * 100
-            print(f"{name:38} {best_r:11,.0f} {best_v:12,.0f} {overhead:8.1f}%")
+            print(f"{name:44} {best_r:11,.0f} {best_v:12,.0f} {overhead:8.1f}%")
         with PKCS11_LOCK:
             raw.close()
         vault.close()
