@@ -120,7 +120,10 @@ class FakeVault:
     ) -> list[bytes]:
         self._enter("ticket_prf")
         key = self._key(KeyName.TICKET_PROTECTION, version)
-        mac = lambda d: hmac.digest(key, d, prf.hash_name)  # noqa: E731
+
+        def mac(data: bytes) -> bytes:
+            return hmac.digest(key, data, prf.hash_name)
+
         return [prf_with_hmac(prf, mac, label, n) for label, n in wants]
 
     def wrap_psk(self, psk: bytes) -> WrappedKey:
