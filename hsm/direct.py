@@ -7,7 +7,7 @@ measured 24 us of calls turning into 62 us of wall time). Every PKCS#11 call of 
 already runs under hsm.vault.PKCS11_LOCK, so holding the GIL as well loses no parallelism.
 
 Rules:
-- Only C_SignInit/C_Sign and C_UnwrapKey/C_GetAttributeValue/C_DestroyObject,
+- Only C_SignInit/C_Sign, C_GenerateRandom and C_UnwrapKey/C_GetAttributeValue/C_DestroyObject,
   on session and object handles that python-pkcs11 opened and owns.
 - The reused output buffer is cleared once a PSK value is copied out of it, so the process keeps
   no copy of the last PSK between requests beyond the caller's own.
@@ -58,6 +58,7 @@ class DirectCalls:
         self._size = _ULONG(64)
         self._get_attr = self._fn(dll, "C_GetAttributeValue", [u, u, p, u])
         self._destroy = self._fn(dll, "C_DestroyObject", [u, u])
+        self._generate_random = self._fn(dll, "C_GenerateRandom", [u, p, u])
 
     @staticmethod
     def _fn(dll: Any, name: str, argtypes: list[Any]) -> Any:
@@ -83,6 +84,14 @@ class DirectCalls:
         if rv:
             raise DirectCallFailed("C_Sign", rv)
         return self._out.raw[: size.value]
+
+    def random(self, session: int, n: int) -> bytes:
+        """`n` bytes of C_GenerateRandom (a fresh buffer: random bytes become keys and RANDs)."""
+        out = ctypes.create_string_buffer(n)
+        rv = self._generate_random(session, out, n)
+        if rv:
+            raise DirectCallFailed("C_GenerateRandom", rv)
+        return out.raw
 
     def _template(self, template: Mapping[Any, Any]) -> tuple[Any, int]:
         """The CK_ATTRIBUTE array of `template`, built once per distinct template."""

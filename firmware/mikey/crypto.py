@@ -47,7 +47,7 @@ from firmware.mikey.constants import (
     MacAlg,
 )
 from firmware.mikey.errors import MikeyError
-from firmware.mikey.prf import CHUNK_BYTES, PrfFunc, prf_with_hmac
+from firmware.mikey.prf import CHUNK_BYTES, PrfFunc, hmac_bytes, prf_with_hmac
 
 PrfPort = Callable[[Sequence[tuple[bytes, int]]], list[bytes]]
 KeySource = bytes | PrfPort
@@ -76,7 +76,7 @@ def fast_prf(func: PrfFunc, inkey: KeySource, label: bytes, out_len: int) -> byt
     if not inkey:
         raise MikeyError("PRF inkey is empty", -1)
     name = _HASH[func]
-    digest = hmac.digest
+    digest = hmac_bytes
     if len(inkey) <= CHUNK_BYTES and out_len <= _DLEN[func]:  # hot path: one chunk, one block
         return digest(inkey, digest(inkey, label, name) + label, name)[:out_len]
     blocks = -(-out_len // _DLEN[func])
@@ -333,7 +333,7 @@ def check_strength(
 def compute_mac(mac_alg: MacAlg, key: bytes, data: bytes) -> bytes:
     if mac_alg is MacAlg.NULL:
         return b""
-    return hmac.digest(key, data, mac_alg.hash_name)
+    return hmac_bytes(key, data, mac_alg.hash_name)
 
 
 def mac_matches(mac_alg: MacAlg, key: bytes, data: bytes, mac: bytes) -> bool:
@@ -341,7 +341,7 @@ def mac_matches(mac_alg: MacAlg, key: bytes, data: bytes, mac: bytes) -> bool:
     MikeyError(INVALID_MAC)."""
     if mac_alg is MacAlg.NULL:
         raise MikeyError("NULL MAC cannot authenticate", -1, ErrNo.INVALID_MAC)
-    return hmac.compare_digest(hmac.digest(key, data, mac_alg.hash_name), mac)
+    return hmac.compare_digest(hmac_bytes(key, data, mac_alg.hash_name), mac)
 
 
 def check_mac(mac_alg: MacAlg, key: bytes, data: bytes, mac: bytes) -> None:
