@@ -331,14 +331,15 @@ def exchange_through(port: int, ca: bytes) -> tuple[Callable[[bytes], bytes], Ca
 
 HEADER = (
     f"{'server':<34} {'units/s':>8} {'RPC/s':>7} {'p50 ms':>7} {'p99 ms':>7}"
-    f" {'srv us/RPC':>10} {'of it PG':>8} {'cli us/RPC':>10} {'errors':>6}"
+    f" {'srv us/RPC':>10} {'of it PG':>8} {'sw/RPC':>6} {'cli us/RPC':>10} {'errors':>6}"
 )
 
 
 def row(name: str, r: Result) -> str:
     return (
         f"{name:<34} {r.unit_rate:>8.0f} {r.rpc_rate:>7.0f} {r.p50:>7.2f} {r.pct(99):>7.2f}"
-        f" {r.server_us:>10.0f} {r.side_us:>8.0f} {r.client_us:>10.0f} {r.errors:>6}"
+        f" {r.server_us:>10.0f} {r.side_us:>8.0f} {r.switches_per_rpc:>6.1f} {r.client_us:>10.0f}"
+        f" {r.errors:>6}"
     )
 
 
@@ -366,6 +367,13 @@ class Comparison:
 
     def side_us(self) -> float:
         return statistics.median(n.side_us for n in self.node)
+
+    def switches(self) -> tuple[float, float]:
+        """Median context switches per RPC: the node's, the echo server's."""
+        return (
+            statistics.median(n.switches_per_rpc for n in self.node),
+            statistics.median(e.switches_per_rpc for e in self.echo),
+        )
 
     def client_us(self) -> float:
         return statistics.median(n.client_us for n in self.node)
@@ -549,7 +557,8 @@ def summary(run_: StoreRun) -> list[str]:
                 f"[{run_.name}] {label}: server CPU {c.node_us():.0f} us (of it PostgreSQL"
                 f" {c.side_us():.0f}; echo {c.echo_us():.0f});"
                 f" echo CPU / node CPU {c.cpu_ratio():.2f}, node rate / echo rate"
-                f" {c.rate_ratio():.2f} ({goals}); {c.node_rate():.0f} units/s"
+                f" {c.rate_ratio():.2f} ({goals}); {c.node_rate():.0f} units/s;"
+                f" context switches per RPC {c.switches()[0]:.1f} (echo {c.switches()[1]:.1f})"
             )
     for label, r in run_.unloaded.items():
         lines.append(f"[{run_.name}] unloaded {label}: p50 {r.p50:.2f} ms, p99 {r.pct(99):.2f} ms")

@@ -8,7 +8,8 @@ Rules:
 - The server's CPU is utime + stime of every process of the server's tree (`tree_cpu`: the node,
   its worker processes, and any extra root given such as a PostgreSQL server), sampled right
   before and after the measured window, so what the benchmark reports is what a user of the
-  node pays per RPC.
+  node pays per RPC. Its context switches (`tree_switches`, every thread's) are read the same
+  way: they are where CPU goes that no Python profile shows.
 - The client shares the 2 cores with the server, so every report also says what the client took.
 """
 
@@ -29,11 +30,11 @@ Unit = Callable[[Call], Awaitable[int]]
 TICKET_PATH = "/kms.v1.TicketService/Exchange"
 
 
-def tree_cpu(roots: Iterable[int]) -> float:
-    """CPU seconds (utime + stime) of the processes `roots` and all their descendants alive now."""
-    tick = os.sysconf("SC_CLK_TCK")
+def _tree(roots: Iterable[int]) -> dict[int, list[str]]:
+    """The processes `roots` and all their descendants alive now, each with its /proc/PID/stat
+    fields after the command name."""
     parent: dict[int, int] = {}
-    ticks: dict[int, int] = {}
+    stats: dict[int, list[str]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -42,17 +43,44 @@ def tree_cpu(roots: Iterable[int]) -> float:
         except OSError:
             continue
         parent[int(entry)] = int(fields[1])
-        ticks[int(entry)] = int(fields[11]) + int(fields[12])
+        stats[int(entry)] = fields
     wanted = set(roots)
-    total = 0
-    for pid in ticks:
+    found = {}
+    for pid, fields in stats.items():
         p = pid
         while p > 1:
             if p in wanted:
-                total += ticks[pid]
+                found[pid] = fields
                 break
             p = parent.get(p, 0)
-    return total / tick
+    return found
+
+
+def tree_cpu(roots: Iterable[int]) -> float:
+    """CPU seconds (utime + stime) of the processes `roots` and all their descendants alive now."""
+    ticks = sum(int(f[11]) + int(f[12]) for f in _tree(roots).values())
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def tree_switches(roots: Iterable[int]) -> int:
+    """Context switches (voluntary and not) of every thread of that tree so far: a thread that
+    blocks on a lock, a condition or the GIL, or hands it over, costs two of them, and on these
+    machines each costs more than a short PKCS#11 or SQLite call (see README, "Choices")."""
+    total = 0
+    for pid in _tree(roots):
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                status = Path(f"/proc/{pid}/task/{task}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if "ctxt_switches:" in line:
+                    total += int(line.split()[1])
+    return total
 
 
 @dataclass
@@ -65,6 +93,7 @@ class Result:
     client_cpu: float  # seconds of client CPU over the run
     server_cpu: float = 0.0  # seconds of the server tree's CPU over the run (side included)
     side_cpu: float = 0.0  # of which the side processes' (a PostgreSQL server)
+    server_switches: int = 0  # context switches of the server tree's threads over the run
 
     @property
     def rpc_rate(self) -> float:
@@ -77,6 +106,10 @@ class Result:
     @property
     def server_us(self) -> float:
         return self.server_cpu / max(self.rpcs, 1) * 1e6
+
+    @property
+    def switches_per_rpc(self) -> float:
+        return self.server_switches / max(self.rpcs, 1)
 
     @property
     def side_us(self) -> float:
@@ -165,16 +198,18 @@ async def _run(
     await asyncio.sleep(warmup)
     measuring["on"] = True
     side0 = tree_cpu(target.side_pids)
+    sw0 = tree_switches(target.server_pids)
     srv0, cpu0, t0 = tree_cpu(target.server_pids), os.times(), time.monotonic()
     await asyncio.gather(*tasks)
     srv1, cpu1, t1 = tree_cpu(target.server_pids), os.times(), time.monotonic()
+    sw1 = tree_switches(target.server_pids)
     side = tree_cpu(target.side_pids) - side0
     for channel in channels:
         await channel.close()
     cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
     return Result(
         counts["units"], counts["rpcs"], counts["errors"], t1 - t0, latencies, cpu,
-        srv1 - srv0 + side, side,
+        srv1 - srv0 + side, side, sw1 - sw0,
     )  # fmt: skip
 
 
