@@ -20,7 +20,7 @@ KMSNODE_MYPYC ?= auto
 COMPILED := build/compiled
 
 .PHONY: all deps apt demo cluster-demo test test-fast test-image test-wheel test-compiled wheel lint proto \
-	proto-check bench bench-mikey-compiled profile clean
+	proto-check bench bench-mikey-compiled profile profile-switches clean
 
 all: test
 
@@ -116,5 +116,13 @@ bench: deps
 profile: deps
 	$(PY) -m bench.profile
 
+# The node's context switches under the same load, by the C function behind each (perf, DWARF
+# stacks): profiles/pairs.switches.txt, profiles/getkeys.switches.txt
+profile-switches: deps .stamp-apt-perf
+	$(PY) -m bench.profile --switches
+
+.stamp-apt-perf: Makefile
+	$(call apt_install,linux-perf)
+
 clean:
-	rm -rf $(VENV) .stamp-apt .stamp-apt-image .stamp-apt-build build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .stamp-apt .stamp-apt-image .stamp-apt-build .stamp-apt-perf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
