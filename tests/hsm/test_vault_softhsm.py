@@ -13,6 +13,7 @@ from pkcs11 import exceptions as p11e
 from firmware.core.errors import HsmUnavailable, KeyVersionNotFound
 from firmware.core.ports import KeyName, KeyState, WrappedKey
 from firmware.mikey.prf import PrfFunc, prf
+from hsm.direct import DirectCallFailed
 from hsm.errors import ActiveVersionRefused, PskLengthError, WrappedKeyRejected
 from hsm.softhsm import SoftHsmToken
 from hsm.templates import TRANSIENT_PSK, WRAP_MECHANISM
@@ -371,6 +372,32 @@ def test_random_bytes_come_from_the_token(vault: Pkcs11Vault) -> None:
     a, b = vault.random_bytes(32), vault.random_bytes(32)
     assert len(a) == 32 and a != b
     assert vault.random_bytes(0) == b""
+
+
+def test_random_bytes_take_the_direct_call_and_fall_back_to_python_pkcs11(
+    vault: Pkcs11Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """C_GenerateRandom goes through hsm/direct.py (the GIL held under PKCS11_LOCK); a failed
+    direct call is repeated through python-pkcs11."""
+    direct = vault._conn.direct
+    assert direct is not None
+    asked: list[int] = []
+    real = direct.random
+
+    def spy(session: int, n: int) -> bytes:
+        asked.append(n)
+        return real(session, n)
+
+    monkeypatch.setattr(direct, "random", spy)
+    a, b = vault.random_bytes(24), vault.random_bytes(24)
+    assert asked == [24, 24] and len(a) == 24 and a != b
+
+    def failing(session: int, n: int) -> bytes:
+        raise DirectCallFailed("C_GenerateRandom", 0x30)
+
+    monkeypatch.setattr(direct, "random", failing)
+    c, d = vault.random_bytes(24), vault.random_bytes(24)
+    assert len(c) == 24 and c != d and c not in (a, b)
 
 
 def test_the_vault_reports_its_token_availability_key_states_and_mechanisms(
