@@ -19,8 +19,8 @@ Rules and invariants:
   PskLengthError, ActiveVersionRefused. No key is ever returned: long-term keys never leave the
   token, and a user PSK is unwrapped into a sensitive session object (hsm/psks.py) that its PRF
   runs on; a PSK shorter than PSK_HMAC_BYTES is read once, on that first unwrap, to be padded.
-- Hot operations (HMAC, PRF) take hsm/direct.py's path (GIL held, under the lock) and fall
-  back to python-pkcs11 when it fails, which raises the mapped error.
+- Hot operations (HMAC, PRF, random bytes) take hsm/direct.py's path (GIL held, under the
+  lock) and fall back to python-pkcs11 when it fails, which raises the mapped error.
 """
 
 from __future__ import annotations
