@@ -19,6 +19,7 @@ from typing import Any
 
 from firmware.core.errors import ConfigError
 from firmware.core.identity import IdentityError, canonical
+from hsm.psks import DEFAULT_LIMIT as PSK_OBJECTS
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class HsmConfig:
     session_copies: bool = True
     device_match: dict[str, str] = field(default_factory=dict)
     softhsm2_conf: Path | None = None  # SoftHSM only: exported as SOFTHSM2_CONF before loading
+    psk_objects: int = PSK_OBJECTS  # user PSKs held in the token at most (hsm/psks.py)
 
 
 @dataclass(frozen=True)
@@ -244,6 +246,17 @@ class _Section:
             raise ConfigError(f"{self.name}.{key} must be positive")
         return value
 
+    def count(self, key: str, default: int, minimum: int = 1, maximum: int | None = None) -> int:
+        """A whole number (a TOML integer: `workers = 2.5` is refused, not truncated to 2) from
+        `minimum` to `maximum`; a count of threads, connections or bytes cannot be a fraction,
+        and truncating one would turn `max_streams = 0.5` into a listener that serves nothing."""
+        value = self._get(key, int, default, False)
+        if value < minimum:
+            raise ConfigError(f"{self.name}.{key} must be at least {minimum}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{self.name}.{key} must be at most {maximum}")
+        return int(value)
+
     def flag(self, key: str, default: bool) -> bool:
         return bool(self._get(key, bool, default, False))
 
@@ -274,9 +287,7 @@ class _Section:
 
 def _listener(section: _Section, default_port: int) -> ListenerConfig:
     host = section.text("host", "127.0.0.1")
-    port = int(section.number("port", default_port, positive=False))
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"{section.name}.port is out of range")
+    port = section.count("port", default_port, minimum=0, maximum=65535)
     cert = section.path("cert", required=True)
     key = section.path("key", required=True)
     client_ca = section.path("client_ca")
@@ -287,11 +298,9 @@ def _listener(section: _Section, default_port: int) -> ListenerConfig:
         cert or Path(),
         key or Path(),
         client_ca,
-        max_connections=int(section.number("max_connections", d.max_connections)),
-        max_streams=int(section.number("max_streams", d.max_streams)),
-        max_streams_per_client=int(
-            section.number("max_streams_per_client", d.max_streams_per_client)
-        ),
+        max_connections=section.count("max_connections", d.max_connections),
+        max_streams=section.count("max_streams", d.max_streams),
+        max_streams_per_client=section.count("max_streams_per_client", d.max_streams_per_client),
         keepalive_time=section.number("keepalive_time", d.keepalive_time),
         keepalive_timeout=section.number("keepalive_timeout", d.keepalive_timeout),
         max_connection_idle=section.number("max_connection_idle", d.max_connection_idle),
@@ -306,9 +315,9 @@ def _listener(section: _Section, default_port: int) -> ListenerConfig:
 
 def _http_limits(section: _Section, d: HttpLimits) -> HttpLimits:
     return HttpLimits(
-        max_connections=int(section.number("max_connections", d.max_connections)),
-        max_header_bytes=int(section.number("max_header_bytes", d.max_header_bytes)),
-        max_body_bytes=int(section.number("max_body_bytes", d.max_body_bytes)),
+        max_connections=section.count("max_connections", d.max_connections),
+        max_header_bytes=section.count("max_header_bytes", d.max_header_bytes),
+        max_body_bytes=section.count("max_body_bytes", d.max_body_bytes),
         idle_timeout=section.number("idle_timeout", d.idle_timeout),
         handshake_timeout=section.number("handshake_timeout", d.handshake_timeout),
         request_timeout=section.number("request_timeout", d.request_timeout),
@@ -317,9 +326,7 @@ def _http_limits(section: _Section, d: HttpLimits) -> HttpLimits:
 
 def _http_address(section: _Section, default_port: int, tls: ListenerConfig) -> dict[str, Any]:
     """host, port and the TLS files (the gRPC listener's `tls` when not given)."""
-    port = int(section.number("port", default_port, positive=False))
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"{section.name}.port is out of range")
+    port = section.count("port", default_port, minimum=0, maximum=65535)
     path = section.text("path", None)
     if path is not None and not path.startswith("/"):
         raise ConfigError(f"{section.name}.path must start with /")
@@ -368,8 +375,8 @@ def _x1(raw: Any, base: Path, li: ListenerConfig) -> X1Config:
         response_content_type=section.text("response_content_type", d.response_content_type),
         request_content_types=section.texts("request_content_types"),
         deactivate_all=section.flag("deactivate_all", d.deactivate_all),
-        max_depth=int(section.number("max_depth", d.max_depth)),
-        max_messages=int(section.number("max_messages", d.max_messages)),
+        max_depth=section.count("max_depth", d.max_depth),
+        max_messages=section.count("max_messages", d.max_messages),
         limits=_http_limits(section, d.limits),
     )
     section.done()
@@ -442,9 +449,9 @@ def load(path: Path | str) -> Config:
     state_db = Path(node.text("state_db", "state.sqlite"))
     audit_log = Path(node.text("audit_log", "audit.log"))
     grace = node.number("grace_period", 10.0)
-    workers = int(node.number("workers", 8))
+    workers = node.count("workers", 8)
     node_id = node.text("node_id", socket.gethostname() or "node")
-    processes = int(node.number("processes", 1))
+    processes = node.count("processes", 1)
     node.done()
     if not node_id or len(node_id) > 64 or not all(c.isalnum() or c in "-_." for c in node_id):
         raise ConfigError("node.node_id must be 1 to 64 letters, digits, '-', '_' or '.'")
@@ -469,6 +476,7 @@ def load(path: Path | str) -> Config:
         session_copies=hsm.flag("session_copies", True),
         device_match=dict(device),
         softhsm2_conf=hsm.path("softhsm2_conf"),
+        psk_objects=hsm.count("psk_objects", PSK_OBJECTS),
     )
     hsm.done()
     if (hsm_config.pin_file is None) == (hsm_config.pin_credential is None):
@@ -489,7 +497,7 @@ def load(path: Path | str) -> Config:
         ticket_lifetime=pol.number("ticket_lifetime", 3600.0),
         max_ticket_lifetime=pol.number("max_ticket_lifetime", 86400.0),
         key_forking=pol.flag("key_forking", True),
-        replay_cache_capacity=int(pol.number("replay_cache_capacity", 1_000_000)),
+        replay_cache_capacity=pol.count("replay_cache_capacity", 1_000_000),
         require_clock_sync=pol.flag("require_clock_sync", False),
     )
     pol.done()
@@ -502,13 +510,13 @@ def load(path: Path | str) -> Config:
 
     al = _Section("alarms", raw.get("alarms", {}), base)
     alarms = AlarmConfig(
-        queue_size=int(al.number("queue_size", 1000)),
-        watchers_per_identity=int(al.number("watchers_per_identity", 4)),
-        max_watchers=int(al.number("max_watchers", 64)),
+        queue_size=al.count("queue_size", 1000),
+        watchers_per_identity=al.count("watchers_per_identity", 4),
+        max_watchers=al.count("max_watchers", 64),
     )
     al.done()
     au = _Section("audit", raw.get("audit", {}), base)
-    refused_per_second = int(au.number("refused_records_per_second", 10))
+    refused_per_second = au.count("refused_records_per_second", 10)
     au.done()
 
     st = _Section("store", raw.get("store", {}), base)

@@ -58,15 +58,14 @@ from firmware.core.tickets import TicketCore, TicketSettings
 from firmware.core.xk import KeyRelease, XkSettings
 from firmware.store.sqlite import SqliteStore
 from firmware.x1.service import X1Service
-from hsm.vault import Pkcs11Vault
+from hsm.vault import Pkcs11Vault, VaultSettings
 
 log = logging.getLogger("kmsnode.node")
 
 
-def open_vault(cfg: Config, monitor: bool = True) -> Pkcs11Vault:
-    """The PKCS#11 vault named by the config (SOFTHSM2_CONF exported first when configured)."""
-    if cfg.hsm.softhsm2_conf is not None:
-        os.environ["SOFTHSM2_CONF"] = str(cfg.hsm.softhsm2_conf)
+def vault_settings(cfg: Config) -> VaultSettings:
+    """What the config says of the HSM, as the vault takes it (the PIN by its source, never
+    its value)."""
     from hsm.pin import PinSource
     from hsm.vault import VaultSettings
 
@@ -75,14 +74,21 @@ def open_vault(cfg: Config, monitor: bool = True) -> Pkcs11Vault:
         if cfg.hsm.pin_file is not None
         else PinSource.credential(cfg.hsm.pin_credential or "")
     )
-    settings = VaultSettings(
+    return VaultSettings(
         token_uri=cfg.hsm.token_uri,
         module_path=str(cfg.hsm.module),
         pin_source=pin,
         probe_interval=cfg.hsm.probe_interval,
         session_copies=cfg.hsm.session_copies,
+        psk_objects=cfg.hsm.psk_objects,
     )
-    return Pkcs11Vault.open(settings, monitor=monitor)
+
+
+def open_vault(cfg: Config, monitor: bool = True) -> Pkcs11Vault:
+    """The PKCS#11 vault named by the config (SOFTHSM2_CONF exported first when configured)."""
+    if cfg.hsm.softhsm2_conf is not None:
+        os.environ["SOFTHSM2_CONF"] = str(cfg.hsm.softhsm2_conf)
+    return Pkcs11Vault.open(vault_settings(cfg), monitor=monitor)
 
 
 def open_store(cfg: Config) -> Store:
