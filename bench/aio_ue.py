@@ -6,6 +6,11 @@ upper bound of what moving the UE listener to grpc.aio would give.
 
     python -m bench.aio_ue --config FILE   (prints "UE listener on" the aio port, then the
     node's "LI listener on" line, like kmsnode serve)
+
+Run by `bench.bench_kms --serve-module bench.aio_ue`. With KMS_AIO_NOWAIT=1 a RESOLVE_INIT's
+resolution is queued for the store's writer but not waited for: the bound of an event-loop
+listener whose durability waits were awaited instead of blocking the loop (the product never
+answers before the row is durable).
 """
 
 from __future__ import annotations
@@ -24,6 +29,11 @@ from firmware import config as config_mod
 from firmware.api.proto.kms.v1 import kms_pb2, kms_pb2_grpc
 from firmware.core.errors import KmsError
 from firmware.node import Node
+
+
+class _Ignored:
+    def set(self) -> None:
+        pass
 
 
 class InlineTickets(kms_pb2_grpc.TicketServiceServicer):
@@ -58,6 +68,16 @@ def main() -> int:
     args = parser.parse_args()
     cfg = config_mod.load(args.config)
     node = Node.start(cfg)
+    if os.environ.get("KMS_AIO_NOWAIT"):  # upper bound only: resolutions written, not awaited
+        store: Any = node.store
+
+        def enqueue(resolution: Any) -> None:
+            with store._pending_cv:
+                store._pending.append((resolution, _Ignored(), []))
+                store._pending_cv.notify()
+
+        store.add_resolution = enqueue
+        assert node.tickets.store is store
     li = f"{cfg.li_listener.host}:{node.li_port}"
     cert, key = cfg.ue_listener.cert.read_bytes(), cfg.ue_listener.key.read_bytes()
     try:
