@@ -48,12 +48,12 @@ class InlineTickets(kms_pb2_grpc.TicketServiceServicer):
 
 
 async def serve(node: Node, cert: bytes, key: bytes, li: str, runtime: Path) -> None:
-    options = [("grpc.so_reuseport", 0)]
+    options: list[tuple[str, int | str]] = [("grpc.so_reuseport", 0)]
     extra = os.environ.get("KMS_AIO_TARGET")
     if extra:
         options.append(("grpc.optimization_target", extra))
     server = grpc.aio.server(options=options)
-    kms_pb2_grpc.add_TicketServiceServicer_to_server(InlineTickets(node), server)  # type: ignore[no-untyped-call]
+    kms_pb2_grpc.add_TicketServiceServicer_to_server(InlineTickets(node), server)
     port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key, cert)]))
     await server.start()
     runtime.write_text(json.dumps({"ue": f"127.0.0.1:{port}", "li": li, "pid": os.getpid()}))

@@ -87,15 +87,19 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             for threads in (1, 8):
                 heads = SqliteStore(Path(folder) / f"state-{threads}.sqlite")
+
+                def file_log(b: list[int], t: int = threads, h: SqliteStore = heads) -> AuditLog:
+                    return AuditLog(Path(folder) / f"audit-{t}.log", mac, b.append, head_store=h)
+
+                def pg_log(b: list[int], t: int = threads) -> AuditLog:
+                    medium = PostgresMedium(
+                        lambda: psycopg.connect(url, autocommit=True), f"bench-{t}"
+                    )
+                    return AuditLog(medium, mac, b.append)
+
                 openers: dict[str, Callable[[list[int]], AuditLog]] = {
-                    "file": lambda b, t=threads, h=heads: AuditLog(
-                        Path(folder) / f"audit-{t}.log", mac, b.append, head_store=h
-                    ),
-                    "postgres": lambda b, t=threads: AuditLog(
-                        PostgresMedium(lambda: psycopg.connect(url, autocommit=True), f"bench-{t}"),
-                        mac,
-                        b.append,
-                    ),
+                    "file": file_log,
+                    "postgres": pg_log,
                 }
                 for name, opener in openers.items():
                     batches: list[int] = []

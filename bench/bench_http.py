@@ -24,7 +24,8 @@ from pathlib import Path
 
 import grpc
 
-from bench.bench_kms import ALICE, BOB, KMS, POLICY, PSK_A, PSK_B, cpu_seconds, dev_node, t_now
+from bench.bench_kms import ALICE, BOB, KMS, POLICY, PSK_A, PSK_B, dev_node, t_now
+from bench.load import tree_cpu
 from firmware.api.proto.kms.v1 import kms_pb2, kms_pb2_grpc
 from firmware.mikey.codec import GenericIdEntry
 from firmware.mikey.constants import DataType
@@ -92,7 +93,7 @@ def drive(
             counts[i] += 1
 
     threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
-    server0, client0, wall0 = cpu_seconds(pid), time.process_time(), time.perf_counter()
+    server0, client0, wall0 = tree_cpu([pid]), time.process_time(), time.perf_counter()
     for t in threads:
         t.start()
     stop.wait(seconds)
@@ -100,7 +101,7 @@ def drive(
     for t in threads:
         t.join()
     wall = time.perf_counter() - wall0
-    result = sum(counts), wall, cpu_seconds(pid) - server0, time.process_time() - client0
+    result = sum(counts), wall, tree_cpu([pid]) - server0, time.process_time() - client0
     for _, close in made:
         close()
     return result
@@ -111,12 +112,14 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     args = parser.parse_args()
-    _, config, pki = dev_node("kmsnode-bench-http-")
+    dev = dev_node("kmsnode-bench-http-")
+    pki = dev.pki
     node = subprocess.Popen(
-        [sys.executable, "-m", "firmware.cli", "serve", "--config", config],
+        [sys.executable, "-m", "firmware.cli", "serve", "--config", str(dev.config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        env=dev.env,
     )
     assert node.stdout is not None
     ports: dict[str, int] = {}

@@ -29,7 +29,7 @@ def main() -> None:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=16), options=[("grpc.so_reuseport", 0)]
     )
-    kms_pb2_grpc.add_TicketServiceServicer_to_server(Echo(), server)  # type: ignore[no-untyped-call]
+    kms_pb2_grpc.add_TicketServiceServicer_to_server(Echo(), server)
     client_ca = Path(sys.argv[3]).read_bytes() if len(sys.argv) > 3 else None
     creds = grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None

@@ -62,7 +62,10 @@ def full_call(
     responders: list[bytes] | None = None,
 ) -> Call:
     alice, bob = ues(prf)
-    rand = lambda: os.urandom(32)  # noqa: E731  (RFC 6043 12.1: at least the PSK's 32 bytes)
+
+    def rand() -> bytes:
+        return os.urandom(32)  # RFC 6043 12.1: at least the PSK's 32 bytes
+
     req = alice.request_init(
         csb_id=int.from_bytes(os.urandom(4), "big"),
         t=t_at(now),
