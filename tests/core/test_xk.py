@@ -335,6 +335,16 @@ def test_refuses_oversized_or_control_character_fields_before_anything(
     assert len(world.audit.records) == records  # nothing written by the core
 
 
+@pytest.mark.parametrize(("field_name", "named"), [("liid", "liid"), ("target", "target_identity")])
+def test_refuses_a_missing_liid_or_target_naming_it(
+    world: World, field_name: str, named: str
+) -> None:
+    offer = world.offer(forking=False)
+    kw = {"liid": world.warrant(ALICE), "target": ALICE} | {field_name: ""}
+    with pytest.raises(InvalidRequest, match=f"^{named} is required$"):
+        world.get_keys(offer.transfer_init, kw["target"], INITIATOR, liid=kw["liid"])
+
+
 def test_refuses_a_missing_target_role(world: World) -> None:
     offer = world.offer(forking=False)
     with pytest.raises(InvalidRequest):
@@ -405,6 +415,25 @@ def test_a_release_whose_record_cannot_be_written_releases_nothing(world: World)
     with pytest.raises(AuditUnavailable):
         world.get_keys(offer.transfer_init, ALICE, INITIATOR, liid)
     assert world.audit.events()[-1] != "KEY_RELEASE"
+
+
+def test_released_keys_and_the_request_show_no_key_material_when_printed(world: World) -> None:
+    """A log line or a traceback that prints the request or the answer must not carry session
+    keys, salts or the MIKEY messages they come from."""
+    from firmware.core.xk import GetKeysRequest
+
+    offer = world.offer(forking=False, responders=(BOB,))
+    answer = world.answer(offer, BOB).transfer_resp
+    liid = world.warrant(ALICE)
+    released = world.get_keys(offer.transfer_init, ALICE, INITIATOR, liid, answer)
+    request = GetKeysRequest(ALICE, INITIATOR, offer.transfer_init, answer, liid, "c")
+    text = repr(released) + str(released) + repr(request) + str(request)
+    assert released.sessions and answer
+    secrets = [offer.transfer_init, answer]
+    secrets += [b for s in released.sessions for b in (s.key, s.salt)]
+    for secret in secrets:
+        assert repr(secret) not in text and secret.hex() not in text
+        assert repr(secret)[2:-1][:24] not in text
 
 
 def test_the_release_record_names_every_identity_of_the_caller_and_no_key(world: World) -> None:
