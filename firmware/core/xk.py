@@ -75,6 +75,7 @@ from firmware.core.ours import (
     ticket_id,
     ts_unix,
     validity,
+    within_validity,
 )
 from firmware.core.ports import AuditSink, Caller, KeyVault, Resolution, Role, Store, Warrant
 from firmware.mikey.codec import KeyData, Ticket, Timestamp, TpFlags
@@ -217,9 +218,9 @@ class KeyRelease:
             opened = open_ours(init, self.vault, self.kms_id, self.store)
         except NotOurs as exc:
             raise TicketInvalid(str(exc)) from None
-        start, end = validity(opened)
-        if (start is not None and now < start) or (end is not None and now > end):
+        if not within_validity(opened, now):
             raise TicketExpired("outside the ticket's validity window")
+        end = validity(opened)[1]
         self._check_overlap(warrant, end, init, now)
         try:
             verify_transfer_init(init, opened.mpki)

@@ -235,6 +235,24 @@ def test_refuses_a_ticket_outside_its_validity(world: World, moved: float) -> No
         world.get_keys(offer.transfer_init, ALICE, INITIATOR, liid)
 
 
+def test_a_ticket_is_valid_from_its_start_to_its_end_inclusive(world: World) -> None:
+    """[TRs, TRe] as RFC 6043 5.1.1 puts it, the same bounds RESOLVE_INIT keeps."""
+    from firmware.core.ours import open_ours, validity
+    from tests.calls import KMS
+
+    offer = world.offer(forking=False)
+    start, end = validity(open_ours(decode(offer.transfer_init), world.vault, KMS, world.store))
+    assert start is not None and end is not None and start < end
+    liid = world.warrant(ALICE, valid_from=start - HOUR, valid_until=end + HOUR)
+    for now, valid in ((start, True), (end, True), (start - 0.5, False), (end + 0.5, False)):
+        world.clock.now = now
+        if valid:
+            assert world.get_keys(offer.transfer_init, ALICE, INITIATOR, liid).sessions
+        else:
+            with pytest.raises(TicketExpired):
+                world.get_keys(offer.transfer_init, ALICE, INITIATOR, liid)
+
+
 def test_releases_a_session_already_running_when_the_warrant_starts(world: World) -> None:
     """TS 33.107 7A.7.5: interception may start mid-session."""
     offer = world.offer(forking=False)
