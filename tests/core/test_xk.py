@@ -363,6 +363,65 @@ def test_refuses_a_missing_liid_or_target_naming_it(
         world.get_keys(offer.transfer_init, kw["target"], INITIATOR, liid=kw["liid"])
 
 
+@pytest.mark.parametrize("which", ["Vi", "Vr"])
+def test_refuses_initiator_data_altered_before_a_responder_answered_it(
+    world: World, which: str
+) -> None:
+    """With key forking V is computed over zeroed Initiator Data (RFC 6043 4.2.3.6), so Vi and
+    Vr can be altered without breaking V; a responder (who holds MPKr', not MPKr) can then answer
+    the altered TRANSFER_INIT with a TRANSFER_RESP that verifies. Only the Vi = V and Vr
+    (unforked MPKr) checks see it: the key management data is not what the initiator sent."""
+    from firmware.mikey.codec import Ticket, TpFlags
+    from tests.calls import t_at
+
+    offer = world.offer(forking=True)
+    ticket = decode(offer.transfer_init).require(Ticket)
+    assert ticket.policy.flags & TpFlags.I and ticket.initiator_data is not None
+    vi, vr = ticket.initiator_data
+    mac = vi.mac if which == "Vi" else vr.mac
+    at = offer.transfer_init.index(mac)  # Vi: its first copy, inside the TICKET (V is last)
+    assert at + len(mac) < len(offer.transfer_init) - len(vi.mac)
+    altered = bytearray(offer.transfer_init)
+    altered[at] ^= 0x01
+    bob = world.answer(offer, BOB).responder
+    bob.init = decode(bytes(altered))
+    resp = bob.transfer_resp(t=t_at(world.clock.now), rand_r=os.urandom(32))
+    liid = world.warrant(BOB)
+    with pytest.raises(MessageAuthFailed):
+        world.get_keys(bytes(altered), BOB, RESPONDER, liid, resp)
+    bob.init = decode(offer.transfer_init)
+    honest = bob.transfer_resp(t=t_at(world.clock.now), rand_r=os.urandom(32))
+    assert world.get_keys(offer.transfer_init, BOB, RESPONDER, liid, honest).sessions
+
+
+def test_refuses_an_initiator_whose_vi_is_not_her_v_though_her_vr_verifies(world: World) -> None:
+    """The initiator holds MPKr: she can sign Initiator Data whose Vi is not the TRANSFER_INIT's
+    V with a Vr that verifies; RFC 6043 4.2.3.6 requires Vi = V, and only that check sees it."""
+    from firmware.mikey.codec import Ticket, Verification
+    from firmware.mikey.crypto import compute_mac, vr_auth_key
+    from firmware.mikey.wire import serialize_nested
+    from tests.calls import t_at
+
+    offer = world.offer(forking=True)
+    alice, msg = offer.alice, decode(offer.transfer_init)
+    ticket, v = msg.require(Ticket), msg.payloads[-1]
+    assert isinstance(v, Verification) and alice.mpkr is not None
+    other_vi = Verification(v.mac_alg, bytes(b ^ 0xFF for b in v.mac))
+    out = bytearray()
+    serialize_nested(out, (other_vi, other_vi), "Initiator Data")
+    signed = bytes(out[2 : len(out) - len(v.mac)])
+    key = vr_auth_key(ticket.policy.prf_func, alice.mpkr, v.mac_alg)
+    vr = Verification(v.mac_alg, compute_mac(v.mac_alg, key, signed))
+    forged_ticket = dataclasses.replace(ticket, initiator_data=(other_vi, vr))
+    payloads = tuple(forged_ticket if p is ticket else p for p in msg.payloads)
+    forged = encode(Message(msg.header, payloads))
+    bob = world.answer(offer, BOB).responder
+    bob.init = decode(forged)
+    resp = bob.transfer_resp(t=t_at(world.clock.now), rand_r=os.urandom(32))
+    with pytest.raises(MessageAuthFailed):
+        world.get_keys(forged, BOB, RESPONDER, world.warrant(BOB), resp)
+
+
 def test_refuses_a_missing_target_role(world: World) -> None:
     offer = world.offer(forking=False)
     with pytest.raises(InvalidRequest):
