@@ -26,7 +26,7 @@ from firmware.core.errors import (
 from firmware.core.fields import MAX_FIELD_BYTES
 from firmware.core.ports import Caller, Role
 from firmware.core.xk import TargetRole
-from firmware.mikey.codec import Timestamp
+from firmware.mikey.codec import GenericIdEntry, Timestamp
 from firmware.mikey.message import Message, decode, encode
 from firmware.mikey.transfer import fork_modifier
 from tests.calls import ALICE, BOB
@@ -224,6 +224,8 @@ def test_the_warrant_window_refuses_a_ticket_that_ended_before_the_warrant_by_it
     with pytest.raises(NoActiveWarrant, match="ended before"):
         world.release._check_overlap(warrant, NOW + HOUR, init, NOW + 3 * HOUR)
     world.release._check_overlap(warrant, NOW + 2.5 * HOUR, init, NOW + 3 * HOUR)
+    # a ticket ending the instant the warrant begins still overlaps it (both bounds inclusive)
+    world.release._check_overlap(warrant, warrant.valid_from, init, NOW + 3 * HOUR)
 
 
 @pytest.mark.parametrize("moved", [-30.0, HOUR + 30])
@@ -275,6 +277,17 @@ def test_refuses_a_transfer_init_stamped_beyond_the_clock_skew_ahead(world: Worl
     offer = world.offer(forking=False, sent_at=NOW + SKEW + 5)
     with pytest.raises(NoActiveWarrant, match="future"):
         world.get_keys(offer.transfer_init, ALICE, INITIATOR, liid)
+
+
+def test_a_transfer_init_stamped_at_the_bounds_is_released(world: World) -> None:
+    """Both bounds are inclusive: stamped exactly the clock skew ahead, or exactly at the
+    warrant's end, is still within them."""
+    liid = world.warrant(ALICE, valid_from=NOW - HOUR, valid_until=NOW + SKEW / 2)
+    at_end = world.offer(forking=False, sent_at=NOW + SKEW / 2)
+    assert world.get_keys(at_end.transfer_init, ALICE, INITIATOR, liid).sessions
+    liid = world.warrant(ALICE, liid="LIID-2")
+    ahead = world.offer(forking=False, sent_at=NOW + SKEW)
+    assert world.get_keys(ahead.transfer_init, ALICE, INITIATOR, liid).sessions
 
 
 def test_refuses_when_the_warrant_is_not_active_now(world: World) -> None:
@@ -420,6 +433,24 @@ def test_refuses_an_initiator_whose_vi_is_not_her_v_though_her_vr_verifies(world
     resp = bob.transfer_resp(t=t_at(world.clock.now), rand_r=os.urandom(32))
     with pytest.raises(MessageAuthFailed):
         world.get_keys(forged, BOB, RESPONDER, world.warrant(BOB), resp)
+
+
+def test_refuses_key_data_whose_sessions_cannot_be_derived_as_malformed(world: World) -> None:
+    """The initiator signs a TRANSFER_INIT whose CS map names a security policy no SP payload
+    holds: it verifies, but no session key follows from it. Refused as malformed key data (what
+    raises the alarm), never an internal error, and nothing is released."""
+    from tests.calls import t_at
+
+    offer = world.offer(forking=False)
+    entry = dataclasses.replace(GenericIdEntry.srtp(1, 0x1000), policy_nos=(7,))
+    init = offer.alice.transfer_init(
+        csb_id=5, t=t_at(world.clock.now), rand_i=os.urandom(32), sessions=[entry],
+        responder=BOB.encode(),
+    )  # fmt: skip
+    liid = world.warrant(ALICE)
+    with pytest.raises(MalformedMessage, match="cannot derive session keys: no SP payload"):
+        world.get_keys(init, ALICE, INITIATOR, liid)
+    assert "KEY_RELEASE" not in world.audit.events()
 
 
 def test_refuses_a_missing_target_role(world: World) -> None:
