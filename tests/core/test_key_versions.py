@@ -31,10 +31,9 @@ def _version_of(transfer_init: bytes) -> int:
 
 @pytest.fixture
 def world() -> World:
-    w = World()
+    w = World(alarms=RecordingAlarms())
     w.admin.record_existing()
     w.admin.key_listeners.append(w.core.forget_keys)
-    w.core.alarms = RecordingAlarms()
     return w
 
 

@@ -283,3 +283,21 @@ def test_a_user_whose_kek_version_was_destroyed_is_not_authenticated(node) -> No
     with pytest.raises(NotAuthenticated) as refused:
         core.exchange(data)
     assert refused.value.mikey_error == ErrNo.AUTH_FAILURE
+
+
+def test_refuses_a_request_mixing_256_bit_and_weaker_algorithms_before_answering(node) -> None:
+    """RFC 6043 12.1: the 256-bit algorithms "SHALL NOT be mixed" with weaker ones. Alice's PRF
+    is HMAC-SHA-256 and her V is HMAC-SHA-1: it verifies, and is still refused (INVALID_MAC)."""
+    from firmware.mikey.constants import MacAlg
+    from tests.calls import ues
+
+    core, _, _ = node
+    alice = ues(PrfFunc.PRF_HMAC_SHA_256)[0]
+    alice.mac_alg = MacAlg.HMAC_SHA_1_160  # past the UE's own strength check
+    req = alice.request_init(
+        csb_id=14, t=t_at(NOW), rand_i=bytes(range(32)),
+        policy=requested_policy(PrfFunc.PRF_HMAC_SHA_256, False, [BOB.encode()]),
+    )  # fmt: skip
+    with pytest.raises(MalformedMessage, match="V Auth alg is weaker than 256-bit") as info:
+        core.exchange(req)
+    assert info.value.mikey_error == ErrNo.INVALID_MAC

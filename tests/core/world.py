@@ -166,6 +166,7 @@ class World:
     vault: FakeVault = field(default_factory=FakeVault)
     store: MemoryStore = field(default_factory=MemoryStore)
     audit: MemoryAudit = field(default_factory=MemoryAudit)
+    alarms: Any = None  # the AlarmSink TicketCore is built with (None: it raises none)
 
     def __post_init__(self) -> None:
         self.admin = Admin(self.vault, self.store, self.audit, self.clock, 86400, SKEW)
@@ -177,6 +178,7 @@ class World:
             ReplayCache(SKEW, NOW - 100),
             TicketSettings(KMS.decode(), clock_skew=SKEW, key_forking=False),
             self.clock,
+            alarms=self.alarms,
         )
         self.release = KeyRelease(
             self.vault, self.store, self.audit, XkSettings(KMS.decode(), SKEW), self.clock
