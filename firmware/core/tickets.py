@@ -232,7 +232,7 @@ class TicketCore:
             try:
                 user = self.store.user_by_identity(canonical(peer_idr.data.decode("utf-8")))
             except (UnicodeDecodeError, IdentityError):
-                user = None
+                pass  # no identity: checked against the decoy like any unknown one
         return user if user is not None else self._decoy_user(), peer_idr
 
     def _issuing_version(self) -> int:
