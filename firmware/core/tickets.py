@@ -36,6 +36,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
@@ -229,10 +230,9 @@ class TicketCore:
         if psk_idr is not None:
             user = self.store.user_by_psk_id(psk_idr.data)
         elif peer_idr is not None:
-            try:
+            # no identity in it: checked against the decoy like any unknown one
+            with contextlib.suppress(UnicodeDecodeError, IdentityError):
                 user = self.store.user_by_identity(canonical(peer_idr.data.decode("utf-8")))
-            except (UnicodeDecodeError, IdentityError):
-                pass  # no identity: checked against the decoy like any unknown one
         return user if user is not None else self._decoy_user(), peer_idr
 
     def _issuing_version(self) -> int:
