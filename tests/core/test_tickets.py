@@ -301,3 +301,65 @@ def test_refuses_a_request_mixing_256_bit_and_weaker_algorithms_before_answering
     with pytest.raises(MalformedMessage, match="V Auth alg is weaker than 256-bit") as info:
         core.exchange(req)
     assert info.value.mikey_error == ErrNo.INVALID_MAC
+
+
+def _ask(core: TicketCore, alice: object, t: object) -> object:
+    """alice's REQUEST_INIT stamped `t`, answered by `core` (decoded)."""
+    req = alice.request_init(  # type: ignore[attr-defined]
+        csb_id=21, t=t, rand_i=bytes(range(32)),
+        policy=requested_policy(PrfFunc.MIKEY_1, False, [BOB.encode()]),
+    )  # fmt: skip
+    return decode(core.exchange(req))
+
+
+def test_refuses_a_counter_timestamp_that_does_not_increase(node) -> None:
+    """RFC 3830 5.4: a COUNTER is replay-protected by increasing; the KMS keeps each user's."""
+    from firmware.mikey.codec import Timestamp
+    from firmware.mikey.constants import TsType
+    from firmware.mikey.exchange import Initiator
+
+    core, _, _ = node
+    alice = Initiator(ALICE.encode(), ALICE_PSK, b"sip:kms.ims.example.net")
+
+    def counter(n: int) -> Timestamp:
+        return Timestamp(TsType.COUNTER, n.to_bytes(4, "big"))
+
+    assert _ask(core, alice, counter(5)).header.data_type == DataType.REQUEST_RESP
+    for stale in (5, 4):
+        with pytest.raises(NotAuthenticated, match="COUNTER did not increase") as info:
+            _ask(core, alice, counter(stale))
+        assert info.value.mikey_error == ErrNo.INVALID_TS
+    assert _ask(core, alice, counter(6)).header.data_type == DataType.REQUEST_RESP
+
+
+@pytest.mark.parametrize("kms", [b"sip:other-kms.ims.example.net", b"\xff\xfe"])
+def test_refuses_a_request_whose_idrkms_is_not_this_kms(node, kms: bytes) -> None:
+    """TS 33.328: IDRkms names the KMS asked; another (or no parseable) one gets INVALID_ID."""
+    from firmware.mikey.exchange import Initiator
+    from firmware.mikey.payloads import ErrorPayload
+
+    core, _, _ = node
+    answer = _ask(core, Initiator(ALICE.encode(), ALICE_PSK, kms), t_at(NOW))
+    assert answer.header.data_type == DataType.ERROR  # type: ignore[attr-defined]
+    errors = [e.err_no for e in answer.find_all(ErrorPayload)]  # type: ignore[attr-defined]
+    assert errors == [ErrNo.INVALID_ID]
+
+
+def test_a_user_named_by_psk_id_whose_idri_does_not_parse_is_refused_invalid_id(
+    node, tmp_path: Path
+) -> None:
+    """The PSK id finds the user and V verifies; an IDRi that is no identity at all is still
+    not one of hers (TS 33.328 6.2.3.5)."""
+    from firmware.mikey.exchange import Initiator
+    from firmware.mikey.payloads import ErrorPayload
+
+    core, store, clock = node
+    carol_psk = bytes(range(100, 132))
+    Admin(core.vault, store, MemoryAudit(), clock, 86400, 60).put_user(
+        OPERATOR, "sip:carol@ims.example.net", [], carol_psk, b"carol-psk-id"
+    )
+    junk = Initiator(b"\xff\xfe", carol_psk, b"sip:kms.ims.example.net", psk_id=b"carol-psk-id")
+    answer = _ask(core, junk, t_at(NOW))
+    assert answer.header.data_type == DataType.ERROR  # type: ignore[attr-defined]
+    errors = [e.err_no for e in answer.find_all(ErrorPayload)]  # type: ignore[attr-defined]
+    assert errors == [ErrNo.INVALID_ID]
