@@ -363,3 +363,80 @@ def test_a_user_named_by_psk_id_whose_idri_does_not_parse_is_refused_invalid_id(
     assert answer.header.data_type == DataType.ERROR  # type: ignore[attr-defined]
     errors = [e.err_no for e in answer.find_all(ErrorPayload)]  # type: ignore[attr-defined]
     assert errors == [ErrNo.INVALID_ID]
+
+
+def _granted(core: TicketCore, asked: object) -> object:
+    from firmware.mikey.codec import Ticket
+    from tests.calls import ues
+
+    alice = ues(PrfFunc.MIKEY_1)[0]
+    req = alice.request_init(csb_id=31, t=t_at(NOW), rand_i=bytes(range(32)), policy=asked)
+    return decode(core.exchange(req)).require(Ticket).policy
+
+
+@pytest.mark.parametrize(
+    ("trs", "tre", "granted"),
+    [
+        (None, NOW + 30 * 86400, (NOW, NOW + 86400)),  # never past the maximum lifetime
+        (NOW + 600, None, (NOW + 600, NOW + 600 + 3600)),  # a later start: the default lifetime
+        (NOW + 2 * 86400, None, (NOW + 86400, NOW + 86400)),  # a start past the maximum
+    ],
+)
+def test_grants_a_validity_within_the_configured_lifetimes(
+    node, trs: float | None, tre: float | None, granted: tuple[float, float]
+) -> None:
+    """Defaults: 1 h lifetime, 24 h at most from now (TicketSettings)."""
+    from firmware.core.ours import ts_unix
+    from firmware.mikey.codec import RoleTimestamp, TicketPolicy
+    from firmware.mikey.constants import TsRole, TsType
+
+    core, _, _ = node
+    plain = requested_policy(PrfFunc.MIKEY_1, False, [BOB.encode()])
+    bounds = [
+        RoleTimestamp(role, TsType.NTP_UTC, t_at(at).value)
+        for role, at in ((TsRole.TRs, trs), (TsRole.TRe, tre)) if at is not None
+    ]  # fmt: skip
+    asked = TicketPolicy(1, 1, 1, PrfFunc.MIKEY_1, plain.flags, (*bounds, *plain.payloads))
+    policy = _granted(core, asked)
+    start, end = policy.tr(TsRole.TRs), policy.tr(TsRole.TRe)  # type: ignore[attr-defined]
+    assert start is not None and end is not None
+    assert (ts_unix(start), ts_unix(end)) == granted
+
+
+@pytest.mark.parametrize(
+    ("asked", "needs"),
+    [("G", "F"), ("M", "F"), ("", "H")],
+)
+def test_grants_the_flags_a_requested_flag_depends_on(node, asked: str, needs: str) -> None:
+    """G (TEKs from both RANDs) and M (the responder's own keys) need F; without G the TEKs
+    come from RANDRi alone, so H is granted (RFC 6043 6.10). Key forking off: it implies F."""
+    from firmware.mikey.codec import TicketPolicy, TpFlags
+
+    core, _, _ = node
+    core.settings = TicketSettings("sip:kms.ims.example.net", key_forking=False)
+    plain = requested_policy(PrfFunc.MIKEY_1, False, [BOB.encode()])
+    flags = plain.flags & ~TpFlags.H & ~TpFlags.F
+    if asked:
+        flags |= TpFlags[asked]
+    policy = _granted(core, TicketPolicy(1, 1, 1, PrfFunc.MIKEY_1, flags, plain.payloads))
+    assert policy.flags & TpFlags[needs]  # type: ignore[attr-defined]
+    if asked == "G":
+        assert not policy.flags & TpFlags.H  # type: ignore[attr-defined]
+
+
+def test_refuses_a_ticket_request_that_names_no_responder(node) -> None:
+    """A ticket anybody could resolve is not issued: the request must name its responders."""
+    from firmware.mikey.codec import TicketPolicy
+    from firmware.mikey.payloads import ErrorPayload
+    from tests.calls import ues
+
+    core, _, _ = node
+    plain = requested_policy(PrfFunc.MIKEY_1, False, [BOB.encode()])
+    alice = ues(PrfFunc.MIKEY_1)[0]
+    req = alice.request_init(
+        csb_id=32, t=t_at(NOW), rand_i=bytes(range(32)),
+        policy=TicketPolicy(1, 1, 1, PrfFunc.MIKEY_1, plain.flags, ()),
+    )  # fmt: skip
+    answer = decode(core.exchange(req))
+    assert answer.header.data_type == DataType.ERROR
+    assert [e.err_no for e in answer.find_all(ErrorPayload)] == [ErrNo.INVALID_TPPAR]
