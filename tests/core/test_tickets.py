@@ -440,3 +440,29 @@ def test_refuses_a_ticket_request_that_names_no_responder(node) -> None:
     answer = decode(core.exchange(req))
     assert answer.header.data_type == DataType.ERROR
     assert [e.err_no for e in answer.find_all(ErrorPayload)] == [ErrNo.INVALID_TPPAR]
+
+
+@pytest.mark.parametrize("kind", [(2, 1, 1), (1, 2, 1), (1, 1, 2)])
+def test_refuses_to_issue_any_ticket_but_the_mikey_base_ticket(
+    node, kind: tuple[int, int, int]
+) -> None:
+    """Ticket type, subtype and version 1/1/1 (RFC 6043 6.10, Annex A) are all this KMS makes."""
+    from firmware.mikey.codec import TicketPolicy
+    from firmware.mikey.payloads import ErrorPayload
+    from tests.calls import ues
+
+    core, _, _ = node
+    plain = requested_policy(PrfFunc.MIKEY_1, False, [BOB.encode()])
+    alice = ues(PrfFunc.MIKEY_1)[0]
+    req = alice.request_init(
+        csb_id=33, t=t_at(NOW), rand_i=bytes(range(32)),
+        policy=TicketPolicy(*kind, PrfFunc.MIKEY_1, plain.flags, plain.payloads),
+    )  # fmt: skip
+    drawn: list[str] = []  # refused before any key material is made or sealed
+    real_random, real_tpk = core.vault.random_bytes, core.vault.ticket_prf
+    core.vault.random_bytes = lambda n: drawn.append("random") or real_random(n)  # type: ignore[method-assign]
+    core.vault.ticket_prf = lambda *a: drawn.append("tpk") or real_tpk(*a)  # type: ignore[method-assign]
+    answer = decode(core.exchange(req))
+    assert answer.header.data_type == DataType.ERROR
+    assert [e.err_no for e in answer.find_all(ErrorPayload)] == [ErrNo.INVALID_TICKET]
+    assert drawn == []
