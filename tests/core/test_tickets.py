@@ -466,3 +466,43 @@ def test_refuses_to_issue_any_ticket_but_the_mikey_base_ticket(
     assert answer.header.data_type == DataType.ERROR
     assert [e.err_no for e in answer.find_all(ErrorPayload)] == [ErrNo.INVALID_TICKET]
     assert drawn == []
+
+
+def _resolve_as(world: object, offer: object, name: bytes, psk: bytes, **ue: object) -> object:
+    """A RESOLVE_INIT of `offer`'s ticket by a responder naming itself `name`, keyed by `psk`."""
+    from firmware.mikey.exchange import Responder
+    from tests.calls import KMS
+
+    bob = Responder(name, psk, ue.pop("kms", KMS), **ue)  # type: ignore[arg-type]
+    bob.receive_transfer_init(offer.transfer_init)  # type: ignore[attr-defined]
+    ri = bob.resolve_init(csb_id=41, t=t_at(world.clock.now), rand_r=bytes(range(32)))  # type: ignore[attr-defined]
+    return decode(world.core.exchange(ri))  # type: ignore[attr-defined]
+
+
+def test_a_responder_cannot_resolve_under_another_users_identity_with_its_own_psk() -> None:
+    """Bob names his PSK by its id (IDRpsk) and calls himself carol (IDRr): V verifies with his
+    PSK, and carol is an allowed responder, but carol is not one of bob's identities
+    (TS 33.328 6.2.3.5). He must not get carol's keys."""
+    from firmware.mikey.payloads import ErrorPayload
+    from tests.core.fakes import OPERATOR
+    from tests.core.world import CAROL, World
+
+    world = World()
+    world.admin.put_user(OPERATOR, BOB, [], BOB_PSK, b"bob-psk-id")
+    offer = world.offer(forking=False, responders=(CAROL, BOB))
+    answer = _resolve_as(world, offer, CAROL.encode(), BOB_PSK, psk_id=b"bob-psk-id")
+    assert answer.header.data_type == DataType.ERROR  # type: ignore[attr-defined]
+    assert [e.err_no for e in answer.find_all(ErrorPayload)] == [ErrNo.INVALID_ID]  # type: ignore[attr-defined]
+    honest = _resolve_as(world, offer, BOB.encode(), BOB_PSK, psk_id=b"bob-psk-id")
+    assert honest.header.data_type == DataType.RESOLVE_RESP  # type: ignore[attr-defined]
+
+
+def test_refuses_a_resolve_whose_idrkms_is_not_this_kms() -> None:
+    from firmware.mikey.payloads import ErrorPayload
+    from tests.core.world import World
+
+    world = World()
+    offer = world.offer(forking=False)
+    answer = _resolve_as(world, offer, BOB.encode(), BOB_PSK, kms=b"sip:other-kms.example.net")
+    assert answer.header.data_type == DataType.ERROR  # type: ignore[attr-defined]
+    assert [e.err_no for e in answer.find_all(ErrorPayload)] == [ErrNo.INVALID_ID]  # type: ignore[attr-defined]
