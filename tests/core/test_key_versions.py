@@ -80,6 +80,7 @@ def test_resolving_a_ticket_of_a_version_this_hsm_lacks_is_unavailable(world: Wo
     world.vault._keys[TPK][9] = bytes(32)
     with pytest.raises(KeyVersionUnavailable):
         world.answer(offer, BOB)
+    assert world.core.alarms.reasons() == ["KEY_VERSION_UNAVAILABLE"]  # type: ignore[union-attr]
 
 
 def test_a_ticket_of_a_version_nobody_knows_is_refused_as_not_ours(world: World) -> None:
