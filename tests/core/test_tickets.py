@@ -506,3 +506,25 @@ def test_refuses_a_resolve_whose_idrkms_is_not_this_kms() -> None:
     answer = _resolve_as(world, offer, BOB.encode(), BOB_PSK, kms=b"sip:other-kms.example.net")
     assert answer.header.data_type == DataType.ERROR  # type: ignore[attr-defined]
     assert [e.err_no for e in answer.find_all(ErrorPayload)] == [ErrNo.INVALID_ID]  # type: ignore[attr-defined]
+
+
+def test_refuses_to_resolve_a_ticket_whose_vr_was_altered_in_transit() -> None:
+    """With key forking the responder cannot check Vr (it needs the unforked MPKr): the KMS
+    does, when the responder hands it the ticket (RFC 6043 4.2.3.4), and refuses it."""
+    from firmware.mikey.codec import Ticket
+    from firmware.mikey.payloads import ErrorPayload
+    from tests.core.world import Offer, World
+
+    world = World()
+    offer = world.offer(forking=True)
+    data = decode(offer.transfer_init).require(Ticket).initiator_data
+    assert data is not None
+    altered = bytearray(offer.transfer_init)
+    altered[offer.transfer_init.index(data[-1].mac)] ^= 0x01  # Vr's MAC
+    tampered = Offer(offer.alice, bytes(altered))
+    answer = _resolve_as(world, tampered, BOB.encode(), BOB_PSK)
+    assert answer.header.data_type == DataType.ERROR  # type: ignore[attr-defined]
+    assert [e.err_no for e in answer.find_all(ErrorPayload)] == [ErrNo.INVALID_TICKET]  # type: ignore[attr-defined]
+    assert _resolve_as(world, offer, BOB.encode(), BOB_PSK).header.data_type == (  # type: ignore[attr-defined]
+        DataType.RESOLVE_RESP
+    )
