@@ -18,8 +18,10 @@ Rules:
   AUDIT_SUPPRESSED record (caller, count) written with that certificate's next record (or by
   `flush` when the node stops), so a certificate cannot fill the disk. Callers with a role are
   never suppressed (every refusal of a DF2 is evidence).
-- The clock is passed in; the limiter keeps at most `max_tracked` certificates (oldest dropped,
-  which only ever lets a record through, never loses one that is counted elsewhere).
+- The clock is passed in; the limiter keeps at most `max_tracked` certificates. The least
+  recently seen is dropped, and its suppressed count, if any, is summarised at once (an
+  AUDIT_SUPPRESSED record naming it): dropping one only ever lets a record through, and no
+  suppressed refusal goes uncounted.
 """
 
 from __future__ import annotations
@@ -55,24 +57,30 @@ class AuditRateLimit:
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._lock = threading.Lock()
 
-    def admit(self, key: str, now: float) -> tuple[bool, int]:
-        """(write this record?, records suppressed before it to summarise now)."""
+    def admit(self, key: str, now: float) -> tuple[bool, list[tuple[str, int]]]:
+        """(write this record?, the (certificate, count) summaries of suppressed records to write
+        now: `key`'s own before this record, and those of certificates dropped to make room)."""
         second = int(now)
+        summaries: list[tuple[str, int]] = []
         with self._lock:
             bucket = self._buckets.get(key)
             if bucket is None:
                 bucket = self._buckets[key] = _Bucket(second, 0, 0)
                 while len(self._buckets) > self.max_tracked:
-                    self._buckets.popitem(last=False)
+                    dropped, old = self._buckets.popitem(last=False)
+                    if old.suppressed:
+                        summaries.append((dropped, old.suppressed))
             self._buckets.move_to_end(key)
             if bucket.second != second:
                 bucket.second, bucket.written = second, 0
             if bucket.written >= self.per_second:
                 bucket.suppressed += 1
-                return False, 0
+                return False, summaries
             bucket.written += 1
-            summarised, bucket.suppressed = bucket.suppressed, 0
-            return True, summarised
+            if bucket.suppressed:
+                summaries.append((key, bucket.suppressed))
+                bucket.suppressed = 0
+            return True, summaries
 
     def take_suppressed(self) -> list[tuple[str, int]]:
         """(certificate, count) of every refusal suppressed and not yet summarised; resets."""
@@ -142,9 +150,11 @@ class Refusals:
     ) -> None:
         who = caller.who()
         if not caller.roles:
-            write, suppressed = self.limit.admit(caller.fingerprint or caller.name, now)
-            if suppressed:
-                self.audit.append(now, "AUDIT_SUPPRESSED", {**who, "suppressed": suppressed})
+            key = caller.fingerprint or caller.name
+            write, summaries = self.limit.admit(key, now)
+            for certificate, count in summaries:
+                named = who if certificate == key else {"fingerprint": certificate}
+                self.audit.append(now, "AUDIT_SUPPRESSED", {**named, "suppressed": count})
             if not write:
                 return
         event = REFUSED_EVENT.get(method) or (

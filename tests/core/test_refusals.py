@@ -16,10 +16,18 @@ from firmware.core.errors import (
 )
 from firmware.core.fields import MAX_FIELD_BYTES, describe
 from firmware.core.ports import KeyName
-from firmware.core.refusals import Refusals
+from firmware.core.refusals import AuditRateLimit, Refusals
 from hsm.fake import FakeVault
 from tests.calls import ALICE
-from tests.core.fakes import ADMIN, DF2, NOBODY, MemoryAudit, MemoryStore, RecordingAlarms
+from tests.core.fakes import (
+    ADMIN,
+    DF2,
+    NOBODY,
+    MemoryAudit,
+    MemoryStore,
+    RecordingAlarms,
+    caller,
+)
 
 
 class Clock:
@@ -239,3 +247,26 @@ def test_a_replaced_or_deleted_users_psk_is_forgotten_by_the_vault(admin) -> Non
     assert core.vault.forgotten == [first.wrapped_psk]
     core.delete_user(ADMIN, ALICE)
     assert core.vault.forgotten == [first.wrapped_psk, second.wrapped_psk]
+
+
+def test_the_rate_limit_tracks_up_to_its_bound_and_summarises_what_it_drops() -> None:
+    """Memory stays bounded whatever number of role-less certificates turn up; within the bound
+    each keeps its own count, and a certificate dropped to make room has its suppressed count
+    summarised at once, never lost."""
+    limit = AuditRateLimit(per_second=1, max_tracked=2)
+    assert limit.admit("a", 5.0) == (True, [])
+    assert limit.admit("b", 5.0) == (True, [])
+    assert limit.admit("a", 5.1) == (False, [])  # both still tracked: a's count holds
+    assert limit.admit("c", 5.2) == (True, [])  # a third: the least recent (b, none suppressed)
+    assert limit.admit("b", 5.3) == (True, [("a", 1)])  # room for b: a goes, its 1 summarised
+    assert limit.take_suppressed() == []
+
+
+def test_a_dropped_certificates_suppressed_refusals_are_written_as_a_summary(parts) -> None:
+    refusals, audit, _, _, _ = parts
+    refusals.limit = AuditRateLimit(per_second=1, max_tracked=1)
+    for name in ("one", "one", "two"):  # one's second refusal is suppressed, then one dropped
+        refusals.refuse(caller(f"dns:{name}.example.net"), "GetKeys", RoleNotAllowed("no role"))
+    summaries = [r.fields for r in audit.records if r.event == "AUDIT_SUPPRESSED"]
+    assert summaries == [{"fingerprint": "fp-dns:one.example.net", "suppressed": 1}]
+    assert [r.event for r in audit.records] == ["KEY_REFUSED", "AUDIT_SUPPRESSED", "KEY_REFUSED"]
