@@ -74,14 +74,18 @@ def test_every_refusal_raises_one_alarm_writes_one_record_and_counts_once(parts,
 
 
 def test_the_alarm_goes_out_when_the_record_cannot_be_written_and_the_answer_says_so(
-    parts,
+    parts, caplog: pytest.LogCaptureFixture
 ) -> None:
     refusals, audit, alarms, _, _ = parts
     audit.fail_next()
-    answer = refusals.refuse(DF2, "GetKeys", NoActiveWarrant("no warrant"), {"liid": "L1"})
+    with caplog.at_level("ERROR", logger="kmsnode.refusals"):
+        answer = refusals.refuse(DF2, "GetKeys", NoActiveWarrant("no warrant"), {"liid": "L1"})
     assert isinstance(answer, AuditUnavailable)
     assert alarms.reasons() == ["NO_ACTIVE_WARRANT"]
     assert audit.records == []
+    assert [r.getMessage() for r in caplog.records] == [
+        "audit record of a refused GetKeys could not be written"
+    ]
 
 
 def test_a_node_side_error_keeps_its_answer_when_the_record_cannot_be_written(parts) -> None:
@@ -270,3 +274,11 @@ def test_a_dropped_certificates_suppressed_refusals_are_written_as_a_summary(par
     summaries = [r.fields for r in audit.records if r.event == "AUDIT_SUPPRESSED"]
     assert summaries == [{"fingerprint": "fp-dns:one.example.net", "suppressed": 1}]
     assert [r.event for r in audit.records] == ["KEY_REFUSED", "AUDIT_SUPPRESSED", "KEY_REFUSED"]
+
+
+def test_a_summarised_count_is_summarised_once() -> None:
+    limit = AuditRateLimit(per_second=1)
+    assert limit.admit("a", 1.0) == (True, [])
+    assert limit.admit("a", 1.5) == (False, [])
+    assert limit.admit("a", 2.0) == (True, [("a", 1)])
+    assert limit.admit("a", 3.0) == (True, [])
