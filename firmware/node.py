@@ -67,7 +67,6 @@ def vault_settings(cfg: Config) -> VaultSettings:
     """What the config says of the HSM, as the vault takes it (the PIN by its source, never
     its value)."""
     from hsm.pin import PinSource
-    from hsm.vault import VaultSettings
 
     pin = (
         PinSource.file(cfg.hsm.pin_file)

@@ -118,7 +118,11 @@ def validity(opened: OpenedTicket) -> tuple[float | None, float | None]:
 
 
 def within_validity(opened: OpenedTicket, now: float) -> bool:
-    start, end = validity(opened)
+    return in_window(*validity(opened), now)
+
+
+def in_window(start: float | None, end: float | None, now: float) -> bool:
+    """`now` in [start, end], both bounds inclusive (RFC 6043 5.1.1); None is unbounded."""
     return not ((start is not None and now < start) or (end is not None and now > end))
 
 

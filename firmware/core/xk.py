@@ -71,11 +71,11 @@ from firmware.core.ours import (
     NotOurs,
     allowed_responders,
     canonical_or_none,
+    in_window,
     open_ours,
     ticket_id,
     ts_unix,
     validity,
-    within_validity,
 )
 from firmware.core.ports import AuditSink, Caller, KeyVault, Resolution, Role, Store, Warrant
 from firmware.mikey.codec import KeyData, Ticket, Timestamp, TpFlags
@@ -218,9 +218,9 @@ class KeyRelease:
             opened = open_ours(init, self.vault, self.kms_id, self.store)
         except NotOurs as exc:
             raise TicketInvalid(str(exc)) from None
-        if not within_validity(opened, now):
+        start, end = validity(opened)
+        if not in_window(start, end, now):
             raise TicketExpired("outside the ticket's validity window")
-        end = validity(opened)[1]
         self._check_overlap(warrant, end, init, now)
         try:
             verify_transfer_init(init, opened.mpki)
